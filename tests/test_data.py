@@ -72,7 +72,9 @@ def test_read_idx_invalid(tmp_path):
         data.read_idx(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("name, gz, sub", [("mnist", True, ""), ("fashion_mnist", False, "FashionMNIST/raw")])
+@pytest.mark.parametrize(
+    "name, gz, sub", [("mnist", True, ""), ("fashion_mnist", False, "FashionMNIST/raw")]
+)
 def test_mnist_like(tmp_path, name, gz, sub):
     raw = _write_mnist(tmp_path / sub if sub else tmp_path, gz=gz)
     ds, info = data.load_dataset(name, tmp_path, batch_size=4, split="test")
