@@ -1,0 +1,254 @@
+"""The three projections of the method (ALGORITHM.md section 3), as pure functions.
+
+* :func:`sparse_projection` — the global 0-1 knapsack that decides which weights
+  survive (per-layer sparsity is learned here);
+* :func:`codebook` / :func:`quantize` — 1-D k-means with a reserved zero centre;
+* :func:`quantization_projection` — codebooks for every allowed bit width and the
+  exact multiple-choice knapsack that picks one width per layer.
+
+All take a list of per-layer arrays (NumPy arrays or TensorFlow tensors /
+variables, any shape) and return the same kind. On a CPU the NumPy kernels are
+the fastest (see ``experiments/bench_projections.py``); on a GPU the sparse
+projection runs as an XLA-compiled TensorFlow function.
+
+Example:
+    >>> import numpy as np
+    >>> w = [np.random.randn(20, 50).astype("float32"), np.random.randn(500, 10).astype("float32")]
+    >>> budget = budget_bits([x.size for x in w], nnz_budget=0.1, bit_budget=4)
+    >>> w, nnz = sparse_projection(w, bits=[4, 4], budget_bits=budget)
+    >>> v, bits = quantization_projection(w, nnz, budget)
+    >>> sum(b * n for b, n in zip(bits, nnz)) <= budget
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from sqjl_tf import _kmeans, _knapsack
+from sqjl_tf.budget import budget_bits  # noqa: F401  (re-exported for convenience)
+
+MAX_BITS = 8
+
+
+def _is_tf(x) -> bool:
+    return type(x).__module__.split(".")[0] in ("tensorflow", "keras") and not isinstance(
+        x, np.ndarray
+    )
+
+
+def _to_numpy(weights) -> Tuple[List[np.ndarray], bool]:
+    if isinstance(weights, np.ndarray) or _is_tf(weights):
+        raise ValueError(
+            "Invalid value for argument `weights`. Received: a single array. "
+            "Expected a list of per-layer arrays."
+        )
+    weights = list(weights)
+    as_tf = any(_is_tf(w) for w in weights)
+    arrays = [np.asarray(w.numpy() if hasattr(w, "numpy") else w, dtype=np.float32) for w in weights]
+    return arrays, as_tf
+
+
+def _from_numpy(arrays: List[np.ndarray], as_tf: bool):
+    if not as_tf:
+        return arrays
+    import tensorflow as tf
+
+    return [tf.convert_to_tensor(a) for a in arrays]
+
+
+def _check_budget(budget_bits: float) -> float:
+    budget = float(budget_bits)
+    if not math.isfinite(budget) or budget < 0:
+        raise ValueError(
+            "Invalid value for argument `budget_bits`. "
+            f"Received: {budget_bits}. Expected a finite number >= 0."
+        )
+    return budget
+
+
+def _check_bits_range(min_bits: int, max_bits: int) -> None:
+    if not (isinstance(min_bits, (int, np.integer)) and 1 <= min_bits <= MAX_BITS):
+        raise ValueError(
+            f"Invalid value for argument `min_bits`. Received: {min_bits}. "
+            f"Expected an integer in [1, {MAX_BITS}]."
+        )
+    if not (isinstance(max_bits, (int, np.integer)) and min_bits <= max_bits <= MAX_BITS):
+        raise ValueError(
+            f"Invalid value for argument `max_bits`. Received: {max_bits}. "
+            f"Expected an integer in [min_bits={min_bits}, {MAX_BITS}]."
+        )
+
+
+def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
+    """Zeroes the weights that do not fit the size budget (ALGORITHM.md 3.1).
+
+    Every nonzero weight w of layer l is an item of value w^2 and cost b_l bits.
+    The weights are ranked globally by ``w^2 / b_l`` and the longest prefix of
+    that ranking whose total cost is ``<= budget_bits`` is kept (ties broken by
+    layer order, then position, so the budget holds exactly even with ties).
+
+    Args:
+        weights: list of per-layer arrays (NumPy or TF), any shapes.
+        bits: per-layer bit width b_l (cost of one kept weight), each > 0.
+        budget_bits: the budget S in bits.
+
+    Returns:
+        (projected_weights, nnz): the weights with the dropped ones set to 0
+        (same kind and shapes as the input) and the per-layer count of
+        nonzeros kept (list of int).
+
+    Raises:
+        ValueError: on a negative or non-finite budget, a bit width <= 0, or
+            ``bits`` of the wrong length.
+    """
+    arrays, as_tf = _to_numpy(weights)
+    budget = _check_budget(budget_bits)
+    bits = [float(b) for b in bits]
+    if len(bits) != len(arrays):
+        raise ValueError(
+            f"Invalid value for argument `bits`. Received: {len(bits)} values. "
+            f"Expected one per layer ({len(arrays)})."
+        )
+    for b in bits:
+        if not (math.isfinite(b) and b > 0):
+            raise ValueError(
+                f"Invalid value for argument `bits`. Received: {b}. Expected numbers > 0."
+            )
+    if not arrays:
+        return _from_numpy([], as_tf), []
+    masks = _knapsack.select_global(arrays, bits, budget)
+    projected = [np.where(m.reshape(a.shape), a, np.float32(0)) for a, m in zip(arrays, masks)]
+    nnz = [int(np.count_nonzero(p)) for p in projected]
+    return _from_numpy(projected, as_tf), nnz
+
+
+def codebook(x, bits: int, reserve_zero: bool = True) -> np.ndarray:
+    """The codebook of one layer: 1-D k-means on its nonzero values (3.2).
+
+    Args:
+        x: array (any shape); its zeros stay zero and are not clustered.
+        bits: width b; the codebook has at most 2^b nonzero centres.
+        reserve_zero: whether 0 is an extra fixed centre (joint and prune
+            modes). Without it (quantize-only mode) small values are not pulled
+            to 0 and the 2^b centres are all free.
+
+    Returns:
+        Sorted float32 centres; they include 0.0 when ``reserve_zero``. Has at
+        most ``2**bits`` nonzero entries (fewer if x has fewer distinct values).
+
+    Example:
+        >>> codebook(np.array([0.0, 1.0, 1.1, -2.0, 3.0]), bits=1).size  # 2 + zero
+        3
+    """
+    _check_bits_range(bits, bits)
+    arr = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+    sv = _kmeans.SortedValues.from_array(arr)
+    [[(free, _)]] = _kmeans.kmeans_widths([sv], [bits], reserve_zero)
+    centres = np.concatenate([free, [0.0]]) if reserve_zero else free
+    return np.unique(centres.astype(np.float32))
+
+
+def quantize(x, centres):
+    """Replaces every nonzero entry of x by its nearest centre; zeros stay zero.
+
+    Args:
+        x: array (NumPy or TF), any shape.
+        centres: 1-D sorted codebook (as returned by :func:`codebook`).
+
+    Returns:
+        An array of the same kind, shape and dtype float32.
+    """
+    as_tf = _is_tf(x)
+    arr = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+    out = _quantize_np(arr, np.asarray(centres, dtype=np.float32))
+    return _from_numpy([out], as_tf)[0]
+
+
+def _quantize_np(arr: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    if centres.size == 0:
+        return np.zeros_like(arr)
+    c = np.sort(centres.astype(np.float64))
+    mid = 0.5 * (c[1:] + c[:-1])
+    flat = arr.ravel()
+    nonzero = np.flatnonzero(flat)  # zeros stay zero; only the nonzeros are looked up
+    idx = np.searchsorted(mid, flat[nonzero].astype(np.float64), side="left")  # ties: lower
+    out = np.zeros(flat.size, dtype=np.float32)
+    out[nonzero] = c[idx]
+    return out.reshape(arr.shape)
+
+
+def quantization_projection(
+    weights,
+    nnz: Sequence[int],
+    budget_bits: float,
+    min_bits: int = 1,
+    max_bits: int = MAX_BITS,
+    reserve_zero: bool = True,
+):
+    """Quantizes every layer with its best bit width under the budget (3.3).
+
+    For every layer l and width b in [min_bits, max_bits] it computes the
+    codebook of :func:`codebook` and its distortion D_l(b) (squared error over
+    the whole layer, entries sent to zero included), then chooses one b_l per
+    layer minimising ``sum_l D_l(b_l)`` subject to ``sum_l b_l * nnz_l <=
+    budget_bits`` — exactly (dynamic programming over Pareto frontiers), where
+    the reference's greedy may leave budget unused. A layer whose values need
+    fewer levels gets the smallest width that holds them, so projecting twice
+    changes nothing.
+
+    Args:
+        weights: list of per-layer arrays (NumPy or TF): W + U in ADMM.
+        nnz: per-layer nonzero counts that the budget charges (of W).
+        budget_bits: the budget S in bits.
+        min_bits: lowest width allowed (``bwlb``).
+        max_bits: highest width allowed (8; equal to min_bits for fixed bits).
+        reserve_zero: keep 0 as a fixed extra centre (False in quantize-only
+            mode).
+
+    Returns:
+        (projected_weights, bits): the quantized layers (same kind and shapes)
+        and the chosen widths (list of int).
+
+    Raises:
+        ValueError: if even ``min_bits`` everywhere exceeds the budget, or on
+            invalid arguments.
+    """
+    arrays, as_tf = _to_numpy(weights)
+    budget = _check_budget(budget_bits)
+    _check_bits_range(min_bits, max_bits)
+    nnz = [int(n) for n in nnz]
+    if len(nnz) != len(arrays) or any(n < 0 for n in nnz):
+        raise ValueError(
+            f"Invalid value for argument `nnz`. Received: {nnz}. "
+            f"Expected {len(arrays)} non-negative counts, one per layer."
+        )
+    cheapest = min_bits * sum(nnz)
+    if cheapest > budget:
+        raise ValueError(
+            f"Invalid value for argument `budget_bits`. Received: {budget_bits}. "
+            f"Expected at least {cheapest} bits: {sum(nnz)} nonzeros at min_bits={min_bits} "
+            "do not fit (the budget is infeasible)."
+        )
+    if not arrays:
+        return _from_numpy([], as_tf), []
+    widths = np.arange(min_bits, max_bits + 1)
+    costs = np.array([[b * n for b in widths] for n in nnz], dtype=np.float64)  # [L, C]
+    layers = [_kmeans.SortedValues.from_array(arr) for arr in arrays]
+    books = _kmeans.kmeans_widths(layers, widths, reserve_zero)  # [L][C] (centres, dist)
+    dists = np.array([[d for _, d in row] for row in books])  # [L, C]
+    choice = _knapsack.allocate_exact(costs, dists, budget)
+    assert choice is not None  # feasibility was checked above
+    projected, bits = [], []
+    for arr, row, j in zip(arrays, books, choice):
+        free = row[j][0]
+        centres = np.concatenate([free, [0.0]]) if reserve_zero else free
+        q = _quantize_np(arr, centres)
+        levels = np.unique(q[q != 0]).size
+        needed = max(min_bits, math.ceil(math.log2(levels)) if levels > 1 else min_bits)
+        projected.append(q)
+        bits.append(int(min(widths[j], needed)))
+    return _from_numpy(projected, as_tf), bits

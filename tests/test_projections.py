@@ -1,0 +1,214 @@
+"""Property tests of the projections (ALGORITHM.md section 3)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sqjl_tf import _knapsack, projections
+from sqjl_tf.budget import budget_bits
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def layer_lists(draw, max_layers=4, max_size=60):
+    """Lists of small layers with ties, exact zeros and constant layers."""
+    num_layers = draw(st.integers(1, max_layers))
+    layers = []
+    for _ in range(num_layers):
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+        size = int(np.prod(shape))
+        if size > max_size:
+            shape, size = (max_size,), max_size
+        kind = draw(st.sampled_from(["normal", "ties", "zeros", "constant", "sparse"]))
+        seed = draw(st.integers(0, 2**31 - 1))
+        rng = np.random.default_rng(seed)
+        if kind == "normal":
+            x = rng.standard_normal(size)
+        elif kind == "ties":
+            x = rng.choice([-1.0, -0.5, 0.5, 1.0, 2.0], size)
+        elif kind == "zeros":
+            x = np.zeros(size)
+        elif kind == "constant":
+            x = np.full(size, draw(st.sampled_from([-0.3, 0.7, 1.0])))
+        else:
+            x = rng.standard_normal(size) * (rng.random(size) < 0.3)
+        layers.append(x.astype(np.float32).reshape(shape))
+    return layers
+
+
+def _reference_sparse(weights, bits, budget):
+    """Straightforward greedy: full stable sort, longest prefix that fits."""
+    scores = np.concatenate([w.ravel().astype(np.float32) ** 2 / np.float32(b) for w, b in zip(weights, bits)])
+    costs = np.concatenate([np.full(w.size, b, float) for w, b in zip(weights, bits)])
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] > 0]
+    keep = np.zeros(scores.size, bool)
+    keep[order[np.cumsum(costs[order]) <= budget]] = True
+    return keep
+
+
+@SETTINGS
+@given(layer_lists(), st.lists(st.integers(1, 8), min_size=4, max_size=4), st.floats(0, 1.2))
+def test_sparse_projection_holds_budget_and_matches_greedy(weights, bits, fraction):
+    bits = bits[: len(weights)]
+    budget = fraction * sum(b * w.size for b, w in zip(bits, weights))
+    out, nnz = projections.sparse_projection(weights, bits, budget)
+    assert sum(b * n for b, n in zip(bits, nnz)) <= budget
+    for w, o, n in zip(weights, out, nnz):
+        assert o.shape == w.shape and o.dtype == np.float32
+        assert np.count_nonzero(o) == n
+        assert np.all((o == 0) | (o == w))  # kept weights unchanged
+        assert np.all(o[w == 0] == 0)  # zeros stay zero
+    kept = np.concatenate([(o != 0).ravel() for o in out])
+    np.testing.assert_array_equal(kept, _reference_sparse(weights, bits, budget))
+    again, nnz2 = projections.sparse_projection(out, bits, budget)
+    assert nnz2 == nnz
+    for a, o in zip(again, out):
+        np.testing.assert_array_equal(a, o)
+
+
+def test_sparse_projection_ties_never_exceed_budget():
+    weights = [np.ones((10,), np.float32), -np.ones((7,), np.float32)]
+    out, nnz = projections.sparse_projection(weights, [3, 3], budget_bits=20)
+    assert 3 * sum(nnz) <= 20 and sum(nnz) == 6
+    # Ties are broken by layer order, then position.
+    np.testing.assert_array_equal(out[0], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_sparse_projection_keeps_highest_score_per_bit():
+    weights = [np.array([3.0, 0.1], np.float32), np.array([2.0, 2.0], np.float32)]
+    # scores: 9/8, 0.01/8 ; 4/1, 4/1  -> 2 bits of budget keep the second layer only
+    out, nnz = projections.sparse_projection(weights, [8, 1], budget_bits=2)
+    assert nnz == [0, 2]
+    out, nnz = projections.sparse_projection(weights, [8, 1], budget_bits=10)
+    assert nnz == [1, 2]
+
+
+@SETTINGS
+@given(layer_lists(), st.integers(1, 3), st.integers(3, 8), st.floats(0.3, 1.5), st.booleans())
+def test_quantization_projection_properties(weights, min_bits, max_bits, fraction, reserve_zero):
+    nnz = [int(np.count_nonzero(w)) for w in weights]
+    budget = fraction * max_bits * sum(nnz)
+    if min_bits * sum(nnz) > budget:
+        with pytest.raises(ValueError, match="budget_bits"):
+            projections.quantization_projection(weights, nnz, budget, min_bits, max_bits, reserve_zero)
+        return
+    out, bits = projections.quantization_projection(
+        weights, nnz, budget, min_bits, max_bits, reserve_zero
+    )
+    assert sum(b * n for b, n in zip(bits, nnz)) <= budget
+    for w, o, b in zip(weights, out, bits):
+        assert o.shape == w.shape
+        assert min_bits <= b <= max_bits
+        assert np.unique(o[o != 0]).size <= 2**b
+        assert np.all(o[w == 0] == 0)
+    again, bits2 = projections.quantization_projection(
+        out, nnz, budget, min_bits, max_bits, reserve_zero
+    )
+    assert bits2 == bits
+    for a, o in zip(again, out):
+        np.testing.assert_array_equal(a, o)
+
+
+@SETTINGS
+@given(
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(0, 2**31 - 1),
+    st.floats(0.0, 1.0),
+)
+def test_exact_allocation_matches_brute_force(num_groups, num_choices, seed, fraction):
+    rng = np.random.default_rng(seed)
+    nnz = rng.integers(0, 20, num_groups)
+    widths = np.arange(1, num_choices + 1)
+    costs = (nnz[:, None] * widths[None, :]).astype(float)
+    dists = np.sort(rng.random((num_groups, num_choices)) * 10, axis=1)[:, ::-1]
+    dists = np.round(dists, 1)  # create ties
+    lo, hi = costs.min(1).sum(), costs.max(1).sum()
+    budget = lo + fraction * (hi - lo)
+    best = None
+    for combo in itertools.product(range(num_choices), repeat=num_groups):
+        cost = sum(costs[g, c] for g, c in enumerate(combo))
+        if cost > budget:
+            continue
+        dist = sum(dists[g, c] for g, c in enumerate(combo))
+        if best is None or dist < best[0] - 1e-9 or (abs(dist - best[0]) <= 1e-9 and cost < best[1]):
+            best = (dist, cost)
+    choice = _knapsack.allocate_exact(costs, dists, budget)
+    got_cost = sum(costs[g, c] for g, c in enumerate(choice))
+    got_dist = sum(dists[g, c] for g, c in enumerate(choice))
+    assert got_cost <= budget
+    assert got_dist == pytest.approx(best[0], abs=1e-9)
+    greedy = _knapsack.allocate_greedy(costs, dists, budget)
+    assert got_dist <= sum(dists[g, c] for g, c in enumerate(greedy)) + 1e-9
+
+
+def test_exact_allocation_reports_infeasible():
+    assert _knapsack.allocate_exact(np.array([[5.0, 10.0]]), np.array([[1.0, 0.0]]), 4) is None
+
+
+def test_infeasible_budget_raises_clear_error():
+    w = [np.ones((10,), np.float32)]
+    with pytest.raises(ValueError, match=r"budget_bits.*Received: 5.*at least 10"):
+        projections.quantization_projection(w, [10], budget_bits=5)
+    with pytest.raises(ValueError, match="budget_bits"):
+        projections.sparse_projection(w, [2], budget_bits=float("nan"))
+    with pytest.raises(ValueError, match="budget_bits"):
+        projections.sparse_projection(w, [2], budget_bits=-1)
+    with pytest.raises(ValueError, match="bits"):
+        projections.sparse_projection(w, [2, 3], budget_bits=4)
+    with pytest.raises(ValueError, match="min_bits"):
+        projections.quantization_projection(w, [10], 100, min_bits=0)
+    with pytest.raises(ValueError, match="weights"):
+        projections.sparse_projection(np.ones(3), [2], 4)
+
+
+def test_codebook_and_quantize():
+    x = np.array([0.0, 1.0, 1.1, 0.9, -2.0, -2.1, 3.0, 0.0], np.float32)
+    centres = projections.codebook(x, bits=2)
+    assert 0.0 in centres and np.count_nonzero(centres) <= 4
+    q = projections.quantize(x, centres)
+    assert q[0] == 0 and q[-1] == 0
+    assert np.unique(q[q != 0]).size <= 4
+    # 6 distinct values, 4 levels: the optimum merges the two closest pairs.
+    assert np.sum((x - q) ** 2) <= 0.01 + 1e-6
+    # Without the reserved zero the centres are all free.
+    free = projections.codebook(np.array([0.01, 0.02, 5.0, 5.1], np.float32), bits=1, reserve_zero=False)
+    assert free.size == 2 and 0.0 not in free
+
+
+def test_codebook_beats_reference_lloyd():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(5000).astype(np.float32)
+    for bits in (2, 4, 6):
+        ours = projections.quantize(x, projections.codebook(x, bits))
+        free = np.linspace(x.min(), x.max(), 2**bits)
+        prev = None
+        for _ in range(100):  # the reference: Lloyd from a linspace start, tolerance 1e-3
+            c = np.concatenate([free, [0.0]])
+            d2 = (x[:, None] - c[None]) ** 2
+            a = np.argmin(d2, 1)
+            dist = d2.min(1).sum()
+            cnt = np.bincount(a, minlength=c.size)[:-1]
+            free = np.where(cnt > 0, np.bincount(a, x, c.size)[:-1] / np.maximum(cnt, 1), free)
+            if prev is not None and abs(prev - dist) <= 1e-3 * prev:
+                break
+            prev = dist
+        c = np.concatenate([free, [0.0]])
+        ref = c[np.argmin((x[:, None] - c[None]) ** 2, 1)]
+        assert np.sum((x - ours) ** 2) <= np.sum((x - ref) ** 2) * (1 + 1e-9)
+
+
+def test_tf_inputs_give_tf_outputs():
+    weights = [tf.random.normal([4, 5], seed=1), tf.Variable(tf.random.normal([3, 3], seed=2))]
+    budget = budget_bits([20, 9], 0.5, 3)
+    out, nnz = projections.sparse_projection(weights, [3, 3], budget)
+    assert all(isinstance(o, tf.Tensor) for o in out)
+    q, bits = projections.quantization_projection(out, nnz, budget)
+    assert all(isinstance(o, tf.Tensor) for o in q)
+    assert [tuple(o.shape) for o in q] == [(4, 5), (3, 3)]
