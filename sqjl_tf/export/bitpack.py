@@ -243,6 +243,12 @@ def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
 def gaps_from_positions(positions: np.ndarray) -> np.ndarray:
     """Number of zeros before each nonzero, from sorted flat positions.
 
+    Args:
+        positions: sorted, distinct flat indices of the nonzeros.
+
+    Returns:
+        int64 gaps, all ``>= 0``.
+
     Example:
         >>> gaps_from_positions(np.array([2, 3, 7])).tolist()
         [2, 0, 3]
@@ -253,6 +259,12 @@ def gaps_from_positions(positions: np.ndarray) -> np.ndarray:
 
 def positions_from_gaps(gaps: np.ndarray) -> np.ndarray:
     """Inverse of :func:`gaps_from_positions`.
+
+    Args:
+        gaps: non-negative gaps.
+
+    Returns:
+        int64 sorted flat positions.
 
     Example:
         >>> positions_from_gaps(np.array([2, 0, 3])).tolist()
@@ -323,6 +335,13 @@ def _read_varwidth(bits: np.ndarray, widths: np.ndarray) -> np.ndarray:
 def encode_bitmap(positions: np.ndarray, n: int) -> bytes:
     """Bitmap of ``n`` bits with ones at ``positions``.
 
+    Args:
+        positions: flat indices in ``[0, n)``.
+        n: number of weights.
+
+    Returns:
+        ``ceil(n / 8)`` bytes.
+
     Example:
         >>> encode_bitmap(np.array([0, 9]), 10)
         b'\\x80@'
@@ -334,6 +353,16 @@ def encode_bitmap(positions: np.ndarray, n: int) -> bytes:
 
 def decode_bitmap(data: bytes, n: int) -> np.ndarray:
     """Positions of the ones of an ``n``-bit bitmap.
+
+    Args:
+        data: the bitmap bytes.
+        n: number of weights.
+
+    Returns:
+        Sorted int64 positions.
+
+    Raises:
+        ValueError: if ``data`` holds fewer than ``n`` bits.
 
     Example:
         >>> decode_bitmap(b'\\x80@', 10).tolist()
@@ -372,7 +401,18 @@ def encode_elias_gamma(values: np.ndarray) -> bytes:
 
 
 def decode_elias_gamma(data: bytes, count: int) -> np.ndarray:
-    """Inverse of :func:`encode_elias_gamma`; returns int64 values."""
+    """Inverse of :func:`encode_elias_gamma`.
+
+    Args:
+        data: the encoded bytes.
+        count: number of values.
+
+    Returns:
+        int64 values ``>= 1``.
+
+    Raises:
+        ValueError: if the stream is too short.
+    """
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
@@ -413,7 +453,19 @@ def encode_rice(values: np.ndarray, k: int) -> bytes:
 
 
 def decode_rice(data: bytes, count: int, k: int) -> np.ndarray:
-    """Inverse of :func:`encode_rice`; returns int64 values."""
+    """Inverse of :func:`encode_rice`.
+
+    Args:
+        data: the encoded bytes.
+        count: number of values.
+        k: Rice parameter used to encode.
+
+    Returns:
+        int64 values ``>= 0``.
+
+    Raises:
+        ValueError: if the stream is too short.
+    """
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
@@ -432,6 +484,12 @@ def rice_parameter(gaps: np.ndarray) -> int:
     For geometrically distributed gaps (random pruning) this is within one of
     the optimal parameter; :func:`position_encoding_sizes` also measures
     ``k - 1`` and ``k + 1``.
+
+    Args:
+        gaps: non-negative gaps.
+
+    Returns:
+        The parameter ``k >= 0`` (0 when there are no gaps).
 
     Example:
         >>> rice_parameter(np.array([40, 60, 50]))
@@ -591,6 +649,12 @@ def decode_positions(
 def bits_for_codebook(size: int) -> int:
     """Smallest ``b >= 1`` with ``2**b >= size``.
 
+    Args:
+        size: number of codebook entries.
+
+    Returns:
+        The code width in bits.
+
     Example:
         >>> [bits_for_codebook(k) for k in (0, 1, 2, 3, 8, 9, 256)]
         [1, 1, 1, 2, 3, 4, 8]
@@ -628,7 +692,16 @@ def quantize_to_codes(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.nd
 def dequantize_codes(
     positions: np.ndarray, codebook: np.ndarray, codes: np.ndarray, n: int
 ) -> np.ndarray:
-    """Inverse of :func:`quantize_to_codes`; returns a flat float32 array.
+    """Inverse of :func:`quantize_to_codes`.
+
+    Args:
+        positions: flat positions of the nonzeros.
+        codebook: float32 codebook.
+        codes: index of each nonzero in the codebook.
+        n: number of weights.
+
+    Returns:
+        Flat float32 array of ``n`` values.
 
     Raises:
         ValueError: if a code is outside the codebook.

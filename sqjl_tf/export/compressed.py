@@ -155,7 +155,12 @@ class FileSizeBreakdown:
         return num / den if den else math.inf
 
     def as_dict(self) -> Dict[str, Any]:
-        """All fields, the rates and the per-layer rows as plain Python values."""
+        """The breakdown as plain Python values (e.g. for JSON).
+
+        Returns:
+            A dict of every field, ``real_rate``, ``paper_rate`` and ``layers``
+            as a list of dicts (shapes as lists).
+        """
         out = dataclasses.asdict(self)
         out["layers"] = [dataclasses.asdict(row) for row in self.layers]
         for row in out["layers"]:
