@@ -252,3 +252,41 @@ def quantization_projection(
         projected.append(q)
         bits.append(int(min(widths[j], needed)))
     return _from_numpy(projected, as_tf), bits
+
+
+def quantize_with_bits(weights, bits: Sequence[int], reserve_zero: bool = True):
+    """Quantizes every layer with its own, given bit width (no allocation).
+
+    Used when the widths are fixed (``fixedbits``, after ``bits_epoch``) and to
+    finalise a model: layer l gets the codebook of :func:`codebook` with
+    ``bits[l]`` bits; zeros stay zero.
+
+    Args:
+        weights: list of per-layer arrays (NumPy or TF).
+        bits: per-layer widths in [1, 8].
+        reserve_zero: keep 0 as a fixed extra centre.
+
+    Returns:
+        (quantized_weights, bits): same kind and shapes as the input; bits as
+        given, lowered where a layer needs fewer levels.
+    """
+    arrays, as_tf = _to_numpy(weights)
+    bits = [int(b) for b in bits]
+    if len(bits) != len(arrays):
+        raise ValueError(
+            f"Invalid value for argument `bits`. Received: {len(bits)} values. "
+            f"Expected one per layer ({len(arrays)})."
+        )
+    for b in bits:
+        _check_bits_range(b, b)
+    layers = [_kmeans.SortedValues.from_array(a) for a in arrays]
+    out, used = [None] * len(arrays), list(bits)
+    for width in sorted(set(bits)):
+        group = [i for i, b in enumerate(bits) if b == width]
+        books = _kmeans.kmeans_widths([layers[i] for i in group], [width], reserve_zero)
+        for i, [(free, _)] in zip(group, books):
+            centres = np.concatenate([free, [0.0]]) if reserve_zero else free
+            out[i] = _quantize_np(arrays[i], centres)
+            levels = np.unique(out[i][out[i] != 0]).size
+            used[i] = min(width, max(1, math.ceil(math.log2(levels)) if levels > 1 else 1))
+    return _from_numpy(out, as_tf), used

@@ -1,0 +1,342 @@
+"""ADMM state of a compression run (ALGORITHM.md section 2), independent of Keras's hooks.
+
+:class:`ADMMState` owns, for every compressible kernel W of a model, the
+duplicate V and the scaled dual U (``tf.Variable``s created under the model's
+distribution strategy), the current bit widths and nonzero counts, and the
+schedule position. It runs the projections at the right moments; the Keras
+callback (``callback.ADMMCallback``) and a custom training loop both drive it
+through the same four calls::
+
+    state = ADMMState(ADMMConfig(nnz_budget=0.02, bit_budget=3), model)
+    state.start()                      # projections once before the first batch
+    for epoch in range(epochs):
+        for batch in data:
+            strategy.run(train_step, (batch,))   # optimizer: ADMMOptimizer
+            state.after_batches(1)
+        state.end_epoch()
+    compressed = state.finalized_model()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sqjl_tf import projections
+from sqjl_tf.budget import MAX_BITS, budget_bits
+from sqjl_tf.layers import CompressibleKernel, compressible_kernels
+
+MODES = ("joint", "prune", "quant")
+PRUNE_BITS = 32  # b_l in prune-only mode: the weights stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class ADMMConfig:
+    """Options of an ADMM compression run (the reference's flags).
+
+    Attributes:
+        nnz_budget: fraction of nonzeros kept, in (0, 1] (ignored by ``quant``).
+        bit_budget: average bits per kept weight, in [1, 8] (ignored by ``prune``).
+        rho: ADMM penalty rho > 0.
+        projint: batches between sparse projections (0: once per epoch).
+        dualint: batches between quantization projections and dual updates
+            (0: once per epoch); a multiple of ``projint``.
+        mode: "joint" (prune and quantize), "prune" (prune only, float32
+            weights) or "quant" (quantize only, no pruning, no zero centre).
+        bwlb: lowest bit width a layer may get.
+        fixedbits: keep ``floor(bit_budget)`` bits in every layer.
+        bits_epoch: after this many epochs the bit widths stop changing
+            (None: never frozen).
+        prox: proximal primal update (True) or the augmented term's gradient.
+    """
+
+    nnz_budget: float = 1.0
+    bit_budget: float = 8.0
+    rho: float = 1e-3
+    projint: int = 0
+    dualint: int = 0
+    mode: str = "joint"
+    bwlb: int = 1
+    fixedbits: bool = False
+    bits_epoch: Optional[int] = None
+    prox: bool = True
+
+    def __post_init__(self):
+        def bad(name, value, expected):
+            raise ValueError(
+                f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
+            )
+
+        if self.mode not in MODES:
+            bad("mode", self.mode, f"one of {MODES}")
+        nnz = float(self.nnz_budget)
+        if not (math.isfinite(nnz) and 0 < nnz <= 1):
+            bad("nnz_budget", self.nnz_budget, "a float in (0, 1]")
+        bits = float(self.bit_budget)
+        if not (math.isfinite(bits) and 1 <= bits <= MAX_BITS):
+            bad("bit_budget", self.bit_budget, f"a number in [1, {MAX_BITS}]")
+        rho = float(self.rho)
+        if not (math.isfinite(rho) and rho > 0):
+            bad("rho", self.rho, "a finite float > 0")
+        for name in ("projint", "dualint"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, np.integer)) and value >= 0):
+                bad(name, value, "an integer >= 0 (0: once per epoch)")
+        if (self.projint == 0) != (self.dualint == 0) or (
+            self.projint and self.dualint % self.projint
+        ):
+            bad("dualint", self.dualint, f"a multiple of projint={self.projint} (0 if projint is 0)")
+        if not (isinstance(self.bwlb, (int, np.integer)) and 1 <= self.bwlb <= MAX_BITS):
+            bad("bwlb", self.bwlb, f"an integer in [1, {MAX_BITS}]")
+        if self.mode == "joint" and self.bwlb > self.bit_budget:
+            bad("bwlb", self.bwlb, f"an integer <= bit_budget={self.bit_budget}")
+        if self.bits_epoch is not None and not (
+            isinstance(self.bits_epoch, (int, np.integer)) and self.bits_epoch >= 0
+        ):
+            bad("bits_epoch", self.bits_epoch, "None or an integer >= 0")
+
+    @property
+    def initial_bits(self) -> int:
+        return PRUNE_BITS if self.mode == "prune" else int(math.floor(self.bit_budget))
+
+    def budget(self, sizes: Sequence[int]) -> float:
+        """The budget S in bits for layers of the given sizes."""
+        if self.mode == "prune":
+            return budget_bits(sizes, self.nnz_budget, 1.0) * PRUNE_BITS
+        if self.mode == "quant":
+            return budget_bits(sizes, 1.0, self.bit_budget)
+        return budget_bits(sizes, self.nnz_budget, self.bit_budget)
+
+
+class ADMMState(tf.Module):
+    """Duplicate and dual variables, bit widths and schedule of one ADMM run.
+
+    Args:
+        config: the run's :class:`ADMMConfig`.
+        model: a built Keras model; its compressible kernels are W.
+        predicate: optional ``f(layer, variable) -> bool`` choosing the kernels.
+
+    Raises:
+        ValueError: if the model has no compressible kernel, or the budget is
+            too small for one weight per layer at ``bwlb`` bits.
+    """
+
+    def __init__(self, config: ADMMConfig, model, predicate: Optional[Callable] = None):
+        super().__init__(name="admm_state")
+        self.config = config
+        self._kernels: List[CompressibleKernel] = compressible_kernels(model, predicate)
+        if not self._kernels:
+            raise ValueError(
+                "Invalid value for argument `model`. Received: a model with no compressible "
+                "kernel. Expected Dense/Conv/EinsumDense layers (or a predicate that selects some)."
+            )
+        sizes = [k.size for k in self._kernels]
+        self.budget_bits = config.budget(sizes)
+        floor = config.bwlb * len(sizes) if config.mode == "joint" else 0
+        if config.mode == "joint" and self.budget_bits < floor:
+            raise ValueError(
+                f"Invalid value for argument `nnz_budget`. Received: {config.nnz_budget}. "
+                f"Expected a budget of at least one weight per layer at bwlb={config.bwlb} bits "
+                f"({floor} bits); this model's budget is {self.budget_bits:.0f} bits."
+            )
+        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        self.strategy = strategy
+        num = len(sizes)
+        with strategy.scope():
+            self.duplicates = []
+            self.duals = []
+            if config.mode != "prune":
+                for k in self._kernels:
+                    name = k.name.replace("/", "_")
+                    self.duplicates.append(
+                        tf.Variable(tf.zeros(k.variable.shape), trainable=False, name=f"V_{name}")
+                    )
+                    self.duals.append(
+                        tf.Variable(tf.zeros(k.variable.shape), trainable=False, name=f"U_{name}")
+                    )
+            self.bits = tf.Variable(
+                tf.fill([num], config.initial_bits), trainable=False, name="bits", dtype=tf.int32
+            )
+            self.nnz = tf.Variable(
+                tf.constant(sizes, tf.int64), trainable=False, name="nnz"
+            )
+            self.residuals = tf.Variable(tf.zeros([num], tf.float64), trainable=False, name="residuals")
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.started = tf.Variable(False, trainable=False, name="started")
+        self._index = {id(k.variable): i for i, k in enumerate(self._kernels)}
+        self._index_by_path = {k.variable.path: i for i, k in enumerate(self._kernels)}
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def kernels(self) -> List[CompressibleKernel]:
+        return list(self._kernels)
+
+    @property
+    def sizes(self) -> List[int]:
+        return [k.size for k in self._kernels]
+
+    def index_of(self, variable) -> Optional[int]:
+        """Position of ``variable`` among the compressed kernels, or None."""
+        found = self._index.get(id(variable))
+        if found is None and hasattr(variable, "path"):
+            found = self._index_by_path.get(variable.path)
+        return found
+
+    def _w(self) -> List[np.ndarray]:
+        return [np.asarray(k.variable.numpy(), np.float32) for k in self._kernels]
+
+    @property
+    def current_bits(self) -> List[int]:
+        return [int(b) for b in self.bits.numpy()]
+
+    @property
+    def current_nnz(self) -> List[int]:
+        return [int(n) for n in self.nnz.numpy()]
+
+    @property
+    def bits_frozen(self) -> bool:
+        c = self.config
+        return c.fixedbits or (c.bits_epoch is not None and int(self.epoch.numpy()) >= c.bits_epoch)
+
+    # ------------------------------------------------------------- the steps
+    def sparse_step(self) -> None:
+        """W <- Proj_sparse(W; current bits, S), in place (not in quant mode)."""
+        weights = self._w()
+        if self.config.mode == "quant":
+            self.nnz.assign([w.size for w in weights])
+            return
+        projected, nnz = projections.sparse_projection(weights, self.current_bits, self.budget_bits)
+        for k, p in zip(self._kernels, projected):
+            k.variable.assign(p)
+        self.nnz.assign(nnz)
+
+    def dual_step(self) -> None:
+        """V, b <- Proj_quant(W + U; nnz of W, S); U <- U + W - V; residuals."""
+        if self.config.mode == "prune":
+            return
+        weights = self._w()
+        duals = [u.numpy() for u in self.duals]
+        targets = [w + u for w, u in zip(weights, duals)]
+        nnz = self.current_nnz
+        reserve_zero = self.config.mode == "joint"
+        if self.bits_frozen:
+            bits = self.current_bits  # fixed: never changed, even if fewer levels are used
+            v, _ = projections.quantize_with_bits(targets, bits, reserve_zero)
+        else:
+            v, bits = projections.quantization_projection(
+                targets,
+                nnz,
+                self.budget_bits,
+                min_bits=self.config.bwlb if self.config.mode == "joint" else 1,
+                max_bits=MAX_BITS,
+                reserve_zero=reserve_zero,
+            )
+        residuals = []
+        for i, (w, vi, u) in enumerate(zip(weights, v, duals)):
+            self.duplicates[i].assign(vi)
+            self.duals[i].assign(u + (w - vi))
+            residuals.append(float(np.sum((w.astype(np.float64) - vi) ** 2)))
+        self.bits.assign(bits)
+        self.residuals.assign(residuals)
+
+    def start(self) -> None:
+        """Runs both projections once before the first batch (no-op on resume)."""
+        if bool(self.started.numpy()):
+            return
+        self.sparse_step()
+        self.dual_step()
+        self.started.assign(True)
+        logging.info(
+            "ADMM start: budget %.0f bits (%d layers), bits %s, nnz %s",
+            self.budget_bits, len(self._kernels), self.current_bits, self.current_nnz,
+        )
+
+    def after_batches(self, num_batches: int = 1) -> None:
+        """Advances the schedule by ``num_batches`` and runs what falls due."""
+        before = int(self.step.numpy())
+        after = before + int(num_batches)
+        self.step.assign(after)
+        c = self.config
+        if c.projint and after // c.projint > before // c.projint:
+            self.sparse_step()
+        if c.dualint and after // c.dualint > before // c.dualint:
+            self.dual_step()
+
+    def end_epoch(self) -> Dict[str, float]:
+        """Runs the once-per-epoch projections and returns the epoch's ADMM logs."""
+        if self.config.projint == 0:
+            self.sparse_step()
+        if self.config.dualint == 0:
+            self.dual_step()
+        self.epoch.assign_add(1)
+        return self.logs()
+
+    # ----------------------------------------------------------- finalising
+    def finalized_weights(self) -> List[np.ndarray]:
+        """The kernels as they would ship: sparse-projected, then quantized.
+
+        Each W_l is pruned by the sparse projection with the current bits (so
+        the budget holds) and quantized with its own b_l by the codebook step
+        (zeros stay zero). The variables are not changed.
+        """
+        weights = self._w()
+        mode = self.config.mode
+        if mode != "quant":
+            weights, _ = projections.sparse_projection(weights, self.current_bits, self.budget_bits)
+        if mode == "prune":
+            return weights
+        quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")
+        return quantized
+
+    def finalize_in_place(self) -> None:
+        """Overwrites every kernel with its finalised value."""
+        for k, w in zip(self._kernels, self.finalized_weights()):
+            k.variable.assign(w)
+
+    def logs(self) -> Dict[str, float]:
+        """Scalars for Keras logs: residuals, rate, and bits/nnz per layer."""
+        bits, nnz, sizes = self.current_bits, self.current_nnz, self.sizes
+        size = sum(b * n for b, n in zip(bits, nnz))
+        out = {
+            "admm_residual": float(np.sum(self.residuals.numpy())),
+            "compression_rate": 32.0 * sum(sizes) / size if size else float("inf"),
+            "size_bits": float(size),
+            "budget_bits": float(self.budget_bits),
+            "nnz": float(sum(nnz)),
+        }
+        for k, b, n, r in zip(self._kernels, bits, nnz, self.residuals.numpy()):
+            tag = k.name
+            out[f"bits/{tag}"] = float(b)
+            out[f"nnz/{tag}"] = float(n)
+            out[f"residual/{tag}"] = float(r)
+        return out
+
+    # --------------------------------------------------------- serialisation
+    def get_state(self) -> Dict[str, np.ndarray]:
+        """All state as NumPy arrays (for checkpoints)."""
+        state = {
+            "bits": self.bits.numpy(),
+            "nnz": self.nnz.numpy(),
+            "residuals": self.residuals.numpy(),
+            "step": self.step.numpy(),
+            "epoch": self.epoch.numpy(),
+            "started": self.started.numpy(),
+        }
+        for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
+            state[f"V{i}"] = v.numpy()
+            state[f"U{i}"] = u.numpy()
+        return state
+
+    def set_state(self, state: Dict[str, np.ndarray]) -> None:
+        """Restores what :meth:`get_state` returned."""
+        for key in ("bits", "nnz", "residuals", "step", "epoch", "started"):
+            getattr(self, key).assign(state[key])
+        for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
+            v.assign(state[f"V{i}"])
+            u.assign(state[f"U{i}"])

@@ -1,0 +1,174 @@
+"""ADMMCallback: adapts :class:`~sqjl_tf.admm.ADMMState` to Keras's ``fit`` hooks."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import keras
+import numpy as np
+
+from sqjl_tf.admm import ADMMConfig, ADMMState
+
+
+class ADMMCallback(keras.callbacks.Callback):
+    """Compresses a model to a size budget during ``model.fit``.
+
+    On ``on_train_begin`` it creates the ADMM state (V and U per compressible
+    kernel, under the model's distribution strategy) and runs both projections
+    once; then the sparse projection every ``projint`` batches and the
+    quantization projection with the dual update every ``dualint`` batches
+    (0: at the end of each epoch). Validation inside ``fit`` measures the
+    finalised model (what :meth:`finalize` returns), not the raw weights, and
+    restores the weights afterwards. Per epoch it adds to the logs the ADMM
+    residual, the compression rate, and bits, nnz and residual per layer.
+
+    Pair it with :class:`~sqjl_tf.optimizer.ADMMOptimizer`, which applies the
+    primal update that pulls W towards V.
+
+    Args:
+        nnz_budget: fraction of nonzeros kept, in (0, 1].
+        bit_budget: average bits per kept weight, in [1, 8].
+        rho: ADMM penalty.
+        projint: batches between sparse projections (0: once per epoch).
+        dualint: batches between dual updates (0: once per epoch).
+        mode: "joint", "prune" or "quant".
+        bwlb: lowest bit width.
+        fixedbits: keep ``floor(bit_budget)`` bits everywhere.
+        bits_epoch: epochs after which the widths stop changing.
+        prox: proximal update (recommended) or penalty gradient.
+        predicate: ``f(layer, variable) -> bool`` choosing the kernels.
+        validate_finalized: evaluate the finalised model during ``fit``.
+        per_layer_logs: add bits/nnz/residual of every layer to the logs.
+
+    Example:
+        >>> cb = sqjl_tf.ADMMCallback(nnz_budget=0.02, bit_budget=3, rho=0.05)
+        >>> model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.01), cb),
+        ...               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        >>> model.fit(train, validation_data=val, epochs=30, callbacks=[cb])
+        >>> compressed = cb.finalize()
+    """
+
+    def __init__(
+        self,
+        nnz_budget: float = 1.0,
+        bit_budget: float = 8,
+        rho: float = 1e-3,
+        projint: int = 0,
+        dualint: int = 0,
+        mode: str = "joint",
+        bwlb: int = 1,
+        fixedbits: bool = False,
+        bits_epoch: Optional[int] = None,
+        prox: bool = True,
+        predicate: Optional[Callable] = None,
+        validate_finalized: bool = True,
+        per_layer_logs: bool = True,
+    ):
+        super().__init__()
+        self.config = ADMMConfig(
+            nnz_budget=nnz_budget,
+            bit_budget=bit_budget,
+            rho=rho,
+            projint=projint,
+            dualint=dualint,
+            mode=mode,
+            bwlb=bwlb,
+            fixedbits=fixedbits,
+            bits_epoch=bits_epoch,
+            prox=prox,
+        )
+        self.predicate = predicate
+        self.validate_finalized = validate_finalized
+        self.per_layer_logs = per_layer_logs
+        self.state: Optional[ADMMState] = None
+        self._in_fit = False
+        self._epoch_done = False
+        self._saved: Optional[List[np.ndarray]] = None
+        self._last_batch = -1
+
+    def build(self, model) -> ADMMState:
+        """Creates the ADMM state for ``model`` (done by ``fit``; call it to restore state first)."""
+        if self.state is None:
+            self.state = ADMMState(self.config, model, self.predicate)
+        return self.state
+
+    # ------------------------------------------------------------ fit hooks
+    def on_train_begin(self, logs=None):
+        self.build(self.model).start()
+        self._in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_done = False
+        self._last_batch = -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        # With steps_per_execution > 1 this fires every N batches: advance by N.
+        self.state.after_batches(batch - self._last_batch)
+        self._last_batch = batch
+
+    def _finish_epoch(self):
+        if not self._epoch_done:
+            self._epoch_logs = self.state.end_epoch()
+            self._epoch_done = True
+
+    def on_test_begin(self, logs=None):
+        if not self._in_fit or self.state is None:
+            return
+        self._finish_epoch()  # validation shows the model after this epoch's projections
+        if self.validate_finalized:
+            self._saved = [np.array(k.variable.numpy()) for k in self.state.kernels]
+            self.state.finalize_in_place()
+
+    def on_test_end(self, logs=None):
+        if self._saved is not None:
+            for k, w in zip(self.state.kernels, self._saved):
+                k.variable.assign(w)
+            self._saved = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._finish_epoch()
+        if logs is not None:
+            for key, value in self._epoch_logs.items():
+                if self.per_layer_logs or "/" not in key:
+                    logs[key] = value
+
+    # ------------------------------------------------------------ results
+    def finalize(self) -> keras.Model:
+        """A copy of the model with every kernel finalised (the compressed model).
+
+        Returns:
+            A new Keras model (same architecture) whose compressible kernels
+            are sparse-projected and quantized with their bit widths; it holds
+            the budget: ``sum_l b_l * nnz_l <= budget_bits``.
+
+        Raises:
+            RuntimeError: if called before training started.
+        """
+        if self.state is None:
+            raise RuntimeError("ADMMCallback.finalize() called before fit(): there is no state.")
+        return finalize_model(self.model, self.state)
+
+
+def finalize_model(model: keras.Model, state: ADMMState) -> keras.Model:
+    """Returns a copy of ``model`` with its kernels replaced by their finalised values.
+
+    Args:
+        model: the trained model.
+        state: its ADMM state (bits, budget).
+
+    Returns:
+        A new model with the same architecture and weights, except that each
+        compressible kernel is pruned to the budget and quantized.
+    """
+    finalized = state.finalized_weights()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    by_path = {k.variable.path: w for k, w in zip(state.kernels, finalized)}
+    src_paths = [w.path for w in model.weights]
+    for src_path, dst in zip(src_paths, clone.weights):
+        if src_path in by_path:
+            dst.assign(by_path[src_path])
+    return clone
