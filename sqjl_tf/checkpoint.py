@@ -1,0 +1,154 @@
+"""Training checkpoints: model, optimizer and ADMM state in one atomic file.
+
+A checkpoint is a single ``.npz`` file holding every model weight, every
+optimizer variable (the iteration count included, so learning-rate schedules
+resume), the ADMM state (V, U, bits, nnz, schedule position) and a JSON
+metadata record. It is written to a temporary file in the same folder and
+renamed over the target, so a crash during a save leaves the previous
+checkpoint intact and loadable.
+
+Example:
+    >>> save_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state, {"epoch": 3})
+    >>> meta = load_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+_FORMAT = "sqjl_tf.checkpoint/1"
+
+
+def save_checkpoint(
+    path: str,
+    model,
+    optimizer=None,
+    admm_state=None,
+    metadata: Optional[Dict[str, Any]] = None,
+) -> str:
+    """Writes a checkpoint atomically (temporary file, then rename).
+
+    Args:
+        path: target file (``.npz``).
+        model: the Keras model.
+        optimizer: its optimizer (optional).
+        admm_state: an ``ADMMState`` (optional).
+        metadata: JSON-serialisable dict (epoch, metrics...).
+
+    Returns:
+        ``path``.
+    """
+    arrays = {}
+    for i, w in enumerate(model.weights):
+        arrays[f"model/{i}"] = np.asarray(w.numpy())
+    if optimizer is not None and optimizer.built:
+        for i, v in enumerate(optimizer.variables):
+            arrays[f"optimizer/{i}"] = np.asarray(v.numpy())
+    if admm_state is not None:
+        for key, value in admm_state.get_state().items():
+            arrays[f"admm/{key}"] = np.asarray(value)
+    meta = {"format": _FORMAT, "num_model_weights": len(model.weights)}
+    meta.update(metadata or {})
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+    """The metadata record of a checkpoint (cheap: reads one entry)."""
+    with _open(path) as data:
+        return json.loads(bytes(data["metadata"]).decode())
+
+
+def _open(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if "metadata" not in data.files:
+            raise ValueError("no metadata entry")
+        return data
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"Invalid checkpoint file '{path}': {err}. Expected a file written by save_checkpoint."
+        ) from err
+
+
+def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[str, Any]:
+    """Restores what :func:`save_checkpoint` wrote.
+
+    The optimizer is built on the model's trainable variables if needed.
+
+    Args:
+        path: the checkpoint file.
+        model: a model of the same architecture.
+        optimizer: the optimizer to restore (optional).
+        admm_state: the ``ADMMState`` to restore (optional).
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a checkpoint, or does not match the
+            model (number or shapes of weights).
+    """
+    with _open(path) as data:
+        meta = json.loads(bytes(data["metadata"]).decode())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"Invalid checkpoint file '{path}': unknown format {meta.get('format')!r}.")
+        weights = model.weights
+        if meta["num_model_weights"] != len(weights):
+            raise ValueError(
+                f"Invalid checkpoint file '{path}' for this model: it holds "
+                f"{meta['num_model_weights']} weights, the model has {len(weights)} "
+                "(a different architecture?)."
+            )
+        values = [data[f"model/{i}"] for i in range(len(weights))]
+        for w, v in zip(weights, values):
+            if tuple(w.shape) != v.shape:
+                raise ValueError(
+                    f"Invalid checkpoint file '{path}' for this model: weight '{w.path}' has "
+                    f"shape {tuple(w.shape)}, the checkpoint {v.shape} (a different architecture?)."
+                )
+        for w, v in zip(weights, values):
+            w.assign(v)
+        if optimizer is not None:
+            keys = sorted(
+                (k for k in data.files if k.startswith("optimizer/")),
+                key=lambda k: int(k.split("/")[1]),
+            )
+            if keys:
+                if not optimizer.built:
+                    optimizer.build(model.trainable_variables)
+                if len(keys) != len(optimizer.variables):
+                    raise ValueError(
+                        f"Invalid checkpoint file '{path}' for this optimizer: it holds "
+                        f"{len(keys)} optimizer variables, the optimizer has "
+                        f"{len(optimizer.variables)}."
+                    )
+                for v, k in zip(optimizer.variables, keys):
+                    v.assign(data[k])
+        if admm_state is not None:
+            state = {k[len("admm/"):]: data[k] for k in data.files if k.startswith("admm/")}
+            if state:
+                admm_state.set_state(state)
+    return meta
