@@ -1,0 +1,582 @@
+"""Learning-rate schedules of the reference (ALGORITHM.md section 6).
+
+:func:`parse_lr_schedule` turns the reference's ``lr_sched`` strings into Keras 3
+``LearningRateSchedule`` objects, evaluated at every optimizer iteration
+(``optimizer.iterations``, 0 for the first step):
+
+* ``""`` / ``"const"``: constant ``base_lr``;
+* ``"cos"`` / ``"cos,min_lr"``: cosine, per iteration, from ``base_lr`` to
+  ``min_lr`` (default 0) over all the iterations after the warm-up;
+* ``"step,m1,m2,..."``: halved at each milestone epoch (the lr of epoch e is
+  ``base_lr * 0.5 ** #{m_i <= e}``, epochs counted from 0);
+* ``"exp,gamma"``: multiplied by ``gamma`` each epoch (``base_lr * gamma ** e``);
+* ``"plat,factor,threshold"``: reduced on plateau. That depends on a metric,
+  not on the iteration, so it returns a :class:`PlateauSchedule` whose value
+  lives in a variable, lowered by the callback of its :meth:`PlateauSchedule.callback`
+  (a :class:`PlateauCallback`).
+
+A linear warm-up over ``warmup_epochs`` epochs (:class:`LinearWarmup`,
+``lr * min(1, (t + 1) / warmup_steps)``) multiplies any of them. Epochs are
+absolute: milestones and ``exp`` count epochs from the start of training, the
+warm-up included; only the cosine starts its decay after the warm-up.
+
+Example:
+    >>> schedule = parse_lr_schedule("cos", base_lr=0.1, steps_per_epoch=100, epochs=30,
+    ...                              warmup_epochs=1)
+    >>> optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+    >>> schedule = parse_lr_schedule("plat,0.5,0.01", 0.1, 100, 30)
+    >>> model.compile(optimizer=keras.optimizers.SGD(schedule), loss=...)
+    >>> model.fit(x, y, validation_data=val, callbacks=[schedule.callback()])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+_GRAMMAR = (
+    "one of '' or 'const', 'cos' or 'cos,MIN_LR' (MIN_LR in [0, base_lr]), "
+    "'step,M1,M2,...' (positive integer epochs), 'exp,GAMMA' (GAMMA > 0), "
+    "'plat,FACTOR,THRESHOLD' (FACTOR in (0, 1), THRESHOLD >= 0)"
+)
+
+_SCHEDULES = keras.optimizers.schedules.LearningRateSchedule
+
+
+def _bad(name: str, value, expected: str) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
+    )
+
+
+def _check_positive(name: str, value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise _bad(name, value, "a finite number > 0") from None
+    if not (math.isfinite(out) and out > 0):
+        raise _bad(name, value, "a finite number > 0")
+    return out
+
+
+def _step(step) -> tf.Tensor:
+    return tf.cast(tf.convert_to_tensor(step), tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class ConstantSchedule(_SCHEDULES):
+    """A constant learning rate, as a schedule.
+
+    Args:
+        learning_rate: the value.
+
+    Example:
+        >>> float(ConstantSchedule(0.1)(5))
+        0.1
+    """
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = float(learning_rate)
+
+    def __call__(self, step):
+        del step
+        return tf.constant(self.learning_rate, tf.float32)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate}
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class CosineSchedule(_SCHEDULES):
+    """Cosine decay per iteration from ``base_lr`` to ``min_lr``.
+
+    ``lr(t) = min_lr + (base_lr - min_lr) * (1 + cos(pi * s)) / 2`` with
+    ``s = clip((t - start_step) / (total_steps - start_step), 0, 1)``: constant
+    ``base_lr`` before ``start_step`` (the warm-up), ``min_lr`` from
+    ``total_steps`` on.
+
+    Args:
+        base_lr: initial value.
+        min_lr: final value.
+        total_steps: iterations of the whole training.
+        start_step: iteration where the decay starts (the warm-up's length).
+
+    Example:
+        >>> round(float(CosineSchedule(1.0, 0.0, total_steps=100)(50)), 6)
+        0.5
+    """
+
+    def __init__(self, base_lr: float, min_lr: float, total_steps: int, start_step: int = 0):
+        self.base_lr = float(base_lr)
+        self.min_lr = float(min_lr)
+        self.total_steps = int(total_steps)
+        self.start_step = int(start_step)
+
+    def __call__(self, step):
+        span = float(max(1, self.total_steps - self.start_step))
+        s = tf.clip_by_value((_step(step) - float(self.start_step)) / span, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * s))
+        return self.min_lr + (self.base_lr - self.min_lr) * cosine
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "min_lr": self.min_lr,
+            "total_steps": self.total_steps,
+            "start_step": self.start_step,
+        }
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class StepSchedule(_SCHEDULES):
+    """Multiplied by ``factor`` (0.5: halved) at each milestone epoch.
+
+    Args:
+        base_lr: value of epoch 0.
+        milestones: epochs (positive integers) where the rate is multiplied.
+        steps_per_epoch: iterations per epoch.
+        factor: the multiplier.
+
+    Example:
+        >>> float(StepSchedule(1.0, [1, 2], steps_per_epoch=10)(25))
+        0.25
+    """
+
+    def __init__(
+        self,
+        base_lr: float,
+        milestones: Sequence[int],
+        steps_per_epoch: int,
+        factor: float = 0.5,
+    ):
+        self.base_lr = float(base_lr)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        epoch = tf.floor(_step(step) / float(self.steps_per_epoch))
+        milestones = tf.constant(self.milestones or [math.inf], tf.float32)
+        passed = tf.reduce_sum(tf.cast(milestones <= epoch, tf.float32))
+        return self.base_lr * tf.pow(self.factor, passed)
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "milestones": list(self.milestones),
+            "steps_per_epoch": self.steps_per_epoch,
+            "factor": self.factor,
+        }
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class ExponentialSchedule(_SCHEDULES):
+    """Multiplied by ``gamma`` at each epoch: ``base_lr * gamma ** epoch``.
+
+    Args:
+        base_lr: value of epoch 0.
+        gamma: the per-epoch multiplier.
+        steps_per_epoch: iterations per epoch.
+
+    Example:
+        >>> round(float(ExponentialSchedule(1.0, 0.5, steps_per_epoch=10)(20)), 6)
+        0.25
+    """
+
+    def __init__(self, base_lr: float, gamma: float, steps_per_epoch: int):
+        self.base_lr = float(base_lr)
+        self.gamma = float(gamma)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def __call__(self, step):
+        epoch = tf.floor(_step(step) / float(self.steps_per_epoch))
+        return self.base_lr * tf.pow(self.gamma, epoch)
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "gamma": self.gamma,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class PlateauSchedule(_SCHEDULES):
+    """A rate held in a variable, lowered on plateau by a :class:`PlateauCallback`.
+
+    A Keras optimizer built with a schedule refuses ``optimizer.learning_rate
+    = ...``; this schedule keeps the current value in a ``tf.Variable`` that
+    the compiled train step reads at every iteration, so a callback can lower it
+    between epochs and the warm-up (a :class:`LinearWarmup` around it) still
+    applies. The variable is not part of the optimizer's checkpoint: the
+    current value is in ``get_config()``; restore it with :meth:`set_value`.
+
+    Args:
+        learning_rate: the initial value.
+        factor: multiplier applied on each plateau, in (0, 1).
+        threshold: relative improvement that counts as progress, >= 0.
+
+    Example:
+        >>> schedule = PlateauSchedule(0.1, factor=0.5, threshold=0.01)
+        >>> model.fit(..., callbacks=[schedule.callback(monitor="val_loss")])
+    """
+
+    def __init__(self, learning_rate: float, factor: float = 0.1, threshold: float = 1e-4):
+        self.factor = float(factor)
+        self.threshold = float(threshold)
+        self.variable = tf.Variable(
+            float(learning_rate), dtype=tf.float32, trainable=False, name="plateau_lr"
+        )
+
+    @property
+    def value(self) -> float:
+        """The current learning rate (before warm-up)."""
+        return float(self.variable.numpy())
+
+    def set_value(self, learning_rate: float) -> None:
+        """Sets the current learning rate."""
+        self.variable.assign(float(learning_rate))
+
+    def __call__(self, step):
+        del step
+        return tf.convert_to_tensor(self.variable)
+
+    def callback(self, **kwargs) -> "PlateauCallback":
+        """A :class:`PlateauCallback` that lowers this schedule.
+
+        Args:
+            **kwargs: ``monitor``, ``mode``, ``patience``, ``cooldown``,
+                ``min_lr`` of :class:`PlateauCallback`.
+
+        Returns:
+            The callback, with this schedule's factor and threshold.
+        """
+        return PlateauCallback(self.factor, self.threshold, schedule=self, **kwargs)
+
+    def get_config(self):
+        return {"learning_rate": self.value, "factor": self.factor, "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class LinearWarmup(_SCHEDULES):
+    """Multiplies a schedule by a linear ramp over the first iterations.
+
+    ``lr(t) = schedule(t) * min(1, (t + 1) / warmup_steps)``: the first step
+    uses ``1 / warmup_steps`` of the rate, step ``warmup_steps - 1`` all of it.
+
+    Args:
+        schedule: the schedule ramped up (a ``LearningRateSchedule``).
+        warmup_steps: length of the ramp in iterations, >= 1.
+
+    Example:
+        >>> float(LinearWarmup(ConstantSchedule(1.0), warmup_steps=4)(1))
+        0.5
+    """
+
+    def __init__(self, schedule, warmup_steps: int):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not isinstance(schedule, _SCHEDULES):
+            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        ramp = tf.minimum(1.0, (_step(step) + 1.0) / float(max(1, self.warmup_steps)))
+        return self.schedule(step) * ramp
+
+    def callback(self, **kwargs) -> "PlateauCallback":
+        """The plateau callback of the wrapped :class:`PlateauSchedule`.
+
+        Raises:
+            ValueError: if the wrapped schedule is not a :class:`PlateauSchedule`.
+        """
+        if not isinstance(self.schedule, PlateauSchedule):
+            raise _bad("schedule", self.schedule, "a PlateauSchedule to have a plateau callback")
+        return self.schedule.callback(**kwargs)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+def _floats(spec: str, parts: List[str]) -> List[float]:
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise _bad("lr_sched", spec, _GRAMMAR) from None
+    if not all(math.isfinite(v) for v in values):
+        raise _bad("lr_sched", spec, _GRAMMAR)
+    return values
+
+
+def parse_lr_schedule(
+    spec: Optional[str],
+    base_lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float = 0,
+):
+    """Builds the schedule of a reference ``lr_sched`` string.
+
+    Args:
+        spec: ``""``/``"const"``/None, ``"cos[,min_lr]"``, ``"step,m1,m2,..."``,
+            ``"exp,gamma"`` or ``"plat,factor,threshold"`` (see the module doc).
+        base_lr: the peak learning rate, > 0.
+        steps_per_epoch: optimizer iterations per epoch, >= 1.
+        epochs: number of training epochs, >= 1.
+        warmup_epochs: length of the linear warm-up in epochs (may be
+            fractional; 0: none); ``warmupT`` in the reference.
+
+    Returns:
+        A ``keras.optimizers.schedules.LearningRateSchedule`` to pass as
+        ``learning_rate`` to a Keras optimizer: a :class:`LinearWarmup`
+        around the schedule when there is a warm-up. For ``plat`` it is (or
+        wraps) a :class:`PlateauSchedule`; add ``schedule.callback()`` to
+        ``fit``'s callbacks.
+
+    Raises:
+        ValueError: if ``spec`` does not follow the grammar, or on invalid
+            ``base_lr``, ``steps_per_epoch``, ``epochs`` or ``warmup_epochs``.
+
+    Example:
+        >>> s = parse_lr_schedule("step,2,4", base_lr=0.1, steps_per_epoch=10, epochs=6)
+        >>> [round(float(s(t)), 4) for t in (0, 20, 45)]
+        [0.1, 0.05, 0.025]
+    """
+    base_lr = _check_positive("base_lr", base_lr)
+    if int(steps_per_epoch) != steps_per_epoch or int(steps_per_epoch) < 1:
+        raise _bad("steps_per_epoch", steps_per_epoch, "an integer >= 1")
+    if int(epochs) != epochs or int(epochs) < 1:
+        raise _bad("epochs", epochs, "an integer >= 1")
+    try:
+        warmup = float(warmup_epochs)
+    except (TypeError, ValueError):
+        raise _bad("warmup_epochs", warmup_epochs, "a finite number >= 0") from None
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise _bad("warmup_epochs", warmup_epochs, "a finite number >= 0")
+    steps_per_epoch, epochs = int(steps_per_epoch), int(epochs)
+    total_steps = steps_per_epoch * epochs
+    warmup_steps = int(round(warmup * steps_per_epoch))
+    if warmup > 0 and warmup_steps == 0:
+        warmup_steps = 1
+
+    text = "" if spec is None else str(spec).strip()
+    parts = [p.strip() for p in text.split(",")] if text else [""]
+    kind, args = parts[0].lower(), parts[1:]
+    if kind in ("", "const") and not args:
+        schedule = ConstantSchedule(base_lr)
+    elif kind == "cos" and len(args) <= 1:
+        min_lr = _floats(text, args)[0] if args else 0.0
+        if not 0 <= min_lr <= base_lr:
+            raise _bad("lr_sched", text, _GRAMMAR)
+        schedule = CosineSchedule(base_lr, min_lr, total_steps, start_step=warmup_steps)
+    elif kind == "step" and args:
+        values = _floats(text, args)
+        if not all(v == int(v) and v >= 1 for v in values):
+            raise _bad("lr_sched", text, _GRAMMAR)
+        schedule = StepSchedule(base_lr, [int(v) for v in values], steps_per_epoch)
+    elif kind == "exp" and len(args) == 1:
+        (gamma,) = _floats(text, args)
+        if not gamma > 0:
+            raise _bad("lr_sched", text, _GRAMMAR)
+        schedule = ExponentialSchedule(base_lr, gamma, steps_per_epoch)
+    elif kind == "plat" and len(args) == 2:
+        factor, threshold = _floats(text, args)
+        if not (0 < factor < 1 and threshold >= 0):
+            raise _bad("lr_sched", text, _GRAMMAR)
+        schedule = PlateauSchedule(base_lr, factor, threshold)
+    else:
+        raise _bad("lr_sched", spec, _GRAMMAR)
+    logging.info("lr_sched %r: %s, warm-up %d steps", text, type(schedule).__name__, warmup_steps)
+    if warmup_steps > 0:
+        return LinearWarmup(schedule, warmup_steps)
+    return schedule
+
+
+def _base_optimizer(optimizer):
+    """Unwraps ADMMOptimizer / LossScaleOptimizer down to the optimizer holding the rate."""
+    seen = set()
+    while hasattr(optimizer, "inner_optimizer") and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+class PlateauCallback(keras.callbacks.Callback):
+    """Reduces the learning rate when a metric stops improving (``plat``).
+
+    PyTorch's ``ReduceLROnPlateau`` semantics with a relative threshold: at
+    each epoch end, the monitored value improves if it is below ``best * (1 -
+    threshold)`` (mode "min") or above ``best * (1 + threshold)`` (mode "max");
+    after more than ``patience`` epochs without improvement the rate is
+    multiplied by ``factor`` (not below ``min_lr``) and ``cooldown`` epochs
+    follow during which bad epochs are not counted.
+
+    The rate lowered is ``schedule``'s when one is given (a
+    :class:`PlateauSchedule`, possibly inside a :class:`LinearWarmup`);
+    otherwise the model's optimizer is unwrapped (``inner_optimizer``: the
+    ADMMOptimizer, LossScaleOptimizer) and its rate must be a constant (a
+    variable), which is assigned; with a :class:`PlateauSchedule` as the
+    optimizer's ``learning_rate`` that schedule is found and lowered.
+
+    Args:
+        factor: multiplier in (0, 1).
+        threshold: relative improvement that counts, >= 0.
+        schedule: the :class:`PlateauSchedule` (or a :class:`LinearWarmup`
+            around one) to lower; None: the optimizer's rate.
+        monitor: key of the epoch logs (e.g. "val_loss", "val_accuracy").
+        mode: "min", "max" or "auto" (max when the key contains "acc").
+        patience: epochs without improvement tolerated.
+        cooldown: epochs to wait after a reduction.
+        min_lr: lower bound of the rate.
+
+    Raises:
+        ValueError: on an invalid argument.
+
+    Example:
+        >>> opt = keras.optimizers.SGD(0.1)
+        >>> model.fit(x, y, validation_split=0.1, callbacks=[PlateauCallback(0.5, 0.01)])
+    """
+
+    def __init__(
+        self,
+        factor: float,
+        threshold: float,
+        schedule=None,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 10,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ):
+        super().__init__()
+        if not (math.isfinite(float(factor)) and 0 < float(factor) < 1):
+            raise _bad("factor", factor, "a number in (0, 1)")
+        if not (math.isfinite(float(threshold)) and float(threshold) >= 0):
+            raise _bad("threshold", threshold, "a finite number >= 0")
+        if mode not in ("auto", "min", "max"):
+            raise _bad("mode", mode, "one of 'auto', 'min', 'max'")
+        if int(patience) < 0 or int(cooldown) < 0:
+            raise _bad("patience", (patience, cooldown), "patience and cooldown >= 0")
+        if isinstance(schedule, LinearWarmup):
+            schedule = schedule.schedule
+        if schedule is not None and not isinstance(schedule, PlateauSchedule):
+            raise _bad("schedule", schedule, "a PlateauSchedule (or a LinearWarmup around one)")
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.factor = float(factor)
+        self.threshold = float(threshold)
+        self.schedule = schedule
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = int(patience)
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best * (1.0 - self.threshold) if self.best != math.inf else True
+        return value > self.best * (1.0 + self.threshold) if self.best != -math.inf else True
+
+    def _target(self):
+        if self.schedule is not None:
+            return self.schedule
+        optimizer = _base_optimizer(self.model.optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)
+        if isinstance(rate, LinearWarmup):
+            rate = rate.schedule
+        if isinstance(rate, PlateauSchedule):
+            return rate
+        if isinstance(rate, _SCHEDULES):
+            raise _bad(
+                "optimizer",
+                type(rate).__name__,
+                "an optimizer with a constant learning rate or a PlateauSchedule "
+                "(the rate of another schedule cannot be lowered)",
+            )
+        return optimizer
+
+    def get_lr(self) -> float:
+        """The current learning rate (before any warm-up)."""
+        target = self._target()
+        if isinstance(target, PlateauSchedule):
+            return target.value
+        return float(keras.ops.convert_to_numpy(target.learning_rate))
+
+    def _set_lr(self, value: float) -> None:
+        target = self._target()
+        if isinstance(target, PlateauSchedule):
+            target.set_value(value)
+        else:
+            target.learning_rate.assign(value)
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        value = logs.get(self.monitor)
+        if value is None:
+            logging.warning(
+                "PlateauCallback: metric %r is not in the logs (%s); skipping.",
+                self.monitor,
+                ", ".join(sorted(logs)),
+            )
+            return
+        value = float(value)
+        if self._improved(value):
+            self.best = value
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            old = self.get_lr()
+            new = max(old * self.factor, self.min_lr)
+            if old - new > 1e-8:
+                self._set_lr(new)
+                logging.info("Epoch %d: %s plateaued, learning rate %g -> %g.", epoch + 1,
+                             self.monitor, old, new)
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        logs["lr_plateau"] = self.get_lr()
+
+
+def plateau_callback(factor: float, threshold: float, schedule=None, **kwargs) -> PlateauCallback:
+    """Shorthand for :class:`PlateauCallback` (``plat,factor,threshold``).
+
+    Args:
+        factor: multiplier in (0, 1).
+        threshold: relative improvement that counts, >= 0.
+        schedule: the :class:`PlateauSchedule` to lower (None: the optimizer's
+            constant rate, or the PlateauSchedule it was built with).
+        **kwargs: ``monitor``, ``mode``, ``patience``, ``cooldown``, ``min_lr``.
+
+    Returns:
+        The callback.
+
+    Example:
+        >>> cb = plateau_callback(0.5, 0.01, monitor="val_accuracy", patience=3)
+    """
+    return PlateauCallback(factor, threshold, schedule=schedule, **kwargs)
