@@ -136,8 +136,12 @@ class ADMMCallback(keras.callbacks.Callback):
                     logs[key] = value
 
     # ------------------------------------------------------------ results
-    def finalize(self) -> keras.Model:
+    def finalize(self, model: Optional[keras.Model] = None) -> keras.Model:
         """A copy of the model with every kernel finalised (the compressed model).
+
+        Args:
+            model: the model to copy (default: the one being trained; pass the
+                student when training a distillation wrapper).
 
         Returns:
             A new Keras model (same architecture) whose compressible kernels
@@ -149,7 +153,7 @@ class ADMMCallback(keras.callbacks.Callback):
         """
         if self.state is None:
             raise RuntimeError("ADMMCallback.finalize() called before fit(): there is no state.")
-        return finalize_model(self.model, self.state)
+        return finalize_model(model if model is not None else self.model, self.state)
 
 
 def finalize_model(model: keras.Model, state: ADMMState) -> keras.Model:

@@ -1,0 +1,156 @@
+"""sqjl_tf command line: the reference's train.py and finetune.py flags, in absl.
+
+Examples:
+    python run.py --mode=pretrain --dataset=fashion_mnist --arch=caffelenet --epochs=3 \
+        --logdir=runs/lenet_dense
+    python run.py --dataset=fashion_mnist --arch=caffelenet -b 256 --nnz_budget=0.02 \
+        --bit_budget=3 --lr=0.05 --lr_sched=cos --epochs=15 --rho=0.05 --wd=5e-4 --prox \
+        --momentum=0.93 --pretrain=runs/lenet_dense/model_dense.keras --logdir=runs/lenet_500x
+    python run.py --arch=alexnet --nnz_budget=0.12 --bit_budget=6 --dataset=imagenet ...
+
+Run ``python run.py --helpfull`` for every flag. Usage errors exit with status 2
+before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# --- the reference's train.py / finetune.py flags (same names, same meanings)
+flags.DEFINE_string("dataset", "mnist", "dataset used in the experiment "
+                    "(mnist, fashion_mnist, cifar10, imagenet)")
+flags.DEFINE_string("data_dir", None, "dataset dir in this machine")
+flags.DEFINE_string("arch", "caffelenet", "model architecture (caffelenet, resnet20, resnet50, "
+                    "alexnet, mobilenetv1, resnet18, or keras.<Application>)", short_name="a")
+flags.DEFINE_integer("workers", 4, "number of data loading workers", lower_bound=1, short_name="j")
+flags.DEFINE_integer("epochs", 90, "number of total epochs to run", lower_bound=1)
+flags.DEFINE_float("warmupT", 0.0, "number of epochs of linear learning-rate warm-up", lower_bound=0)
+flags.DEFINE_integer("start_epoch", 0, "manual epoch number (useful on restarts)", lower_bound=0)
+flags.DEFINE_integer("batch_size", 128, "mini-batch size (default: 128)", lower_bound=1,
+                     short_name="b")
+flags.DEFINE_float("lr", 0.1, "initial learning rate")
+flags.DEFINE_string("lr_sched", "cos", "lr scheduler: cos[,min_lr] | step,m1,m2,... | exp,gamma "
+                    "| plat,factor,threshold | const")
+flags.DEFINE_float("bit_budget", 8.0, "bit budget ({1,2...,8})", lower_bound=1, upper_bound=8)
+flags.DEFINE_float("nnz_budget", 1.0, "number of nonzero budget (0.0~1.0)")
+flags.DEFINE_float("momentum", 0.9, "momentum", lower_bound=0)
+flags.DEFINE_float("weight_decay", 0.0, "weight decay (L2 added to the gradient)", lower_bound=0)
+flags.DEFINE_float("rho", 1e-3, "admm hyperparameter rho")
+flags.DEFINE_float("gclip", 0.0, "gradient clip (infinity norm; 0: off)", lower_bound=0)
+flags.DEFINE_integer("projint", 0, "how many batches to wait before sparse projection of primal "
+                     "weights (0: end of each epoch)", lower_bound=0)
+flags.DEFINE_integer("dualint", 0, "how many batches to wait before updating duplicate and dual "
+                     "weights (0: end of each epoch)", lower_bound=0)
+flags.DEFINE_bool("evaluate", False, "evaluate model on validation set (= --mode=evaluate)",
+                  short_name="e")
+flags.DEFINE_string("pretrain", None, "file to load pretrained model (.keras, .weights.h5, .sqjl, "
+                    "checkpoint .npz, or 'keras' for keras.applications weights)")
+flags.DEFINE_string("logdir", "log", "The directory used to save the trained models")
+flags.DEFINE_integer("save-every", 0, "Saves checkpoints at every specified number of epochs",
+                     lower_bound=0)
+flags.DEFINE_bool("mgpu", False, "enable using multiple gpus (MirroredStrategy)")
+flags.DEFINE_integer("log_interval", -1, "how many batches to wait before logging training status "
+                     "(-1: one line per epoch)")
+flags.DEFINE_integer("seed", None, "random seed (also makes TF ops deterministic)")
+flags.DEFINE_bool("eval_tr", False, "evaluate training set")
+flags.DEFINE_bool("prox", False, "use proximal op for primal update")
+flags.DEFINE_float("dp", 0.0, "dropout rate", lower_bound=0, upper_bound=0.99)
+flags.DEFINE_bool("quant", False, "only perform quantization")
+flags.DEFINE_bool("prune", False, "only perform pruning")
+flags.DEFINE_integer("bwlb", 1, "the lower bound of bitwidth", lower_bound=1, upper_bound=8)
+flags.DEFINE_integer("bits_epoch", None, "maximum epochs allowing update bits", lower_bound=0)
+flags.DEFINE_float("kdtemp", 0.0, "knowledge distillation temperature (0: off)", lower_bound=0)
+flags.DEFINE_enum("optim", "sgd", ["sgd", "adam", "SGD", "Adam"], "optimizer to use")
+flags.DEFINE_bool("fixedbits", False, "use fixed bitwidth")
+flags.DEFINE_list("weightbits", None, "mannual weightbits (finetune: one width per layer)")
+# --- sqjl_tf additions
+flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
+                  "compress (train.py), finetune (finetune.py), pretrain (dense training), "
+                  "evaluate (accuracy and compression report)")
+flags.DEFINE_bool("overwrite", False, "start afresh in an existing logdir instead of resuming it")
+flags.DEFINE_list("export", ["keras", "saved_model", "compressed"],
+                  "what to write at the end: keras, saved_model, compressed, tflite")
+flags.DEFINE_integer("limit", None, "use only the first N examples of each split (smoke runs)",
+                     lower_bound=1)
+
+flags.DEFINE_alias("wd", "weight_decay")
+flags.DEFINE_alias("learning-rate", "lr")
+flags.DEFINE_alias("epoch", "epochs")
+flags.DEFINE_alias("save_every", "save-every")
+
+
+@flags.multi_flags_validator(["projint", "dualint"],
+                             message="--dualint must be a multiple of --projint (both 0: per epoch)")
+def _check_intervals(values):
+    p, d = values["projint"], values["dualint"]
+    return (p == 0) == (d == 0) and (p == 0 or d % p == 0)
+
+
+@flags.multi_flags_validator(["quant", "prune"], message="--quant and --prune exclude each other")
+def _check_modes(values):
+    return not (values["quant"] and values["prune"])
+
+
+@flags.validator("nnz_budget", message="--nnz_budget must be a float in (0, 1]")
+def _check_nnz(value):
+    return value == value and 0 < value <= 1
+
+
+def _int_list(name, values):
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise app.UsageError(
+            f"Invalid value for flag `--{name}`. Received: {','.join(values)!r}. "
+            "Expected a comma list of integers.", exitcode=2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    from sqjl_tf import trainer
+
+    mode = "evaluate" if FLAGS.evaluate else FLAGS.mode
+    try:
+        trainer.run(
+            mode=mode, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, arch=FLAGS.arch,
+            workers=FLAGS.workers, epochs=FLAGS.epochs, warmupT=FLAGS.warmupT,
+            start_epoch=FLAGS.start_epoch, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+            lr_sched=FLAGS.lr_sched, bit_budget=FLAGS.bit_budget, nnz_budget=FLAGS.nnz_budget,
+            momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, rho=FLAGS.rho,
+            gclip=FLAGS.gclip, projint=FLAGS.projint, dualint=FLAGS.dualint,
+            pretrain=FLAGS.pretrain, logdir=FLAGS.logdir, save_every=FLAGS["save-every"].value,
+            mgpu=FLAGS.mgpu, log_interval=FLAGS.log_interval, seed=FLAGS.seed,
+            eval_tr=FLAGS.eval_tr, prox=FLAGS.prox, dp=FLAGS.dp, quant=FLAGS.quant,
+            prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
+            kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
+            weightbits=_int_list("weightbits", FLAGS.weightbits), overwrite=FLAGS.overwrite,
+            export=tuple(FLAGS.export), limit=FLAGS.limit,
+        )
+    except trainer.UsageError as err:
+        raise app.UsageError(str(err), exitcode=2)
+    except FileNotFoundError as err:
+        raise app.UsageError(str(err), exitcode=2)
+
+
+def _parse_flags(argv):
+    """absl's parser, but a bad flag exits with status 2 (a usage error)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\n"
+                         "Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,518 @@
+"""The trainer behind ``run.py``: one function, plain arguments, four modes.
+
+``run(mode="compress", ...)`` does what the reference's ``train.py`` did;
+``mode="finetune"`` its ``finetune.py``; ``mode="pretrain"`` trains a dense
+model (so a user without one has one command for it); ``mode="evaluate"``
+prints accuracy and the compression report. Every argument is validated before
+any data is read or any file is written.
+
+Example:
+    >>> from sqjl_tf import trainer
+    >>> trainer.run(mode="compress", dataset="fashion_mnist", arch="caffelenet",
+    ...             nnz_budget=0.02, bit_budget=3, epochs=30, lr=0.1, rho=0.05,
+    ...             prox=True, pretrain="runs/dense/model_dense.keras", logdir="runs/500x")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from typing import Any, Dict, Optional, Sequence
+
+from absl import logging
+
+MODES = ("compress", "pretrain", "finetune", "evaluate")
+OPTIMIZERS = ("sgd", "adam")
+EXPORTS = ("keras", "saved_model", "compressed", "tflite")
+
+
+class UsageError(ValueError):
+    """An invalid argument or combination of arguments (exit status 2 in ``run.py``)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Arguments of :func:`run`; names and meanings as the reference's flags."""
+
+    mode: str = "compress"
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    arch: str = "caffelenet"
+    workers: int = 4
+    epochs: int = 90
+    warmupT: float = 0.0
+    start_epoch: int = 0
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_sched: str = "cos"
+    bit_budget: float = 8.0
+    nnz_budget: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    rho: float = 1e-3
+    gclip: float = 0.0
+    projint: int = 0
+    dualint: int = 0
+    pretrain: Optional[str] = None
+    logdir: str = "log"
+    save_every: int = 0
+    mgpu: bool = False
+    log_interval: int = -1
+    seed: Optional[int] = None
+    eval_tr: bool = False
+    prox: bool = False
+    dp: float = 0.0
+    quant: bool = False
+    prune: bool = False
+    bwlb: int = 1
+    bits_epoch: Optional[int] = None
+    kdtemp: float = 0.0
+    optim: str = "sgd"
+    fixedbits: bool = False
+    weightbits: Optional[Sequence[int]] = None
+    overwrite: bool = False
+    export: Sequence[str] = ("keras", "saved_model", "compressed")
+    limit: Optional[int] = None
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Checks every argument and combination; raises :class:`UsageError`."""
+
+        def bad(name, value, expected):
+            raise UsageError(
+                f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
+            )
+
+        def finite(x):
+            try:
+                return math.isfinite(float(x))
+            except (TypeError, ValueError):
+                return False
+
+        if self.mode not in MODES:
+            bad("mode", self.mode, f"one of {', '.join(MODES)}")
+        if self.optim.lower() not in OPTIMIZERS:
+            bad("optim", self.optim, f"one of {', '.join(OPTIMIZERS)}")
+        if not (finite(self.nnz_budget) and 0 < float(self.nnz_budget) <= 1):
+            bad("nnz_budget", self.nnz_budget, "a float in (0, 1]")
+        if not (finite(self.bit_budget) and 1 <= float(self.bit_budget) <= 8):
+            bad("bit_budget", self.bit_budget, "a number in [1, 8]")
+        if not (isinstance(self.bwlb, int) and 1 <= self.bwlb <= 8):
+            bad("bwlb", self.bwlb, "an integer in [1, 8]")
+        if self.mode == "compress" and not self.quant and not self.prune and self.bwlb > self.bit_budget:
+            bad("bwlb", self.bwlb, f"an integer <= bit_budget={self.bit_budget}")
+        for name in ("lr", "rho"):
+            value = getattr(self, name)
+            if not (finite(value) and float(value) > 0):
+                bad(name, value, "a finite float > 0")
+        for name in ("momentum", "weight_decay", "gclip", "warmupT", "dp", "kdtemp"):
+            value = getattr(self, name)
+            if not (finite(value) and float(value) >= 0):
+                bad(name, value, "a finite float >= 0")
+        if not float(self.momentum) < 1:
+            bad("momentum", self.momentum, "a float in [0, 1)")
+        if not float(self.dp) < 1:
+            bad("dp", self.dp, "a float in [0, 1)")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 1), ("start_epoch", 0),
+                          ("save_every", 0), ("projint", 0), ("dualint", 0)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= low):
+                bad(name, value, f"an integer >= {low}")
+        if self.start_epoch >= self.epochs:
+            bad("start_epoch", self.start_epoch, f"an integer < epochs={self.epochs}")
+        if (self.projint == 0) != (self.dualint == 0) or (self.projint and self.dualint % self.projint):
+            bad("dualint", self.dualint, f"a multiple of projint={self.projint} (0 if projint is 0)")
+        if self.quant and self.prune:
+            bad("quant", self.quant, "not both --quant and --prune (use neither for joint compression)")
+        if self.bits_epoch is not None and not (isinstance(self.bits_epoch, int) and self.bits_epoch >= 0):
+            bad("bits_epoch", self.bits_epoch, "an integer >= 0")
+        if self.limit is not None and not (isinstance(self.limit, int) and self.limit > 0):
+            bad("limit", self.limit, "a positive integer")
+        for fmt in self.export:
+            if fmt not in EXPORTS:
+                bad("export", fmt, f"a comma list of {', '.join(EXPORTS)}")
+        if self.weightbits is not None:
+            if self.mode != "finetune":
+                bad("weightbits", self.weightbits, "only with --mode=finetune")
+            if not all(isinstance(b, int) and 1 <= b <= 8 for b in self.weightbits):
+                bad("weightbits", self.weightbits, "a comma list of integers in [1, 8]")
+        if self.mode in ("finetune", "evaluate") and not self.pretrain:
+            bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
+        if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
+            bad("pretrain", self.pretrain, "an existing .keras, .weights.h5, .sqjl or checkpoint "
+                "file, or 'keras' for keras.applications ImageNet weights")
+        try:
+            from sqjl_tf.schedules import parse_lr_schedule
+
+            parse_lr_schedule(self.lr_sched, self.lr, steps_per_epoch=1, epochs=self.epochs,
+                              warmup_epochs=self.warmupT)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        from sqjl_tf.data import available_datasets
+        from sqjl_tf.models import available_models
+
+        if self.dataset.lower().replace("-", "_") not in available_datasets() + ("fmnist",):
+            bad("dataset", self.dataset, f"one of {', '.join(available_datasets())}")
+        if not self.arch.startswith("keras.") and self.arch.lower() not in available_models():
+            bad("arch", self.arch, f"one of {', '.join(available_models())} or keras.<Application>")
+        _check_logdir(self)
+
+
+def _check_logdir(cfg: TrainConfig) -> None:
+    """The log folder must be creatable and writable (nothing is written yet)."""
+    if cfg.mode == "evaluate":
+        return
+    path = os.path.abspath(cfg.logdir)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"Invalid value for argument `logdir`. Received: {cfg.logdir!r}. "
+            f"Expected a writable folder ('{probe}' is not writable)."
+        )
+
+
+# ---------------------------------------------------------------- building
+def _strategy(cfg: TrainConfig):
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cfg.mgpu:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not os.environ.get("TF_CONFIG"):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+
+
+def _optimizer(cfg: TrainConfig, steps_per_epoch: int, admm=None):
+    import keras
+
+    from sqjl_tf.optimizer import ADMMOptimizer
+    from sqjl_tf.schedules import parse_lr_schedule
+
+    schedule = parse_lr_schedule(cfg.lr_sched, cfg.lr, steps_per_epoch=steps_per_epoch,
+                                 epochs=cfg.epochs, warmup_epochs=cfg.warmupT)
+    if cfg.optim.lower() == "adam":
+        inner = keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        inner = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
+    return ADMMOptimizer(inner, admm, weight_decay=cfg.weight_decay, gclip=cfg.gclip)
+
+
+def _load_model(path: str, cfg: TrainConfig, info):
+    """A model from a .keras / .sqjl file, or the arch with weights from a file."""
+    import keras
+
+    from sqjl_tf.models import build_model
+
+    if path and path.endswith(".keras"):
+        return keras.models.load_model(path, compile=False)
+    if path and path.endswith(".sqjl"):
+        from sqjl_tf.export import load_compressed
+
+        return load_compressed(path)
+    model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp,
+                        **({"pretrained": True} if path == "keras" else {}))
+    if path and path != "keras":
+        if path.endswith(".npz"):
+            from sqjl_tf.checkpoint import load_checkpoint
+
+            load_checkpoint(path, model)
+        else:
+            model.load_weights(path)
+    return model
+
+
+def _checked_load(cfg: TrainConfig, info):
+    try:
+        model = _load_model(cfg.pretrain, cfg, info)
+    except (ValueError, OSError, KeyError) as err:
+        raise UsageError(
+            f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}. Expected a "
+            f"loadable model file for arch={cfg.arch!r} ({type(err).__name__}: {err})."
+        ) from err
+    expected = (None,) + tuple(info.input_shape)
+    if tuple(model.input_shape) != expected or model.output_shape[-1] != info.num_classes:
+        raise UsageError(
+            f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}, a model with "
+            f"input {model.input_shape} and {model.output_shape[-1]} outputs. Expected input "
+            f"{expected} and {info.num_classes} outputs for dataset={cfg.dataset!r}."
+        )
+    return model
+
+
+def _metrics():
+    import keras
+
+    return [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+    ]
+
+
+def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
+    """Creates the log folder; returns the checkpoint to resume from, if any."""
+    from sqjl_tf.run_logger import LATEST
+
+    os.makedirs(cfg.logdir, exist_ok=True)
+    latest = os.path.join(cfg.logdir, LATEST)
+    if cfg.overwrite:
+        for name in os.listdir(cfg.logdir):
+            path = os.path.join(cfg.logdir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        return None
+    return latest if os.path.isfile(latest) else None
+
+
+# ------------------------------------------------------------------- modes
+def run(**kwargs: Any) -> Dict[str, Any]:
+    """Runs one job (see :class:`TrainConfig` for the arguments).
+
+    Returns:
+        The final record: accuracy and top-5 of the final model on the test
+        split, its compression report, and the paths written.
+
+    Raises:
+        UsageError: on any invalid argument, before any work.
+        FileNotFoundError: if the dataset is missing (the message says which
+            files to put where).
+    """
+    cfg = TrainConfig(**kwargs)
+    cfg.validate()
+    import keras
+    import tensorflow as tf
+
+    from sqjl_tf.data import load_dataset
+
+    if cfg.seed is not None:
+        keras.utils.set_random_seed(cfg.seed)
+        tf.config.experimental.enable_op_determinism()
+    strategy = _strategy(cfg)
+    workers = cfg.workers
+    _, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit)
+    if cfg.mode == "evaluate":
+        return _evaluate(cfg, test_info)
+    train_ds, info = load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.batch_size, "train", seed=cfg.seed, limit=cfg.limit,
+        num_parallel_calls=workers,
+    )
+    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test",
+                              limit=cfg.limit, num_parallel_calls=workers)
+    steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
+    with strategy.scope():
+        model = _checked_load(cfg, info) if cfg.pretrain else None
+    resume = _prepare_logdir(cfg)
+    with open(os.path.join(cfg.logdir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1, default=list)
+    with strategy.scope():
+        if model is None:
+            from sqjl_tf.models import build_model
+
+            model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
+        return _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume)
+
+
+def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
+    import keras
+    import tensorflow as tf
+
+    from sqjl_tf.callback import ADMMCallback
+    from sqjl_tf.checkpoint import load_checkpoint
+    from sqjl_tf.run_logger import RunLogger
+
+    student = model
+    admm = None
+    callbacks = []
+    if cfg.mode == "compress":
+        mode = "quant" if cfg.quant else "prune" if cfg.prune else "joint"
+        admm = ADMMCallback(
+            nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho, projint=cfg.projint,
+            dualint=cfg.dualint, mode=mode, bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
+            bits_epoch=cfg.bits_epoch, prox=cfg.prox, per_layer_logs=True,
+        )
+        admm.build(student)
+        callbacks.append(admm)
+    elif cfg.mode == "finetune":
+        from sqjl_tf.finetune import QuantizedFinetuneCallback
+
+        callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits))
+    optimizer = _optimizer(cfg, steps_per_epoch, admm)
+    trained = student
+    if cfg.kdtemp > 0:
+        from sqjl_tf.distill import Distiller
+
+        teacher = keras.models.clone_model(student)
+        teacher.set_weights(student.get_weights())
+        trained = Distiller(student, teacher, cfg.kdtemp)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trained.compile(optimizer=optimizer, loss=loss, metrics=_metrics())
+    initial_epoch = cfg.start_epoch
+    best = -math.inf
+    if resume:
+        if not optimizer.built:
+            optimizer.build(trained.trainable_variables)
+        meta = load_checkpoint(resume, student, optimizer, admm.state if admm else None)
+        initial_epoch = int(meta["epoch"])
+        best = float(meta.get("best_value", best))
+        logging.info("Resuming %s from epoch %d", resume, initial_epoch)
+    state_fn = (lambda: admm.state) if admm else (lambda: None)
+    callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
+                               is_chief=_is_chief(strategy), best_value=best,
+                               extra_eval=_train_eval(cfg, trained, admm, train_ds)))
+    callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
+                                                 write_graph=False))
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    if cfg.lr_sched.startswith("plat"):
+        from sqjl_tf.schedules import plateau_callback
+
+        callbacks.append(plateau_callback(cfg.lr_sched, optimizer))
+    if cfg.log_interval > 0:
+        callbacks.append(_BatchLogger(cfg.log_interval))
+    if initial_epoch < cfg.epochs:
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, initial_epoch, strategy, loss)
+        else:
+            trained.fit(train_ds, validation_data=test_ds, epochs=cfg.epochs,
+                        initial_epoch=initial_epoch, callbacks=callbacks,
+                        verbose=2 if cfg.log_interval <= 0 else 0)
+    final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
+    return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
+
+
+def _finalized_other(callbacks, student):
+    for cb in callbacks:
+        if hasattr(cb, "finalize"):
+            return cb.finalize()
+    return student
+
+
+def _train_eval(cfg, trained, admm, train_ds):
+    if not cfg.eval_tr:
+        return None
+
+    def evaluate(epoch):
+        saved = None
+        if admm is not None:
+            saved = [k.variable.numpy() for k in admm.state.kernels]
+            admm.state.finalize_in_place()
+        try:
+            values = trained.evaluate(train_ds, verbose=0, return_dict=True)
+        finally:
+            if saved is not None:
+                for k, w in zip(admm.state.kernels, saved):
+                    k.variable.assign(w)
+        return {f"train_{k}": v for k, v in values.items()}
+
+    return evaluate
+
+
+def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, strategy, loss):
+    from sqjl_tf.loop import train_loop
+
+    train_loop(model, optimizer, train_ds, cfg.epochs, loss, cfg.batch_size,
+               state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch)
+
+
+class _BatchLogger:
+    """Logs the training loss every ``interval`` batches (the reference's ``log_interval``)."""
+
+    def __new__(cls, interval):
+        import keras
+
+        class BatchLogger(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if (batch + 1) % interval == 0 and logs:
+                    logging.info("batch %d: %s", batch + 1,
+                                 ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items()))
+
+        return BatchLogger()
+
+
+def _finish(cfg, model, test_ds, admm, is_chief):
+    from sqjl_tf.budget import compression_report
+
+    model.compile(loss=__import__("keras").losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=_metrics())
+    scores = model.evaluate(test_ds, verbose=0, return_dict=True)
+    budget = admm.state.budget_bits if admm else None
+    report = compression_report(model, budget_bits=budget)
+    record = {
+        "mode": cfg.mode,
+        "test_accuracy": float(scores["accuracy"]),
+        "test_top5": float(scores["top5"]),
+        "compression_rate": report.compression_rate,
+        "size_bits": report.size_bits,
+        "budget_bits": budget,
+        "within_budget": report.within_budget,
+        "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
+                   for s in report.layers],
+        "files": {},
+    }
+    if is_chief:
+        record["files"] = _export(cfg, model)
+        with open(os.path.join(cfg.logdir, "final.json"), "w") as f:
+            json.dump(record, f, indent=1)
+    logging.info("compression report:\n%s", report)
+    logging.info(
+        "final: test_accuracy=%.4f test_top5=%.4f compression_rate=%.1fx size_bits=%d%s",
+        record["test_accuracy"], record["test_top5"], record["compression_rate"],
+        record["size_bits"], f" budget_bits={budget:.0f}" if budget else "",
+    )
+    return record
+
+
+def _export(cfg, model) -> Dict[str, str]:
+    files = {}
+    name = "model_dense" if cfg.mode == "pretrain" else "model_compressed"
+    if "keras" in cfg.export or cfg.mode == "pretrain":
+        files["keras"] = os.path.join(cfg.logdir, f"{name}.keras")
+        tmp = files["keras"] + ".tmp.keras"
+        model.save(tmp)
+        os.replace(tmp, files["keras"])
+    if "saved_model" in cfg.export:
+        files["saved_model"] = os.path.join(cfg.logdir, "saved_model")
+        if os.path.isdir(files["saved_model"]):
+            shutil.rmtree(files["saved_model"])
+        model.export(files["saved_model"], verbose=False)
+    if "compressed" in cfg.export and cfg.mode != "pretrain":
+        from sqjl_tf.export import save_compressed
+
+        files["compressed"] = os.path.join(cfg.logdir, f"{name}.sqjl")
+        save_compressed(model, files["compressed"])
+    if "tflite" in cfg.export:
+        from sqjl_tf.export.tflite import save_tflite
+
+        files["tflite"] = os.path.join(cfg.logdir, f"{name}.tflite")
+        save_tflite(model, files["tflite"])
+    return files
+
+
+def _evaluate(cfg, info):
+    import keras
+
+    from sqjl_tf.budget import compression_report
+    from sqjl_tf.data import load_dataset
+
+    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit)
+    model = _checked_load(cfg, info)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=_metrics())
+    scores = model.evaluate(test_ds, verbose=0, return_dict=True)
+    report = compression_report(model)
+    logging.info("compression report:\n%s", report)
+    logging.info("evaluate: test_accuracy=%.4f test_top5=%.4f compression_rate=%.1fx",
+                 scores["accuracy"], scores["top5"], report.compression_rate)
+    return {"mode": "evaluate", "test_accuracy": float(scores["accuracy"]),
+            "test_top5": float(scores["top5"]), "compression_rate": report.compression_rate,
+            "size_bits": report.size_bits}
