@@ -1,0 +1,100 @@
+"""Smoke test of experiments/fashion_mnist/tfmot_baseline.py (TFMOT peer baseline).
+
+The script runs in its own process on legacy Keras (`tf_keras`), so it is run
+with `subprocess` on a tiny fake Fashion-MNIST written as gzip IDX files. The
+test is skipped when `tensorflow_model_optimization` or `tf_keras` is not
+installed (CI installs only `.[test]`). The modules are looked up with
+`importlib.util.find_spec`, not imported: importing them in this Keras 3
+process would be wrong.
+"""
+
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "experiments", "fashion_mnist", "tfmot_baseline.py")
+LAYERS = ("conv1", "conv2", "fc1", "fc2")
+
+_missing = [m for m in ("tensorflow_model_optimization", "tf_keras")
+            if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(
+    bool(_missing), reason=f"TFMOT baseline needs {', '.join(_missing)} (pip install .[tfmot])")
+
+
+def _write_idx(path, arr):
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    magic = 0x00000800 | arr.ndim  # ubyte: 0x801 labels, 0x803 images
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def _fake_fashion_mnist(d, n_train=600, n_test=300, seed=0):
+    rng = np.random.default_rng(seed)
+    protos = rng.integers(0, 256, size=(10, 28, 28))
+
+    def make(n):
+        y = rng.integers(0, 10, size=n)
+        x = np.clip(protos[y] + rng.normal(0, 40, size=(n, 28, 28)), 0, 255)
+        return x.astype(np.uint8), y.astype(np.uint8)
+
+    x, y = make(n_train)
+    _write_idx(d / "train-images-idx3-ubyte.gz", x)
+    _write_idx(d / "train-labels-idx1-ubyte.gz", y)
+    x, y = make(n_test)
+    _write_idx(d / "t10k-images-idx3-ubyte.gz", x)
+    _write_idx(d / "t10k-labels-idx1-ubyte.gz", y)
+
+
+@pytest.mark.slow  # ~30-40 s on 2 busy CPU cores (TF import + tf.function tracing)
+def test_uniform_smoke(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_fashion_mnist(data)
+    out = tmp_path / "res.json"
+    weights = tmp_path / "dense.npz"
+    budget, bits = 0.02, 3
+    cmd = [sys.executable, SCRIPT, f"--data_dir={data}", "--limit=512",
+           "--pretrain_epochs=1", f"--weights_out={weights}",
+           f"--nnz_budget={budget}", f"--bit_budget={bits}",
+           "--epochs_prune=1", "--epochs_cluster=1", "--variant=uniform",
+           "--batch_size=64", "--verbose=0", f"--out={out}"]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    r = json.loads(out.read_text())
+    assert os.path.exists(weights)
+    with np.load(weights) as z:
+        assert sorted(z.files) == [f"w{i}" for i in range(8)]
+    assert r["variant"] == "uniform"
+    assert r["n_train"] == 512
+    assert 0.0 <= r["accuracy"] <= 1.0
+    assert 0.0 <= r["dense_accuracy"] <= 1.0
+    assert r["rate"] > 1.0
+    assert r["total_kernel_params"] == 430500
+    total_bits = 0
+    for name in LAYERS:
+        s = r["layers"][name]
+        assert s["target_density"] == pytest.approx(budget)
+        # top-k magnitude pruning: the kept count is round(size * density)
+        # (ties aside); clustering with preserve_sparsity keeps the zeros.
+        assert abs(s["nnz"] - budget * s["size"]) <= max(1, 0.05 * budget * s["size"])
+        assert s["density"] == pytest.approx(s["nnz"] / s["size"])
+        assert 1 <= s["distinct_nonzero"] <= 2 ** bits - 1
+        assert 1 <= s["bits"] <= bits
+        total_bits += s["bits"] * s["nnz"]
+    assert r["total_bits"] == total_bits
+    assert r["rate"] == pytest.approx(32 * 430500 / total_bits)
+    for stage in ("prune", "cluster"):
+        st = r["stages"][stage]
+        assert st["epochs"] == 1 and st["optimizer"] in ("adam", "sgd") and st["lr"] > 0
+    assert r["seconds"] > 0
+    assert isinstance(r["notes"], list)
