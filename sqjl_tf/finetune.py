@@ -1,0 +1,418 @@
+"""Fine-tuning of an already-compressed model (ALGORITHM.md section 4).
+
+The sparsity mask (``W != 0``) and the bit widths are frozen; each layer keeps a
+codebook (:func:`sqjl_tf.projections.codebook` on its nonzeros). Training runs
+with every kernel replaced by its quantized value and the gradient goes
+straight through to a full-precision copy:
+
+* the callback keeps, per compressible kernel, a full-precision shadow
+  ``W_fp`` (a ``tf.Variable``) and makes the model's kernel ``Q(W_fp)``
+  (nearest centre; zeros stay zero);
+* the optimizer steps the kernel from ``Q(W_fp)`` to ``W'``; at the batch end
+  the callback applies that update to the shadow,
+  ``W_fp <- mask * (W_fp + W' - Q(W_fp))`` (straight-through), and writes
+  ``Q(W_fp)`` back into the kernel;
+* a few Lloyd iterations refresh the codebooks about ``refresh_per_epoch``
+  times per epoch; at each epoch end they are recomputed in full (the
+  k-means of :func:`~sqjl_tf.projections.codebook`).
+
+All the per-batch work is one compiled TensorFlow function over the variables
+(``tf.searchsorted`` on the centres' midpoints, then a gather), no NumPy round
+trip. Between batches the model's kernels are always quantized, so validation
+inside ``fit``, checkpoints and the model after ``fit`` are the quantized
+model: every kernel has at most ``2**b`` distinct nonzero values, no new
+nonzero, so its size ``sum_l b_l * nnz_l`` never exceeds the starting size.
+
+Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
+without callbacks and the N-1 later ones would see unquantized kernels.
+
+Example:
+    >>> compressed = cb_admm.finalize()          # or keras.models.load_model(...)
+    >>> ft = QuantizedFinetuneCallback()
+    >>> compressed.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
+    ...                    loss=..., metrics=["accuracy"])
+    >>> compressed.fit(train, validation_data=val, epochs=5, callbacks=[ft])
+    >>> final = ft.finalize()                    # quantized copy, size <= the start
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional, Sequence, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sqjl_tf import projections
+from sqjl_tf.budget import compression_report, layer_bits
+from sqjl_tf.layers import CompressibleKernel, compressible_kernels
+
+MAX_BITS = projections.MAX_BITS
+_DEFAULT_REFRESH_EVERY = 50  # batches between codebook refreshes when fit does not know its steps
+
+
+def _bad(name: str, value, expected: str) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
+    )
+
+
+def _parse_weightbits(weightbits) -> Optional[List[int]]:
+    """Validates ``weightbits`` (a list of ints or the reference's comma string)."""
+    if weightbits is None:
+        return None
+    raw = weightbits
+    if isinstance(weightbits, str):
+        parts = [p.strip() for p in weightbits.split(",") if p.strip()]
+        if not parts:
+            return None
+        weightbits = parts
+    expected = f"integers in [1, {MAX_BITS}] (a list or a comma string), one per layer"
+    try:
+        values = [float(b) for b in weightbits]
+    except (TypeError, ValueError):
+        raise _bad("weightbits", raw, expected) from None
+    if not values or not all(v == int(v) and 1 <= v <= MAX_BITS for v in values):
+        raise _bad("weightbits", raw, expected)
+    return [int(v) for v in values]
+
+
+def _value(variable) -> tf.Variable:
+    """The tf.Variable behind a keras.Variable (TF backend)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _pad_centres(centres: np.ndarray, length: int) -> np.ndarray:
+    """Sorted centres padded to ``length`` by repeating the largest (no effect on Q)."""
+    centres = np.sort(np.asarray(centres, np.float32))
+    if centres.size == 0:
+        centres = np.zeros(1, np.float32)
+    pad = np.full(length - centres.size, centres[-1], np.float32)
+    return np.concatenate([centres, pad])
+
+
+def quantize_tf(x: tf.Tensor, centres: tf.Tensor) -> tf.Tensor:
+    """TensorFlow version of :func:`sqjl_tf.projections.quantize`.
+
+    Args:
+        x: a tensor, any shape.
+        centres: 1-D sorted float32 centres (repeated values allowed).
+
+    Returns:
+        ``x`` with every nonzero entry replaced by its nearest centre (ties:
+        the lower one) and zeros kept at zero.
+
+    Example:
+        >>> quantize_tf(tf.constant([0.0, 0.9, -2.0]), tf.constant([-1.0, 0.0, 1.0]))
+        <tf.Tensor: ... numpy=array([ 0.,  1., -1.], dtype=float32)>
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    flat = tf.reshape(x, [-1])
+    mid = 0.5 * (centres[1:] + centres[:-1])
+    idx = tf.searchsorted(mid, flat, side="left")
+    q = tf.gather(centres, idx)
+    return tf.reshape(tf.where(flat != 0, q, tf.zeros_like(q)), tf.shape(x))
+
+
+def _lloyd(values: tf.Tensor, centres: tf.Tensor, fixed_zero: bool, iterations: int):
+    """Lloyd iterations of 1-D k-means on ``values`` from sorted ``centres``."""
+    n = tf.shape(centres)[0]
+    ones = tf.ones_like(values)
+    for _ in range(iterations):
+        mid = 0.5 * (centres[1:] + centres[:-1])
+        idx = tf.searchsorted(mid, values, side="left")
+        sums = tf.math.unsorted_segment_sum(values, idx, n)
+        counts = tf.math.unsorted_segment_sum(ones, idx, n)
+        new = tf.where(counts > 0, sums / tf.maximum(counts, 1.0), centres)
+        if fixed_zero:
+            new = tf.where(centres == 0, tf.zeros_like(new), new)
+        centres = tf.sort(new)
+    return centres
+
+
+@dataclasses.dataclass
+class _Slot:
+    """Fine-tuning state of one kernel."""
+
+    kernel: CompressibleKernel
+    bits: int
+    shadow: tf.Variable  # full-precision W, masked
+    mask: tf.Variable  # bool, the frozen support
+    centres: tf.Variable  # padded sorted codebook, fixed length
+
+
+class QuantizedFinetuneCallback(keras.callbacks.Callback):
+    """Fine-tunes a compressed model with frozen mask and bit widths (section 4).
+
+    On ``on_train_begin`` (or :meth:`build`) it freezes each compressible
+    kernel's support and bit width, builds its codebook and quantizes it; then
+    after every batch it applies the optimizer's update to the full-precision
+    copy (straight-through), re-applies the mask, and re-quantizes. See the
+    module docstring. Calling ``fit`` again continues from the same
+    full-precision copy.
+
+    Args:
+        weightbits: per-layer bit widths (list of ints in [1, 8] or the
+            reference's comma string), in ``compressible_kernels`` order; None:
+            each layer's ``ceil(log2(distinct nonzero values))``, at most 8. A
+            width above the layer's measured one is lowered to it, so the size
+            never grows.
+        refresh_per_epoch: Lloyd refreshes of the codebooks per epoch (0: only
+            the full refresh at each epoch end).
+        lloyd_iters: Lloyd iterations per refresh.
+        reserve_zero: keep 0 as a fixed centre (weights may then drop to 0,
+            never the reverse); False for quantize-only models.
+        predicate: ``f(layer, variable) -> bool`` choosing the kernels, as in
+            ``compressible_kernels``.
+
+    Raises:
+        ValueError: on invalid arguments; ``weightbits`` of the wrong length
+            is reported by :meth:`build` / ``fit``.
+
+    Example:
+        >>> ft = QuantizedFinetuneCallback(weightbits="4,3,3,4")
+        >>> model.fit(x, y, epochs=3, callbacks=[ft])
+        >>> sqjl_tf.compression_report(ft.finalize()).size_bits <= ft.initial_size_bits
+        True
+    """
+
+    def __init__(
+        self,
+        weightbits: Union[None, str, Sequence[int]] = None,
+        refresh_per_epoch: int = 20,
+        lloyd_iters: int = 3,
+        reserve_zero: bool = True,
+        predicate: Optional[Callable] = None,
+    ):
+        super().__init__()
+        self.weightbits = _parse_weightbits(weightbits)
+        if not (isinstance(refresh_per_epoch, (int, np.integer)) and refresh_per_epoch >= 0):
+            raise _bad("refresh_per_epoch", refresh_per_epoch, "an integer >= 0")
+        if not (isinstance(lloyd_iters, (int, np.integer)) and lloyd_iters >= 1):
+            raise _bad("lloyd_iters", lloyd_iters, "an integer >= 1")
+        self.refresh_per_epoch = int(refresh_per_epoch)
+        self.lloyd_iters = int(lloyd_iters)
+        self.reserve_zero = bool(reserve_zero)
+        self.predicate = predicate
+        self.slots: List[_Slot] = []
+        self.initial_size_bits: Optional[int] = None
+        self._built_for = None
+        self._step_fn = None
+        self._refresh_fn = None
+        self._batches = 0
+        self._last_batch = -1
+
+    # ---------------------------------------------------------------- setup
+    def _resolve_bits(self, kernels: List[CompressibleKernel]) -> List[int]:
+        report = compression_report([(k.name, k.variable) for k in kernels])
+        measured = [min(max(s.bits, 1), MAX_BITS) for s in report.layers]
+        if self.weightbits is None:
+            return measured
+        if len(self.weightbits) != len(kernels):
+            raise _bad(
+                "weightbits",
+                self.weightbits,
+                f"{len(kernels)} widths, one per compressible kernel "
+                f"({', '.join(k.name for k in kernels)})",
+            )
+        bits = []
+        for k, given, have in zip(kernels, self.weightbits, measured):
+            if given > have:
+                logging.info(
+                    "%s: weightbits %d lowered to the %d bits it has (size must not grow).",
+                    k.name, given, have,
+                )
+            bits.append(min(given, have))
+        return bits
+
+    def build(self, model: keras.Model) -> List[_Slot]:
+        """Freezes masks and widths of ``model``, builds codebooks, quantizes.
+
+        Done by ``fit``; a second call for the same model keeps the current
+        full-precision copy.
+
+        Args:
+            model: a built, compressed Keras model.
+
+        Returns:
+            The per-kernel state.
+
+        Raises:
+            ValueError: if the model has no compressible kernel or
+                ``weightbits`` does not have one width per kernel.
+        """
+        if self._built_for is model:
+            return self.slots
+        kernels = compressible_kernels(model, self.predicate)
+        if not kernels:
+            raise _bad("model", model.name, "a model with at least one compressible kernel")
+        bits = self._resolve_bits(kernels)
+        self.initial_size_bits = compression_report(
+            [(k.name, k.variable) for k in kernels]
+        ).size_bits
+        slots = []
+        for k, b in zip(kernels, bits):
+            w = np.asarray(keras.ops.convert_to_numpy(k.variable), np.float32)
+            length = 2**b + (1 if self.reserve_zero else 0)
+            centres = projections.codebook(w, b, self.reserve_zero)
+            slots.append(
+                _Slot(
+                    kernel=k,
+                    bits=b,
+                    shadow=tf.Variable(w, trainable=False, name="fp_shadow"),
+                    mask=tf.Variable(w != 0, trainable=False, name="mask"),
+                    centres=tf.Variable(_pad_centres(centres, length), trainable=False,
+                                        name="centres"),
+                )
+            )
+        self.slots = slots
+        self._built_for = model
+        self._step_fn = tf.function(self._step_impl, autograph=False)
+        self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
+        self._requantize()
+        logging.info(
+            "Fine-tuning %d kernels, widths %s, start size %d bits.",
+            len(slots), [s.bits for s in slots], self.initial_size_bits,
+        )
+        return slots
+
+    # ------------------------------------------------------------ TF steps
+    def _step_impl(self):
+        """Straight-through update of every shadow, then re-quantization."""
+        for s in self.slots:
+            kernel = _value(s.kernel.variable)
+            delta = tf.convert_to_tensor(kernel) - quantize_tf(s.shadow, s.centres)
+            new = tf.where(s.mask, s.shadow + delta, tf.zeros_like(delta))
+            s.shadow.assign(new)
+            kernel.assign(quantize_tf(new, s.centres))
+
+    def _refresh_impl(self):
+        """A few Lloyd iterations on each codebook, then re-quantization."""
+        for s in self.slots:
+            values = tf.boolean_mask(s.shadow, s.mask)
+            values = tf.boolean_mask(values, values != 0)
+            s.centres.assign(
+                _lloyd(values, tf.convert_to_tensor(s.centres), self.reserve_zero,
+                       self.lloyd_iters)
+            )
+            _value(s.kernel.variable).assign(quantize_tf(s.shadow, s.centres))
+
+    def _requantize(self) -> None:
+        for s in self.slots:
+            _value(s.kernel.variable).assign(quantize_tf(s.shadow, s.centres))
+
+    def full_refresh(self) -> None:
+        """Recomputes every codebook in full (k-means) and re-quantizes."""
+        for s in self.slots:
+            centres = projections.codebook(s.shadow.numpy(), s.bits, self.reserve_zero)
+            s.centres.assign(_pad_centres(centres, int(s.centres.shape[0])))
+        self._requantize()
+
+    # ------------------------------------------------------------ fit hooks
+    def _refresh_every(self) -> int:
+        steps = (self.params or {}).get("steps")
+        if not steps:
+            return _DEFAULT_REFRESH_EVERY
+        return max(1, int(steps) // self.refresh_per_epoch)
+
+    def on_train_begin(self, logs=None):
+        self.build(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last_batch = -1
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_fn()
+        done = batch - self._last_batch  # > 1 with steps_per_execution > 1
+        self._last_batch = batch
+        if self.refresh_per_epoch > 0:
+            every = self._refresh_every()
+            if (self._batches + done) // every > self._batches // every:
+                self._refresh_fn()
+        self._batches += done
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.full_refresh()
+        if logs is not None:
+            logs["size_bits"] = float(self.size_bits())
+
+    def on_train_end(self, logs=None):
+        self._requantize()
+
+    # ------------------------------------------------------------ results
+    def size_bits(self) -> int:
+        """``sum_l b_l * nnz_l`` of the model's (quantized) kernels now."""
+        return compression_report(
+            [(s.kernel.name, s.kernel.variable) for s in self.slots]
+        ).size_bits
+
+    def finalize(self) -> keras.Model:
+        """A copy of the model with every kernel quantized (the fine-tuned model).
+
+        Returns:
+            A new Keras model (same architecture and weights) whose kernels are
+            ``Q(W_fp)``; its size is at most :attr:`initial_size_bits`.
+
+        Raises:
+            RuntimeError: if called before ``fit`` or :meth:`build`.
+        """
+        if self._built_for is None:
+            raise RuntimeError(
+                "QuantizedFinetuneCallback.finalize() called before fit(): there is no state."
+            )
+        self._requantize()
+        return _copy_model(self._built_for)
+
+
+def _copy_model(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def finetune_finalize(
+    model: keras.Model,
+    weightbits: Union[None, str, Sequence[int]] = None,
+    reserve_zero: bool = True,
+    predicate: Optional[Callable] = None,
+) -> keras.Model:
+    """Returns a copy of ``model`` with every kernel quantized with its frozen width.
+
+    The widths are those :class:`QuantizedFinetuneCallback` would freeze
+    (``weightbits`` lowered to the measured ones, or the measured ones), the
+    codebooks the full k-means of :func:`sqjl_tf.projections.codebook`; zeros
+    stay zero, so the size never exceeds the model's.
+
+    Args:
+        model: a built Keras model (e.g. pruned, or fine-tuned).
+        weightbits: per-layer widths, list or comma string (None: measured).
+        reserve_zero: keep 0 as a fixed centre.
+        predicate: kernel predicate, as in ``compressible_kernels``.
+
+    Returns:
+        A new model (clone) with quantized kernels.
+
+    Raises:
+        ValueError: on invalid ``weightbits``.
+
+    Example:
+        >>> quantized = finetune_finalize(pruned_model, weightbits=[4, 4, 3])
+    """
+    helper = QuantizedFinetuneCallback(weightbits, reserve_zero=reserve_zero, predicate=predicate)
+    kernels = compressible_kernels(model, predicate)
+    bits = helper._resolve_bits(kernels)
+    clone = _copy_model(model)
+    by_path = {}
+    for k, b in zip(kernels, bits):
+        w = np.asarray(keras.ops.convert_to_numpy(k.variable), np.float32)
+        by_path[k.variable.path] = projections.quantize(
+            w, projections.codebook(w, b, reserve_zero)
+        )
+    for src, dst in zip(model.weights, clone.weights):
+        if src.path in by_path:
+            dst.assign(by_path[src.path])
+    return clone

@@ -1,0 +1,181 @@
+"""Fine-tuning a compressed model: frozen mask and widths, straight-through, size."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sqjl_tf
+from sqjl_tf import projections
+from sqjl_tf.finetune import QuantizedFinetuneCallback, finetune_finalize, quantize_tf
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _task(n=1024, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 16)).astype("float32")
+    y = np.argmax(x @ rng.standard_normal((16, 4)), 1).astype("int32")
+    return x, y
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)]
+    )
+
+
+_CACHE = {}
+
+
+def _compressed(bits=(2, 2), density=0.3):
+    """A pretrained model, pruned to ``density`` and quantized with ``bits``."""
+    key = (bits, density)
+    if key not in _CACHE:
+        x, y = _task()
+        model = _model()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
+        model.fit(x, y, epochs=6, batch_size=64, verbose=0)
+        kernels = sqjl_tf.compressible_kernels(model)
+        w = [k.variable.numpy() for k in kernels]
+        budget = sum(b * int(np.ceil(density * a.size)) for a, b in zip(w, bits))
+        w, _ = projections.sparse_projection(w, bits=list(bits), budget_bits=budget)
+        w, _ = projections.quantize_with_bits(w, list(bits))
+        for k, a in zip(kernels, w):
+            k.variable.assign(a)
+        _CACHE[key] = model.get_weights()
+    model = _model()
+    model.set_weights(_CACHE[key])
+    return model
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), 1) == y))
+
+
+def _kernels(model):
+    return [k.variable.numpy() for k in sqjl_tf.compressible_kernels(model)]
+
+
+def test_quantize_tf_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 7)).astype("float32")
+    x[rng.random(x.shape) < 0.4] = 0
+    centres = projections.codebook(x, 3)
+    expected = projections.quantize(x, centres)
+    padded = np.concatenate([centres, np.full(4, centres[-1], np.float32)])
+    got = quantize_tf(tf.constant(x), tf.constant(padded)).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_finetune_keeps_mask_bits_and_size_and_recovers_accuracy():
+    x, y = _task()
+    model = _compressed()
+    start = _kernels(model)
+    start_report = sqjl_tf.compression_report(model)
+    acc0 = _accuracy(model, x, y)
+    ft = QuantizedFinetuneCallback(refresh_per_epoch=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSS)
+    hist = model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[ft])
+    assert ft.initial_size_bits == start_report.size_bits
+    assert [s.bits for s in ft.slots] == [s.bits for s in start_report.layers]
+    for before, after, slot in zip(start, _kernels(model), ft.slots):
+        assert np.all(after[before == 0] == 0)  # no new nonzero
+        assert np.unique(after[after != 0]).size <= 2**slot.bits
+    report = sqjl_tf.compression_report(model)
+    assert report.size_bits <= start_report.size_bits
+    assert hist.history["size_bits"][-1] == report.size_bits
+    # The weights moved, and the quantized model is at least as accurate.
+    assert any(not np.array_equal(a, b) for a, b in zip(start, _kernels(model)))
+    acc1 = _accuracy(model, x, y)
+    assert acc1 >= acc0 - 0.01, (acc0, acc1)
+    # finalize(): a quantized copy.
+    final = ft.finalize()
+    assert final is not model
+    for a, b in zip(_kernels(final), _kernels(model)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(_accuracy(final, x, y), acc1)
+
+
+def test_straight_through_update():
+    """One SGD step: the shadow moves by the gradient taken at the quantized point."""
+    x, y = _task(n=64)
+    model = _compressed()
+    ft = QuantizedFinetuneCallback(refresh_per_epoch=0)
+    ft.build(model)
+    shadows = [s.shadow.numpy() for s in ft.slots]
+    masks = [s.mask.numpy() for s in ft.slots]
+    lr = 0.1
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, model(x, training=True))
+    kvars = [s.kernel.variable for s in ft.slots]
+    grads = [g.numpy() for g in tape.gradient(loss, kvars)]
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=LOSS)
+    model.optimizer.apply([tf.constant(g) for g in grads], kvars)
+    ft.on_epoch_begin(0)
+    ft.on_train_batch_end(0)
+    for s, w0, m, g in zip(ft.slots, shadows, masks, grads):
+        np.testing.assert_allclose(s.shadow.numpy(), np.where(m, w0 - lr * g, 0), atol=1e-6)
+        expected = projections.quantize(s.shadow.numpy(), s.centres.numpy())
+        np.testing.assert_array_equal(s.kernel.variable.numpy(), expected)
+
+
+def test_from_pruned_float_model_with_weightbits():
+    """A pruned, unquantized model gets the given widths (a comma string here)."""
+    x, y = _task()
+    model = _compressed()
+    kernels = sqjl_tf.compressible_kernels(model)
+    rng = np.random.default_rng(1)
+    for k in kernels:  # un-quantize: jitter the nonzeros
+        w = k.variable.numpy()
+        k.variable.assign(np.where(w != 0, w + 0.01 * rng.standard_normal(w.shape), 0))
+    start = sqjl_tf.compression_report(model)
+    ft = QuantizedFinetuneCallback(weightbits="3,2")
+    model.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9), loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=128, verbose=0, callbacks=[ft])
+    report = sqjl_tf.compression_report(model)
+    assert all(s.bits <= b for s, b in zip(report.layers, [3, 2]))
+    assert report.size_bits <= 3 * start.layers[0].nnz + 2 * start.layers[1].nnz
+    assert report.size_bits <= start.size_bits
+
+
+def test_weightbits_above_measured_are_lowered():
+    model = _compressed(bits=(2, 2))
+    ft = QuantizedFinetuneCallback(weightbits=[8, 1])
+    ft.build(model)
+    assert [s.bits for s in ft.slots] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "weightbits", [[4], [4, 4, 4], "4", [0, 4], [4, 9], [4, 2.5], "4,x", ["a", "b"]]
+)
+def test_weightbits_validation(weightbits):
+    model = _compressed()
+    with pytest.raises(ValueError, match="`weightbits`"):
+        QuantizedFinetuneCallback(weightbits=weightbits).build(model)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="`refresh_per_epoch`"):
+        QuantizedFinetuneCallback(refresh_per_epoch=-1)
+    with pytest.raises(ValueError, match="`lloyd_iters`"):
+        QuantizedFinetuneCallback(lloyd_iters=0)
+    with pytest.raises(RuntimeError):
+        QuantizedFinetuneCallback().finalize()
+
+
+def test_finetune_finalize():
+    model = _compressed()
+    kernels = sqjl_tf.compressible_kernels(model)
+    rng = np.random.default_rng(2)
+    for k in kernels:
+        w = k.variable.numpy()
+        k.variable.assign(np.where(w != 0, w + 0.01 * rng.standard_normal(w.shape), 0))
+    out = finetune_finalize(model, weightbits=[1, 2])
+    report = sqjl_tf.compression_report(out)
+    assert [s.bits for s in report.layers] == [1, 2]
+    for a, b in zip(_kernels(model), _kernels(out)):
+        assert np.all(b[a == 0] == 0)
+    with pytest.raises(ValueError, match="`weightbits`"):
+        finetune_finalize(model, weightbits=[1])
