@@ -25,11 +25,18 @@ def _model(seed):
     )
 
 
+_TEACHER_WEIGHTS = []
+
+
 def _teacher():
-    x, y = _task()
+    """A pretrained teacher (trained once per session)."""
     teacher = _model(1)
-    teacher.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
-    teacher.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    if not _TEACHER_WEIGHTS:
+        x, y = _task()
+        teacher.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
+        teacher.fit(x, y, epochs=5, batch_size=128, verbose=0)
+        _TEACHER_WEIGHTS.extend(teacher.get_weights())
+    teacher.set_weights(_TEACHER_WEIGHTS)
     return teacher
 
 
@@ -106,7 +113,7 @@ def test_fit_teacher_frozen_student_learns():
     d = Distiller(student, teacher, temperature=4.0)
     d.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS, metrics=["accuracy"])
     acc0 = d.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
-    hist = d.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    hist = d.fit(x, y, epochs=4, batch_size=64, verbose=0)
     acc1 = d.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
     for a, b in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -126,7 +133,7 @@ def test_with_admm_callback():
     d.compile(
         optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), cb), loss=LOSS
     )
-    d.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb])
+    d.fit(x, y, epochs=1, batch_size=128, verbose=0, callbacks=[cb])
     assert [k.variable.path for k in cb.state.kernels] == [
         k.variable.path for k in sqjl_tf.compressible_kernels(student)
     ]
