@@ -77,6 +77,8 @@ flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "eval
 flags.DEFINE_bool("overwrite", False, "start afresh in an existing logdir instead of resuming it")
 flags.DEFINE_list("export", ["keras", "saved_model", "compressed"],
                   "what to write at the end: keras, saved_model, compressed, tflite")
+flags.DEFINE_integer("image_size", 224, "ImageNet crop size (evaluation resizes to 8/7 of it first)",
+                     lower_bound=8)
 flags.DEFINE_integer("limit", None, "use only the first N examples of each split (smoke runs)",
                      lower_bound=1)
 
@@ -134,7 +136,7 @@ def main(argv):
             prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits), overwrite=FLAGS.overwrite,
-            export=tuple(FLAGS.export), limit=FLAGS.limit,
+            export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
         )
     except trainer.UsageError as err:
         raise app.UsageError(str(err), exitcode=2)

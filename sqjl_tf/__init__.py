@@ -24,10 +24,14 @@ from sqjl_tf.budget import (
 )
 from sqjl_tf.callback import ADMMCallback, finalize_model
 from sqjl_tf.data import DatasetInfo, available_datasets, load_dataset
+from sqjl_tf.distill import Distiller
 from sqjl_tf.export import FileSizeBreakdown, file_size_breakdown, load_compressed, save_compressed
+from sqjl_tf.finetune import QuantizedFinetuneCallback, finetune_finalize
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 from sqjl_tf.models import available_models, build_model
+from sqjl_tf.loop import train_loop
 from sqjl_tf.optimizer import ADMMOptimizer
+from sqjl_tf.schedules import parse_lr_schedule
 
 __all__ = [
     "ADMMCallback",
@@ -37,8 +41,10 @@ __all__ = [
     "CompressibleKernel",
     "CompressionReport",
     "DatasetInfo",
+    "Distiller",
     "FileSizeBreakdown",
     "LayerStats",
+    "QuantizedFinetuneCallback",
     "available_datasets",
     "available_models",
     "budget_bits",
@@ -47,12 +53,15 @@ __all__ = [
     "compression_report",
     "file_size_breakdown",
     "finalize_model",
+    "finetune_finalize",
     "load_compressed",
     "load_dataset",
     "nnz_budget_for_rate",
     "nominal_rate",
+    "parse_lr_schedule",
     "projections",
     "save_compressed",
+    "train_loop",
 ]
 
 __version__ = "0.1.0"

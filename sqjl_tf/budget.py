@@ -103,10 +103,20 @@ def nnz_budget_for_rate(rate: float, bit_budget: float) -> float:
     return 32.0 / (value * bit_budget)
 
 
+FLOAT_BITS = 32
+
+
 def layer_bits(num_distinct: int) -> int:
-    """Bits needed to index ``num_distinct`` nonzero levels (0 for an empty layer)."""
+    """Bits per nonzero of a layer with ``num_distinct`` distinct nonzero values.
+
+    ``ceil(log2(num_distinct))`` (at least 1) for a quantized layer; a layer
+    with more than ``2**8`` levels is not quantized and stays float32 (32 bits);
+    an empty layer costs 0.
+    """
     if num_distinct <= 0:
         return 0
+    if num_distinct > 2**MAX_BITS:
+        return FLOAT_BITS
     return max(1, math.ceil(math.log2(num_distinct)))
 
 
@@ -120,7 +130,8 @@ class LayerStats:
         size: number of weights n_l.
         nnz: number of nonzeros.
         distinct: number of distinct nonzero values.
-        bits: ``ceil(log2(distinct))`` (at least 1; 0 if the layer is empty).
+        bits: ``ceil(log2(distinct))`` (at least 1; 0 if the layer is empty;
+            32 if it has more than 256 levels: float32).
     """
 
     name: str

@@ -76,6 +76,7 @@ class TrainConfig:
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
+    image_size: int = 224
 
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -117,6 +118,7 @@ class TrainConfig:
         if not float(self.dp) < 1:
             bad("dp", self.dp, "a float in [0, 1)")
         for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 1), ("start_epoch", 0),
+                          ("image_size", 8),
                           ("save_every", 0), ("projint", 0), ("dualint", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
@@ -300,15 +302,17 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
     workers = cfg.workers
-    _, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit)
+    sizes = dict(image_size=cfg.image_size, resize_size=max(cfg.image_size * 8 // 7, cfg.image_size))
+    _, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit,
+                                **sizes)
     if cfg.mode == "evaluate":
         return _evaluate(cfg, test_info)
     train_ds, info = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.batch_size, "train", seed=cfg.seed, limit=cfg.limit,
-        num_parallel_calls=workers,
+        num_parallel_calls=workers, **sizes,
     )
     test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test",
-                              limit=cfg.limit, num_parallel_calls=workers)
+                              limit=cfg.limit, num_parallel_calls=workers, **sizes)
     steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     with strategy.scope():
         model = _checked_load(cfg, info) if cfg.pretrain else None
@@ -373,10 +377,9 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
                                                  write_graph=False))
     callbacks.append(keras.callbacks.TerminateOnNaN())
-    if cfg.lr_sched.startswith("plat"):
-        from sqjl_tf.schedules import plateau_callback
-
-        callbacks.append(plateau_callback(cfg.lr_sched, optimizer))
+    schedule = optimizer.inner_optimizer._learning_rate
+    if hasattr(schedule, "callback"):  # plat,factor,threshold: driven by the validation loss
+        callbacks.append(schedule.callback())
     if cfg.log_interval > 0:
         callbacks.append(_BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
@@ -442,6 +445,7 @@ class _BatchLogger:
 def _finish(cfg, model, test_ds, admm, is_chief):
     from sqjl_tf.budget import compression_report
 
+    files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
     model.compile(loss=__import__("keras").losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=_metrics())
     scores = model.evaluate(test_ds, verbose=0, return_dict=True)
@@ -457,10 +461,9 @@ def _finish(cfg, model, test_ds, admm, is_chief):
         "within_budget": report.within_budget,
         "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
                    for s in report.layers],
-        "files": {},
+        "files": files,
     }
     if is_chief:
-        record["files"] = _export(cfg, model)
         with open(os.path.join(cfg.logdir, "final.json"), "w") as f:
             json.dump(record, f, indent=1)
     logging.info("compression report:\n%s", report)
@@ -504,7 +507,9 @@ def _evaluate(cfg, info):
     from sqjl_tf.budget import compression_report
     from sqjl_tf.data import load_dataset
 
-    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit)
+    sizes = dict(image_size=cfg.image_size, resize_size=max(cfg.image_size * 8 // 7, cfg.image_size))
+    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit,
+                              **sizes)
     model = _checked_load(cfg, info)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=_metrics())

@@ -34,7 +34,7 @@ def test_rates():
 
 
 def test_layer_bits():
-    assert [budget.layer_bits(d) for d in (0, 1, 2, 3, 4, 5, 256)] == [0, 1, 1, 2, 2, 3, 8]
+    assert [budget.layer_bits(d) for d in (0, 1, 2, 3, 4, 5, 256, 257)] == [0, 1, 1, 2, 2, 3, 8, 32]
 
 
 def test_compression_report_measures_weights():

@@ -1,0 +1,245 @@
+"""run.py and the trainer: reference flags, usage errors, and every mode end to end."""
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sqjl_tf import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_README = os.path.join(ROOT, "..", "shared", "seed", "ANNC-README.md")
+if not os.path.exists(SEED_README):  # a copy ships with the tests
+    SEED_README = os.path.join(ROOT, "tests", "data", "ANNC-README.md")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+
+
+def _run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+
+
+def _seed_flags():
+    text = open(SEED_README).read()
+    usage_blocks = re.findall(r"usage: \w+\.py(.*?)\n\n", text, flags=re.S)
+    flags = set()
+    for block in usage_blocks:
+        flags.update(re.findall(r"\[(-{1,2}[\w-]+)", block))
+    flags.discard("-h")
+    return flags
+
+
+@pytest.fixture(scope="module")
+def helpfull():
+    proc = _run_cli("--helpfull")  # absl exits 1 after printing the help
+    assert "--nnz_budget" in proc.stdout, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_every_reference_flag_is_offered(helpfull):
+    flags = _seed_flags()
+    assert len(flags) >= 35  # train.py + finetune.py
+    offered = set(re.findall(r"(?:^|\s|,)(-{1,2}(?:\[no\])?[\w-]+)", helpfull))
+    offered = {f.replace("[no]", "") for f in offered}
+    missing = sorted(f for f in flags if f not in offered)
+    assert not missing, f"flags of the reference missing from run.py: {missing}"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--nnz_budget=1.3"], "nnz_budget"),
+        (["--nnz_budget=0"], "nnz_budget"),
+        (["--bit_budget=9"], "bit_budget"),
+        (["--projint=3", "--dualint=4"], "dualint"),
+        (["--quant", "--prune"], "quant"),
+        (["--optim=rmsprop"], "optim"),
+        (["-b", "0"], "batch_size"),
+    ],
+)
+def test_flag_errors_exit_2(args, needle, tmp_path):
+    proc = _run_cli(*args, f"--logdir={tmp_path}/run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert not os.path.exists(f"{tmp_path}/run")
+
+
+# ----------------------------------------------------------- tiny datasets
+def _write_idx(folder, stem, array, magic):
+    with gzip.open(os.path.join(folder, stem + ".gz"), "wb") as f:
+        f.write(np.array([magic], ">u4").tobytes())
+        f.write(np.array(array.shape, ">u4").tobytes())
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def _learnable_images(n, shape, rng, classes=10):
+    """Images whose class is a bright block position: learnable in a few steps."""
+    y = rng.integers(0, classes, n)
+    x = rng.integers(0, 40, (n,) + shape)
+    h = shape[0] // classes
+    for i, label in enumerate(y):
+        x[i, label * h:(label + 1) * h] = 250
+    return x.astype(np.uint8), y.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("fmnist"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 256), ("t10k", 128)):
+        x, y = _learnable_images(n, (28, 28), rng)
+        _write_idx(folder, f"{split}-images-idx3-ubyte", x, 0x803)
+        _write_idx(folder, f"{split}-labels-idx1-ubyte", y, 0x801)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("cifar"))
+    rng = np.random.default_rng(1)
+    for name, n in [(f"data_batch_{i}.bin", 24) for i in range(1, 6)] + [("test_batch.bin", 40)]:
+        x, y = _learnable_images(n, (32, 32, 3), rng)
+        records = np.concatenate([y[:, None], x.transpose(0, 3, 1, 2).reshape(n, -1)], 1)
+        records.astype(np.uint8).tofile(os.path.join(folder, name))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("imagenet"))
+    rng = np.random.default_rng(2)
+    for split, per_class in (("train", 4), ("val", 2)):
+        for c in range(3):
+            d = os.path.join(root, split, f"n0000{c}")
+            os.makedirs(d)
+            for i in range(per_class):
+                img = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                tf.io.write_file(os.path.join(d, f"img{i}.JPEG"), tf.io.encode_jpeg(img))
+    return root
+
+
+COMMON = dict(batch_size=32, lr=0.05, lr_sched="cos", momentum=0.9, seed=1, workers=2)
+
+
+@pytest.fixture(scope="module")
+def dense_lenet(idx_dir, tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp("dense"))
+    record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=idx_dir,
+                         arch="caffelenet", epochs=3, logdir=logdir, **COMMON)
+    return logdir, record
+
+
+def test_pretrain_writes_a_dense_model(dense_lenet):
+    logdir, record = dense_lenet
+    assert os.path.isfile(os.path.join(logdir, "model_dense.keras"))
+    lines = [json.loads(l) for l in open(os.path.join(logdir, "metrics.jsonl"))]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    assert {"loss", "val_accuracy", "val_top5", "lr", "seconds"} <= set(lines[-1])
+    assert record["test_accuracy"] > 0.5
+
+
+def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path):
+    dense_dir, _ = dense_lenet
+    logdir = str(tmp_path / "c")
+    record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                         arch="caffelenet", epochs=2, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                         prox=True, weight_decay=5e-4, logdir=logdir,
+                         pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    assert record["within_budget"] and record["size_bits"] <= record["budget_bits"]
+    files = record["files"]
+    compressed = keras.models.load_model(files["keras"])
+    lines = [json.loads(l) for l in open(os.path.join(logdir, "metrics.jsonl"))]
+    assert lines[-1]["compression_rate"] > 100 and "bits/conv1/kernel" in lines[-1]
+    x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype("float32")
+    reloaded = tf.saved_model.load(files["saved_model"])
+    np.testing.assert_allclose(reloaded.serve(x).numpy(), compressed.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    from sqjl_tf import load_compressed
+
+    small = load_compressed(files["compressed"])
+    np.testing.assert_array_equal(small.predict(x, verbose=0), compressed.predict(x, verbose=0))
+    # evaluate mode reads the compressed file
+    evaluated = trainer.run(mode="evaluate", dataset="fashion_mnist", data_dir=idx_dir,
+                            arch="caffelenet", pretrain=files["compressed"], batch_size=32)
+    assert evaluated["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+    # a second run in the same logdir resumes: no epoch is trained again
+    again = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=2, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                        prox=True, logdir=logdir, export=("keras",),
+                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    assert len(open(os.path.join(logdir, "metrics.jsonl")).readlines()) == 2
+    assert again["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+
+
+def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
+    pytest.importorskip("sqjl_tf.finetune")
+    dense_dir, _ = dense_lenet
+    first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
+                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=1, logdir=str(tmp_path / "ft"),
+                        pretrain=first["files"]["keras"], export=("keras",),
+                        **dict(COMMON, lr=0.005))
+    assert tuned["size_bits"] <= first["size_bits"]
+
+
+def test_compress_cifar_binary(cifar_dir, tmp_path):
+    record = trainer.run(mode="compress", dataset="cifar10", data_dir=cifar_dir,
+                         arch="caffelenet", epochs=1, nnz_budget=0.1, bit_budget=4, rho=0.01,
+                         prox=True, logdir=str(tmp_path / "r"), export=("keras",), **COMMON)
+    assert record["within_budget"]
+    assert keras.models.load_model(record["files"]["keras"]).input_shape == (None, 32, 32, 3)
+
+
+def test_compress_image_folder_tree(folder_tree, tmp_path):
+    record = trainer.run(mode="compress", dataset="imagenet", data_dir=folder_tree,
+                         arch="mobilenetv1", epochs=1, nnz_budget=0.1, bit_budget=4, rho=0.01,
+                         prox=True, logdir=str(tmp_path / "m"), export=(), image_size=32,
+                         **dict(COMMON, batch_size=4))
+    assert record["within_budget"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(dataset="nope"), "`dataset`"),
+        (dict(arch="nope"), "`arch`"),
+        (dict(lr_sched="cos,x"), "lr_sched"),
+        (dict(lr_sched="step"), "lr_sched"),
+        (dict(pretrain="/does/not/exist.keras"), "`pretrain`"),
+        (dict(mode="finetune"), "`pretrain`"),
+        (dict(bwlb=5, bit_budget=3), "`bwlb`"),
+        (dict(weightbits=[3, 9], mode="finetune", pretrain=__file__), "`weightbits`"),
+        (dict(export=("onnx",)), "`export`"),
+        (dict(logdir=__file__ + "/run"), "`logdir`"),
+    ],
+)
+def test_trainer_usage_errors(kwargs, needle, tmp_path):
+    kwargs.setdefault("logdir", str(tmp_path / "never"))
+    with pytest.raises(trainer.UsageError, match=re.escape(needle)):
+        trainer.run(**kwargs)
+    assert not os.path.exists(tmp_path / "never")
+
+
+def test_missing_dataset_says_where_to_put_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="idx3-ubyte"):
+        trainer.run(dataset="mnist", data_dir=str(tmp_path), logdir=str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_wrong_architecture_pretrain_is_a_usage_error(dense_lenet, cifar_dir, tmp_path):
+    dense_dir, _ = dense_lenet
+    with pytest.raises(trainer.UsageError, match="`pretrain`"):
+        trainer.run(dataset="cifar10", data_dir=cifar_dir, arch="resnet20",
+                    pretrain=os.path.join(dense_dir, "model_dense.keras"),
+                    logdir=str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x")
