@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job: compress LeNet-5 on real Fashion-MNIST to ~533x (nnz 2%, 3 bits).
+# Pretrains the dense model first if runs/lenet5_dense has none. Re-running resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1 \
+    && [ -z "${DATA_DIR:-}" ]; then
+  echo "Fashion-MNIST not found: installing Debian's dataset-fashion-mnist (needs root and apt)." >&2
+  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)) >&2 \
+    || { echo "Could not install it: put the IDX files in a folder and set DATA_DIR." >&2; exit 1; }
+fi
+DATA=${DATA_DIR:+--data_dir=$DATA_DIR}
+COMMON="--dataset=fashion_mnist --arch=caffelenet -b 256 --seed=1 $DATA"
+python run.py --mode=pretrain $COMMON --epochs=${PRETRAIN_EPOCHS:-2} --lr=0.05 --lr_sched=cos \
+  --momentum=0.9 --wd=5e-4 --export=keras --logdir=runs/lenet5_dense
+python run.py --mode=compress $COMMON --epochs=${EPOCHS:-3} --nnz_budget=0.02 --bit_budget=3 \
+  --lr=0.02 --lr_sched=cos --rho=0.05 --prox --wd=5e-4 --momentum=0.93 \
+  --pretrain=runs/lenet5_dense/model_dense.keras --logdir=runs/lenet5_533x \
+  --export=keras,saved_model,compressed
