@@ -19,7 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -79,6 +79,9 @@ flags.DEFINE_list("export", ["keras", "saved_model", "compressed"],
                   "what to write at the end: keras, saved_model, compressed, tflite")
 flags.DEFINE_integer("image_size", 224, "ImageNet crop size (evaluation resizes to 8/7 of it first)",
                      lower_bound=8)
+flags.DEFINE_integer("nan_recover", 0, "on a NaN/inf loss, restore the last checkpoint and halve "
+                     "the learning rate, at most this many times (0: stop with an error)",
+                     lower_bound=0)
 flags.DEFINE_integer("limit", None, "use only the first N examples of each split (smoke runs)",
                      lower_bound=1)
 
@@ -137,11 +140,15 @@ def main(argv):
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits), overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
+            nan_recover=FLAGS.nan_recover,
         )
     except trainer.UsageError as err:
         raise app.UsageError(str(err), exitcode=2)
     except FileNotFoundError as err:
         raise app.UsageError(str(err), exitcode=2)
+    except FloatingPointError as err:  # NonFiniteLossError: the message names epoch and batch
+        logging.error("%s", err)
+        sys.exit(1)
 
 
 def _parse_flags(argv):

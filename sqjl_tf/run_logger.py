@@ -87,6 +87,9 @@ class RunLogger(keras.callbacks.Callback):
         record["seconds"] = round(time.time() - self._start, 3)
         if not self.is_chief:
             return
+        if not all(np.all(np.isfinite(w.numpy())) for w in self.model.weights):
+            logging.error("epoch %d: non-finite weights; no checkpoint written.", epoch + 1)
+            return
         with open(os.path.join(self.logdir, METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
         value = logs.get(self.monitor)

@@ -580,3 +580,39 @@ def plateau_callback(factor: float, threshold: float, schedule=None, **kwargs) -
         >>> cb = plateau_callback(0.5, 0.01, monitor="val_accuracy", patience=3)
     """
     return PlateauCallback(factor, threshold, schedule=schedule, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="sqjl_tf")
+class ScaledSchedule(_SCHEDULES):
+    """Multiplies a schedule by a variable factor (lowered when a run recovers from NaN).
+
+    Args:
+        schedule: the wrapped ``LearningRateSchedule``.
+        scale: initial factor (kept in a ``tf.Variable``, ``self.scale``).
+
+    Example:
+        >>> s = ScaledSchedule(ConstantSchedule(0.1))
+        >>> s.scale.assign(0.5); float(s(0))
+        0.05
+    """
+
+    def __init__(self, schedule, scale: float = 1.0):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not isinstance(schedule, _SCHEDULES):
+            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
+        self.schedule = schedule
+        self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="lr_scale")
+
+    def __call__(self, step):
+        return self.schedule(step) * tf.cast(self.scale, tf.float32)
+
+    def callback(self, **kwargs) -> "PlateauCallback":
+        """The plateau callback of the wrapped schedule (see :class:`LinearWarmup`)."""
+        return self.schedule.callback(**kwargs)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "scale": float(self.scale.numpy()),
+        }

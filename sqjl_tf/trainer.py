@@ -77,6 +77,7 @@ class TrainConfig:
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
     image_size: int = 224
+    nan_recover: int = 0
 
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -118,7 +119,7 @@ class TrainConfig:
         if not float(self.dp) < 1:
             bad("dp", self.dp, "a float in [0, 1)")
         for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 1), ("start_epoch", 0),
-                          ("image_size", 8),
+                          ("image_size", 8), ("nan_recover", 0),
                           ("save_every", 0), ("projint", 0), ("dualint", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
@@ -201,10 +202,10 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int, admm=None):
     import keras
 
     from sqjl_tf.optimizer import ADMMOptimizer
-    from sqjl_tf.schedules import parse_lr_schedule
+    from sqjl_tf.schedules import ScaledSchedule, parse_lr_schedule
 
-    schedule = parse_lr_schedule(cfg.lr_sched, cfg.lr, steps_per_epoch=steps_per_epoch,
-                                 epochs=cfg.epochs, warmup_epochs=cfg.warmupT)
+    schedule = ScaledSchedule(parse_lr_schedule(cfg.lr_sched, cfg.lr, steps_per_epoch=steps_per_epoch,
+                                                epochs=cfg.epochs, warmup_epochs=cfg.warmupT))
     if cfg.optim.lower() == "adam":
         inner = keras.optimizers.Adam(learning_rate=schedule)
     else:
@@ -333,6 +334,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
 
     from sqjl_tf.callback import ADMMCallback
     from sqjl_tf.checkpoint import load_checkpoint
+    from sqjl_tf.guards import NonFiniteGuard
     from sqjl_tf.run_logger import RunLogger
 
     student = model
@@ -376,10 +378,11 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
                                extra_eval=_train_eval(cfg, trained, admm, train_ds)))
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
                                                  write_graph=False))
-    callbacks.append(keras.callbacks.TerminateOnNaN())
-    schedule = optimizer.inner_optimizer._learning_rate
-    if hasattr(schedule, "callback"):  # plat,factor,threshold: driven by the validation loss
+    schedule = optimizer.inner_optimizer._learning_rate  # a ScaledSchedule
+    if cfg.lr_sched.startswith("plat"):  # plat,factor,threshold: driven by the validation loss
         callbacks.append(schedule.callback())
+    callbacks.insert(0, NonFiniteGuard(_restorer(cfg, student, optimizer, admm), schedule.scale,
+                                       max_recoveries=cfg.nan_recover))
     if cfg.log_interval > 0:
         callbacks.append(_BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
@@ -391,6 +394,20 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
                         verbose=2 if cfg.log_interval <= 0 else 0)
     final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
     return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
+
+
+def _restorer(cfg, model, optimizer, admm):
+    from sqjl_tf.checkpoint import load_checkpoint
+    from sqjl_tf.run_logger import LATEST
+
+    def restore() -> bool:
+        path = os.path.join(cfg.logdir, LATEST)
+        if not os.path.isfile(path):
+            return False
+        load_checkpoint(path, model, optimizer, admm.state if admm else None)
+        return True
+
+    return restore
 
 
 def _finalized_other(callbacks, student):

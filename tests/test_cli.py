@@ -1,6 +1,5 @@
 """run.py and the trainer: reference flags, usage errors, and every mode end to end."""
 
-import gzip
 import json
 import os
 import re
@@ -11,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from fakedata import learnable_images, write_fashion_mnist
 
 from sqjl_tf import trainer
 
@@ -72,32 +73,9 @@ def test_flag_errors_exit_2(args, needle, tmp_path):
 
 
 # ----------------------------------------------------------- tiny datasets
-def _write_idx(folder, stem, array, magic):
-    with gzip.open(os.path.join(folder, stem + ".gz"), "wb") as f:
-        f.write(np.array([magic], ">u4").tobytes())
-        f.write(np.array(array.shape, ">u4").tobytes())
-        f.write(array.astype(np.uint8).tobytes())
-
-
-def _learnable_images(n, shape, rng, classes=10):
-    """Images whose class is a bright block position: learnable in a few steps."""
-    y = rng.integers(0, classes, n)
-    x = rng.integers(0, 40, (n,) + shape)
-    h = shape[0] // classes
-    for i, label in enumerate(y):
-        x[i, label * h:(label + 1) * h] = 250
-    return x.astype(np.uint8), y.astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("fmnist"))
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 256), ("t10k", 128)):
-        x, y = _learnable_images(n, (28, 28), rng)
-        _write_idx(folder, f"{split}-images-idx3-ubyte", x, 0x803)
-        _write_idx(folder, f"{split}-labels-idx1-ubyte", y, 0x801)
-    return folder
+    return write_fashion_mnist(str(tmp_path_factory.mktemp("fmnist")))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +83,7 @@ def cifar_dir(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("cifar"))
     rng = np.random.default_rng(1)
     for name, n in [(f"data_batch_{i}.bin", 24) for i in range(1, 6)] + [("test_batch.bin", 40)]:
-        x, y = _learnable_images(n, (32, 32, 3), rng)
+        x, y = learnable_images(n, (32, 32, 3), rng)
         records = np.concatenate([y[:, None], x.transpose(0, 3, 1, 2).reshape(n, -1)], 1)
         records.astype(np.uint8).tofile(os.path.join(folder, name))
     return folder

@@ -1,0 +1,195 @@
+"""Reliability: NaN faults, crash-resume, atomic checkpoints, determinism, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from fakedata import write_fashion_mnist
+
+import sqjl_tf
+from sqjl_tf import checkpoint, trainer
+from sqjl_tf.guards import NonFiniteGuard, NonFiniteLossError
+from sqjl_tf.run_logger import LATEST, RunLogger
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _nan_dataset(poison):
+    """8 batches per epoch; ``poison(epoch, batch)`` says which batches carry a NaN."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    calls = {"epoch": -1}
+
+    def gen():
+        calls["epoch"] += 1
+        for b in range(8):
+            xb = x[b * 16:(b + 1) * 16].copy()
+            if poison(calls["epoch"], b):
+                xb[0, 0] = np.nan
+            yield xb, y[b * 16:(b + 1) * 16]
+
+    spec = (tf.TensorSpec([None, 8], tf.float32), tf.TensorSpec([None], tf.int32))
+    return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
+def _admm_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(2)])
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.5, bit_budget=4, rho=0.05)
+    scale = tf.Variable(1.0)
+    from sqjl_tf.schedules import ConstantSchedule, ScaledSchedule
+
+    schedule = ScaledSchedule(ConstantSchedule(0.05))
+    opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(schedule), cb)
+    model.compile(optimizer=opt, loss=LOSS)
+    del scale
+    return model, cb, opt, schedule
+
+
+def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path):
+    model, cb, opt, _ = _admm_model()
+    logger = RunLogger(str(tmp_path), opt, lambda: cb.state)
+    data = _nan_dataset(lambda epoch, batch: epoch == 1 and batch == 2)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, batch 3"):
+        model.fit(data, epochs=3, verbose=0, callbacks=[NonFiniteGuard(), cb, logger])
+    meta = checkpoint.read_metadata(os.path.join(tmp_path, LATEST))
+    assert meta["epoch"] == 1
+    fresh, cb2, opt2, _ = _admm_model()
+    checkpoint.load_checkpoint(os.path.join(tmp_path, LATEST), fresh, opt2, cb2.build(fresh))
+    assert all(np.all(np.isfinite(w.numpy())) for w in fresh.weights)
+    assert len(open(os.path.join(tmp_path, "metrics.jsonl")).readlines()) == 1
+
+
+def test_nan_recovery_restores_and_lowers_learning_rate(tmp_path):
+    model, cb, opt, schedule = _admm_model()
+    logger = RunLogger(str(tmp_path), opt, lambda: cb.state)
+    path = os.path.join(tmp_path, LATEST)
+
+    def restore():
+        checkpoint.load_checkpoint(path, model, opt, cb.state)
+        return True
+
+    seen = {"n": 0}
+
+    def poison(epoch, batch):  # a transient fault: only the first time epoch 2, batch 3 is read
+        if epoch == 1 and batch == 2 and seen["n"] == 0:
+            seen["n"] += 1
+            return True
+        return False
+
+    guard = NonFiniteGuard(restore, schedule.scale, factor=0.5, max_recoveries=1)
+    model.fit(_nan_dataset(poison), epochs=3, verbose=0, callbacks=[guard, cb, logger])
+    assert guard.recoveries == 1
+    assert float(schedule.scale.numpy()) == pytest.approx(0.5)
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    assert checkpoint.read_metadata(path)["epoch"] == 3
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = os.path.join(tmp_path, "latest.ckpt.npz")
+    checkpoint.save_checkpoint(path, model, metadata={"epoch": 1})
+    good = [w.numpy().copy() for w in model.weights]
+    model.layers[0].kernel.assign(np.full((4, 3), 7.0, np.float32))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the save")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, model, metadata={"epoch": 2})
+    monkeypatch.undo()
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+    restored = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert checkpoint.load_checkpoint(path, restored)["epoch"] == 1
+    for a, b in zip(good, restored.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_same_command_resumes(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=3000, test=200)
+    logdir = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), "--dataset=fashion_mnist",
+           f"--data_dir={data}", "--arch=caffelenet", "-b", "32", "--epochs=3",
+           "--nnz_budget=0.05", "--bit_budget=3", "--rho=0.05", "--prox", "--lr=0.02",
+           "--seed=1", "--export=keras", f"--logdir={logdir}"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = os.path.join(logdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and open(metrics).read().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(1.0)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.read_metadata(os.path.join(logdir, LATEST))["epoch"] >= 1
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.load(open(os.path.join(logdir, "final.json")))
+    assert final["within_budget"] and final["size_bits"] <= final["budget_bits"]
+    epochs = [json.loads(line)["epoch"] for line in open(metrics)]
+    assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
+
+
+def test_same_seed_same_weights(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=192, test=64)
+    runs = []
+    for name in ("a", "b"):
+        record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=data,
+                             arch="caffelenet", epochs=2, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                             prox=True, lr=0.02, seed=7, batch_size=32, export=("keras",),
+                             logdir=str(tmp_path / name))
+        runs.append(keras.models.load_model(record["files"]["keras"]).get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupted_pretrain_file_is_a_usage_error_and_logdir_untouched(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=64, test=32)
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"not a zip file at all")
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "keep.txt").write_text("precious")
+    with pytest.raises(trainer.UsageError, match="`pretrain`"):
+        trainer.run(dataset="fashion_mnist", data_dir=data, pretrain=str(bad), logdir=str(logdir))
+    assert sorted(os.listdir(logdir)) == ["keep.txt"]
+    assert (logdir / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(nnz_budget=float("nan")), "`nnz_budget`"),
+        (dict(bit_budget=0.5), "`bit_budget`"),
+        (dict(lr=-1.0), "`lr`"),
+        (dict(rho=0.0), "`rho`"),
+        (dict(epochs=0), "`epochs`"),
+        (dict(start_epoch=5, epochs=3), "`start_epoch`"),
+        (dict(optim="lbfgs"), "`optim`"),
+        (dict(lr_sched="exp,-1"), "lr_sched"),
+        (dict(lr_sched="plat,2,0"), "lr_sched"),
+        (dict(quant=True, prune=True), "`quant`"),
+        (dict(projint=0, dualint=5), "`dualint`"),
+        (dict(momentum=1.5), "`momentum`"),
+        (dict(nan_recover=-1), "`nan_recover`"),
+    ],
+)
+def test_more_usage_errors_before_any_work(kwargs, needle, tmp_path):
+    with pytest.raises(trainer.UsageError, match=needle):
+        trainer.run(logdir=str(tmp_path / "never"), **kwargs)
+    assert not os.path.exists(tmp_path / "never")
