@@ -317,15 +317,25 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     with strategy.scope():
         model = _checked_load(cfg, info) if cfg.pretrain else None
-    resume = _prepare_logdir(cfg)
-    with open(os.path.join(cfg.logdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1, default=list)
+    if _is_chief(strategy):
+        resume = _prepare_logdir(cfg)
+        with open(os.path.join(cfg.logdir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1, default=list)
+    else:  # other workers read the chief's checkpoint, never write
+        from sqjl_tf.run_logger import LATEST
+
+        latest = os.path.join(cfg.logdir, LATEST)
+        resume = latest if os.path.isfile(latest) and not cfg.overwrite else None
     with strategy.scope():
         if model is None:
             from sqjl_tf.models import build_model
 
             model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
-        return _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume)
+        student, admm, callbacks = _train(cfg, strategy, model, train_ds, test_ds,
+                                          steps_per_epoch, resume)
+    # Outside the strategy: the final model has plain variables (exports read them freely).
+    final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
+    return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
 
 
 def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
@@ -387,13 +397,14 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
         callbacks.append(_BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, initial_epoch, strategy, loss)
+            logger = next(cb for cb in callbacks if isinstance(cb, RunLogger))
+            _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, initial_epoch, strategy,
+                              loss, logger)
         else:
             trained.fit(train_ds, validation_data=test_ds, epochs=cfg.epochs,
                         initial_epoch=initial_epoch, callbacks=callbacks,
                         verbose=2 if cfg.log_interval <= 0 else 0)
-    final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
-    return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
+    return student, admm, callbacks
 
 
 def _restorer(cfg, model, optimizer, admm):
@@ -411,10 +422,14 @@ def _restorer(cfg, model, optimizer, admm):
 
 
 def _finalized_other(callbacks, student):
+    import keras
+
     for cb in callbacks:
         if hasattr(cb, "finalize"):
             return cb.finalize()
-    return student
+    clone = keras.models.clone_model(student)
+    clone.set_weights(student.get_weights())
+    return clone
 
 
 def _train_eval(cfg, trained, admm, train_ds):
@@ -437,11 +452,25 @@ def _train_eval(cfg, trained, admm, train_ds):
     return evaluate
 
 
-def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, strategy, loss):
+def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, strategy, loss,
+                      logger):
+    """Keras 3 fit does not run under MultiWorkerMirroredStrategy: the custom loop does."""
+    import tensorflow as tf
+
     from sqjl_tf.loop import train_loop
 
-    train_loop(model, optimizer, train_ds, cfg.epochs, loss, cfg.batch_size,
-               state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    logger.set_model(model)
+
+    def on_epoch_end(epoch, logs):
+        logger.on_epoch_end(epoch, logs)  # writes only on the chief
+        logger.on_epoch_begin(epoch + 1)
+
+    logger.on_epoch_begin(initial_epoch)
+    train_loop(model, optimizer, train_ds.with_options(options), cfg.epochs, loss, cfg.batch_size,
+               state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch,
+               on_epoch_end=on_epoch_end)
 
 
 class _BatchLogger:
@@ -463,9 +492,7 @@ def _finish(cfg, model, test_ds, admm, is_chief):
     from sqjl_tf.budget import compression_report
 
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
-    model.compile(loss=__import__("keras").losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=_metrics())
-    scores = model.evaluate(test_ds, verbose=0, return_dict=True)
+    scores = _accuracy(model, test_ds)
     budget = admm.state.budget_bits if admm else None
     report = compression_report(model, budget_bits=budget)
     record = {
@@ -490,6 +517,21 @@ def _finish(cfg, model, test_ds, admm, is_chief):
         record["size_bits"], f" budget_bits={budget:.0f}" if budget else "",
     )
     return record
+
+
+def _accuracy(model, dataset) -> Dict[str, float]:
+    """Top-1 and top-5 accuracy by a plain loop (works under every strategy)."""
+    import tensorflow as tf
+
+    top1 = top5 = count = 0
+    for x, y in dataset:
+        logits = model(x, training=False)
+        y = tf.cast(y, tf.int32)
+        top1 += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y), tf.int32)))
+        k = min(5, int(logits.shape[-1]))
+        top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(y, logits, k), tf.int32)))
+        count += int(tf.shape(y)[0])
+    return {"accuracy": top1 / max(count, 1), "top5": top5 / max(count, 1)}
 
 
 def _export(cfg, model) -> Dict[str, str]:

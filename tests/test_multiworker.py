@@ -1,0 +1,80 @@
+"""MultiWorkerMirroredStrategy: 2 worker processes on 127.0.0.1 (TF_CONFIG)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fakedata import write_fashion_mnist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _env(tf_config=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _launch_workers(args_for, timeout=300):
+    ports = _ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [
+        subprocess.Popen(args_for(i), env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path):
+    script = os.path.join(HERE, "scripts", "multiworker.py")
+    _launch_workers(lambda i: [sys.executable, script, str(tmp_path / f"w{i}.json")])
+    single = subprocess.run([sys.executable, script, str(tmp_path / "single.json")],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    w0, w1, one = (json.load(open(tmp_path / f"{n}.json")) for n in ("w0", "w1", "single"))
+    assert w0["workers"] == 2 and one["workers"] == 1
+    assert w0["digest"] == w1["digest"]  # both workers end with identical weights
+    assert w0["bits"] == one["bits"] and w0["nnz"] == one["nnz"]
+    assert w0["within_budget"] and one["within_budget"]
+    for a, b in zip(w0["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_run_py_multi_worker_only_the_chief_writes(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=256, test=64)
+
+    def args(i):
+        return [sys.executable, os.path.join(ROOT, "run.py"), "--dataset=fashion_mnist",
+                f"--data_dir={data}", "-b", "64", "--epochs=2", "--nnz_budget=0.05",
+                "--bit_budget=3", "--rho=0.05", "--prox", "--lr=0.02", "--seed=1",
+                "--export=keras,compressed", f"--logdir={tmp_path / f'log{i}'}"]
+
+    _launch_workers(args)
+    chief = tmp_path / "log0"
+    final = json.load(open(chief / "final.json"))
+    assert final["within_budget"]
+    assert os.path.isfile(chief / "latest.ckpt.npz") and os.path.isfile(chief / "model_compressed.sqjl")
+    assert [json.loads(l)["epoch"] for l in open(chief / "metrics.jsonl")] == [1, 2]
+    assert not os.path.exists(tmp_path / "log1") or os.listdir(tmp_path / "log1") == []
