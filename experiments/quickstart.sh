@@ -11,9 +11,9 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>
 fi
 DATA=${DATA_DIR:+--data_dir=$DATA_DIR}
 COMMON="--dataset=fashion_mnist --arch=caffelenet -b 256 --seed=1 $DATA"
-python run.py --mode=pretrain $COMMON --epochs=${PRETRAIN_EPOCHS:-2} --lr=0.05 --lr_sched=cos \
+python run.py --mode=pretrain $COMMON --epochs=${PRETRAIN_EPOCHS:-3} --lr=0.01 --lr_sched=cos \
   --momentum=0.9 --wd=5e-4 --export=keras --logdir=runs/lenet5_dense
-python run.py --mode=compress $COMMON --epochs=${EPOCHS:-3} --nnz_budget=0.02 --bit_budget=3 \
-  --lr=0.02 --lr_sched=cos --rho=0.05 --prox --wd=5e-4 --momentum=0.93 \
+python run.py --mode=compress $COMMON --epochs=${EPOCHS:-5} --nnz_budget=0.02 --bit_budget=3 \
+  --lr=0.01 --lr_sched=cos --rho=0.05 --prox --wd=5e-4 --momentum=0.93 \
   --pretrain=runs/lenet5_dense/model_dense.keras --logdir=runs/lenet5_533x \
   --export=keras,saved_model,compressed

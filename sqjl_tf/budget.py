@@ -176,6 +176,7 @@ class CompressionReport:
 
     layers: List[LayerStats]
     budget_bits: Optional[float] = None
+    file: Optional[object] = None  # export.FileSizeBreakdown, when asked for
 
     @property
     def total_weights(self) -> int:
@@ -211,6 +212,7 @@ class CompressionReport:
             "nnz": self.total_nnz,
             "weights": self.total_weights,
             "layers": [dataclasses.asdict(s) for s in self.layers],
+            "file": self.file.as_dict() if self.file is not None else None,
         }
 
     def __str__(self) -> str:
@@ -228,16 +230,23 @@ class CompressionReport:
             verdict = "within" if self.within_budget else "OVER"
             line += f" ({verdict} budget of {self.budget_bits:.0f} bits)"
         rows.append(line)
+        if self.file is not None:
+            rows.append(str(self.file))
         return "\n".join(rows)
 
 
-def compression_report(model, budget_bits: Optional[float] = None, predicate=None):
+def compression_report(
+    model, budget_bits: Optional[float] = None, predicate=None, file_sizes: bool = False
+):
     """Measures a model's compressible kernels from their values alone.
 
     Args:
         model: a built Keras model (or a list of (name, array) pairs).
         budget_bits: optional budget S; the report then says whether it holds.
         predicate: optional layer predicate, as in ``compressible_kernels``.
+        file_sizes: also measure the bit-packed file of ``save_compressed``
+            (bytes by part, the real rate against dense float32 beside the
+            paper's rate); needs every kernel quantized to <= 256 levels.
 
     Returns:
         A :class:`CompressionReport`.
@@ -252,4 +261,9 @@ def compression_report(model, budget_bits: Optional[float] = None, predicate=Non
         from sqjl_tf.layers import compressible_kernels
 
         pairs = [(k.name, k.variable) for k in compressible_kernels(model, predicate)]
-    return CompressionReport([measure(n, a) for n, a in pairs], budget_bits)
+    file = None
+    if file_sizes:
+        from sqjl_tf.export import file_size_breakdown
+
+        file = file_size_breakdown(model)
+    return CompressionReport([measure(n, a) for n, a in pairs], budget_bits, file)

@@ -494,7 +494,10 @@ def _finish(cfg, model, test_ds, admm, is_chief):
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
     scores = _accuracy(model, test_ds)
     budget = admm.state.budget_bits if admm else None
-    report = compression_report(model, budget_bits=budget)
+    try:
+        report = compression_report(model, budget_bits=budget, file_sizes=cfg.mode != "pretrain")
+    except ValueError:  # a kernel with > 256 levels (e.g. prune-only): no bit-packed file
+        report = compression_report(model, budget_bits=budget)
     record = {
         "mode": cfg.mode,
         "test_accuracy": float(scores["accuracy"]),
@@ -506,7 +509,11 @@ def _finish(cfg, model, test_ds, admm, is_chief):
         "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
                    for s in report.layers],
         "files": files,
+        "file_bytes": report.file.total_bytes if report.file is not None else None,
+        "file_rate": report.file.real_rate if report.file is not None else None,
     }
+    if "tflite" in files:
+        record["tflite_bytes"] = os.path.getsize(files["tflite"])
     if is_chief:
         with open(os.path.join(cfg.logdir, "final.json"), "w") as f:
             json.dump(record, f, indent=1)
