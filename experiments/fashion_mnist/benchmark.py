@@ -86,6 +86,7 @@ def _sqjl(dense_path, nnz, bits, work):
                          momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
                          seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
                          export=("keras",), logdir=logdir)
+    admm = record
     if FLAGS.ft_epochs:
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs, lr=FLAGS.lr / 10,
@@ -95,7 +96,8 @@ def _sqjl(dense_path, nnz, bits, work):
     return {
         "method": "sqjl_tf", "variant": "ADMM" + (" + fine-tune" if FLAGS.ft_epochs else ""),
         "nnz_budget": nnz, "bit_budget": bits, "accuracy": record["test_accuracy"],
-        "rate": record["compression_rate"], "within_budget": record["within_budget"],
+        "rate": record["compression_rate"],
+        "within_budget": record["size_bits"] <= admm["budget_bits"],
         "layers": record["layers"], "epochs": FLAGS.admm_epochs + FLAGS.ft_epochs,
         "seconds": time.time() - start,
     }
@@ -127,10 +129,15 @@ def _tfmot(npz, nnz, bits, variant, work):
     return {
         "method": "TFMOT", "variant": variant, "nnz_budget": nnz, "bit_budget": bits,
         "accuracy": result["accuracy"], "rate": result["rate"],
-        "within_budget": result.get("total_bits", 0) <= bits * sum(
-            -(-int(nnz * n) // 1) for n in (500, 25000, 400000, 5000)) * 1.0001,
+        "within_budget": result["total_bits"] <= _budget(nnz, bits),
         "layers": layers, "epochs": prune + cluster, "seconds": time.time() - start,
     }
+
+
+def _budget(nnz, bits):
+    from sqjl_tf.budget import budget_bits
+
+    return budget_bits([500, 25000, 400000, 5000], nnz, bits)  # LeNet-5 kernels
 
 
 def _layer_text(layers):

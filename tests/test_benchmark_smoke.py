@@ -1,0 +1,37 @@
+"""Smoke run of the Fashion-MNIST benchmark driver on a tiny generated subset."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fakedata import write_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
+
+
+@pytest.mark.slow
+def test_benchmark_driver_smoke(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=256, test=128)
+    out = tmp_path / "results"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "fashion_mnist", "benchmark.py"),
+           f"--data_dir={data}", "--pretrain_epochs=1", "--admm_epochs=1", "--ft_epochs=1",
+           "--budgets=0.05:3", "--batch_size=64", f"--out_dir={out}",
+           "--tfmot_prune_epochs=1", "--tfmot_cluster_epochs=1", "--tfmot_variants=uniform"]
+    if not HAVE_TFMOT:
+        cmd.append("--notfmot")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "fashion_mnist.md").read_text()
+    assert "| sqjl_tf | ADMM + fine-tune | 0.05, 3 |" in table
+    result = json.load(open(out / "fashion_mnist.json"))
+    rows = result["rows"]
+    assert rows[0]["within_budget"] and rows[0]["rate"] > 100
+    assert rows[0]["epochs"] == 2
+    if HAVE_TFMOT:
+        assert any(r["method"] == "TFMOT" for r in rows)
+    assert 0 <= result["dense_accuracy"] <= 1
