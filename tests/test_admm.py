@@ -249,3 +249,25 @@ def test_checkpoint_rejects_other_architecture(tmp_path):
 def test_callback_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"Invalid value for argument `{name}`"):
         sqjl_tf.ADMMCallback(**kwargs)
+
+
+def test_schedule_with_steps_per_execution(pretrained_weights):
+    model = _fresh(pretrained_weights)
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=4, projint=4, dualint=8, rho=0.05)
+    x, y = _task()
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.05), cb), loss=LOSS,
+                  steps_per_execution=4)
+    cb.build(model)
+    calls = {"sparse": 0, "dual": 0}
+    for name in calls:
+        original = getattr(cb.state, f"{name}_step")
+
+        def counted(original=original, name=name):
+            calls[name] += 1
+            original()
+
+        setattr(cb.state, f"{name}_step", counted)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False, callbacks=[cb])
+    # 16 batches in chunks of 4: start (1 each) + every 4th / 8th batch + epoch end (1 each)
+    assert int(cb.state.step.numpy()) == 16
+    assert calls == {"sparse": 1 + 4, "dual": 1 + 2}
