@@ -314,6 +314,7 @@ class ADMMState(tf.Module):
             tag = k.name
             out[f"bits/{tag}"] = float(b)
             out[f"nnz/{tag}"] = float(n)
+            out[f"density/{tag}"] = float(n) / k.size
             out[f"residual/{tag}"] = float(r)
         return out
 

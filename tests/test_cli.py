@@ -170,6 +170,18 @@ def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
     assert tuned["size_bits"] <= first["size_bits"]
 
 
+def test_compress_with_distillation_and_plateau_schedule(dense_lenet, idx_dir, tmp_path):
+    dense_dir, _ = dense_lenet
+    record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                         arch="caffelenet", epochs=2, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                         prox=True, kdtemp=2.0, export=("keras",), logdir=str(tmp_path / "kd"),
+                         pretrain=os.path.join(dense_dir, "model_dense.keras"),
+                         **dict(COMMON, lr=0.01, lr_sched="plat,0.5,0.01", warmupT=0.5))
+    assert record["within_budget"]
+    model = keras.models.load_model(record["files"]["keras"])
+    assert model.name != "distiller" and model.output_shape == (None, 10)  # the student ships
+
+
 def test_compress_cifar_binary(cifar_dir, tmp_path):
     record = trainer.run(mode="compress", dataset="cifar10", data_dir=cifar_dir,
                          arch="caffelenet", epochs=1, nnz_budget=0.1, bit_budget=4, rho=0.01,
