@@ -146,7 +146,8 @@ class TrainConfig:
             bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
         if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
             bad("pretrain", self.pretrain, "an existing .keras, .weights.h5, .sqjl or checkpoint "
-                "file, or 'keras' for keras.applications ImageNet weights")
+                "file, a torchvision AlexNet state dict (.pth, or .torch.npz), or 'keras' for "
+                "keras.applications ImageNet weights")
         try:
             from sqjl_tf.schedules import parse_lr_schedule
 
@@ -228,7 +229,11 @@ def _load_model(path: str, cfg: TrainConfig, info):
     model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp,
                         **({"pretrained": True} if path == "keras" else {}))
     if path and path != "keras":
-        if path.endswith(".npz"):
+        if path.endswith((".pth", ".pt")) or path.endswith(".torch.npz"):
+            from sqjl_tf.models.convert import load_torchvision_alexnet
+
+            load_torchvision_alexnet(model, path)  # torchvision AlexNet state dict
+        elif path.endswith(".npz"):
             from sqjl_tf.checkpoint import load_checkpoint
 
             load_checkpoint(path, model)
@@ -240,7 +245,7 @@ def _load_model(path: str, cfg: TrainConfig, info):
 def _checked_load(cfg: TrainConfig, info):
     try:
         model = _load_model(cfg.pretrain, cfg, info)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, ImportError) as err:
         raise UsageError(
             f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}. Expected a "
             f"loadable model file for arch={cfg.arch!r} ({type(err).__name__}: {err})."
