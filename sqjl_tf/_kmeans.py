@@ -77,7 +77,11 @@ def _initial_centres(sv: SortedValues, num_centres: int):
 
 
 def kmeans_widths(
-    layers: Sequence[SortedValues], widths, reserve_zero: bool = True, max_iter: int = 100
+    layers: Sequence[SortedValues],
+    widths,
+    reserve_zero: bool = True,
+    max_iter: int = 100,
+    needed=None,
 ):
     """1-D k-means of every layer for several codebook sizes, all at once.
 
@@ -96,6 +100,9 @@ def kmeans_widths(
         widths: bit widths b; run b has 2^b free centres.
         reserve_zero: whether 0 is an extra centre that never moves.
         max_iter: iteration cap.
+        needed: optional [L, len(widths)] booleans; where False the run is
+            skipped and reported as (no centres, inf) (e.g. a width that
+            cannot fit the budget).
 
     Returns:
         ``result[l][j] = (free_centres, distortion)`` for layer l and width
@@ -106,8 +113,10 @@ def kmeans_widths(
     results = [dict() for _ in layers]
     pending = []
     for l, sv in enumerate(layers):
-        for b in widths:
-            if sv.distinct.size <= 2**b:  # exact: every distinct value is a centre
+        for j, b in enumerate(widths):
+            if needed is not None and not needed[l][j]:
+                results[l][b] = (np.zeros([0]), float("inf"))
+            elif sv.distinct.size <= 2**b:  # exact: every distinct value is a centre
                 results[l][b] = (sv.distinct.copy(), 0.0)
             else:
                 pending.append((l, b))

@@ -238,7 +238,10 @@ def quantization_projection(
     widths = np.arange(min_bits, max_bits + 1)
     costs = np.array([[b * n for b in widths] for n in nnz], dtype=np.float64)  # [L, C]
     layers = [_kmeans.SortedValues.from_array(arr) for arr in arrays]
-    books = _kmeans.kmeans_widths(layers, widths, reserve_zero)  # [L][C] (centres, dist)
+    # A width is only worth a k-means if it can fit with every other layer at its cheapest.
+    others = cheapest - min_bits * np.array(nnz, dtype=np.float64)  # [L]
+    feasible = costs + others[:, None] <= budget  # [L, C]
+    books = _kmeans.kmeans_widths(layers, widths, reserve_zero, needed=feasible)  # [L][C]
     dists = np.array([[d for _, d in row] for row in books])  # [L, C]
     choice = _knapsack.allocate_exact(costs, dists, budget)
     assert choice is not None  # feasibility was checked above
