@@ -4,8 +4,9 @@ These are pure tensor-to-tensor functions (no variables inside, so they can be
 ``jit_compile``d and called on mirrored variables' values; assign outside).
 On a CPU the NumPy kernels of ``_knapsack``/``_kmeans`` are faster (measured in
 ``experiments/bench_projections.py``: XLA's sort is slow on CPU); on a GPU the
-global sort of the sparse projection is where TensorFlow wins, so
-``projections.sparse_projection`` dispatches here when a GPU is visible.
+global sort of the sparse projection is where TensorFlow should win. They are
+timed in the benchmark but not dispatched to by ``projections`` yet: that needs
+a measurement on a GPU first.
 """
 
 from __future__ import annotations

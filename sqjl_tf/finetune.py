@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, List, Optional, Sequence, Union
 
 import keras
@@ -47,7 +46,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf import projections
-from sqjl_tf.budget import compression_report, layer_bits
+from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
 MAX_BITS = projections.MAX_BITS

@@ -7,12 +7,14 @@
   exact multiple-choice knapsack that picks one width per layer.
 
 All take a list of per-layer arrays (NumPy arrays or TensorFlow tensors /
-variables, any shape) and return the same kind. On a CPU the NumPy kernels are
-the fastest (see ``experiments/bench_projections.py``); on a GPU the sparse
-projection runs as an XLA-compiled TensorFlow function.
+variables, any shape) and return the same kind. They compute in NumPy, which
+is the fastest on a CPU (``experiments/bench_projections.py`` times the
+TensorFlow and XLA kernels of ``_tf_projections`` beside them); the TF kernels
+are not dispatched to yet (not measured on a GPU).
 
 Example:
     >>> import numpy as np
+    >>> from sqjl_tf.budget import budget_bits
     >>> w = [np.random.randn(20, 50).astype("float32"), np.random.randn(500, 10).astype("float32")]
     >>> budget = budget_bits([x.size for x in w], nnz_budget=0.1, bit_budget=4)
     >>> w, nnz = sparse_projection(w, bits=[4, 4], budget_bits=budget)
@@ -29,7 +31,6 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from sqjl_tf import _kmeans, _knapsack
-from sqjl_tf.budget import budget_bits  # noqa: F401  (re-exported for convenience)
 
 MAX_BITS = 8
 
@@ -70,6 +71,14 @@ def _check_budget(budget_bits: float) -> float:
     return budget
 
 
+def _check_one_per_layer(bits, arrays) -> None:
+    if len(bits) != len(arrays):
+        raise ValueError(
+            f"Invalid value for argument `bits`. Received: {len(bits)} values. "
+            f"Expected one per layer ({len(arrays)})."
+        )
+
+
 def _check_bits_range(min_bits: int, max_bits: int) -> None:
     if not (isinstance(min_bits, (int, np.integer)) and 1 <= min_bits <= MAX_BITS):
         raise ValueError(
@@ -108,11 +117,7 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
     arrays, as_tf = _to_numpy(weights)
     budget = _check_budget(budget_bits)
     bits = [float(b) for b in bits]
-    if len(bits) != len(arrays):
-        raise ValueError(
-            f"Invalid value for argument `bits`. Received: {len(bits)} values. "
-            f"Expected one per layer ({len(arrays)})."
-        )
+    _check_one_per_layer(bits, arrays)
     for b in bits:
         if not (math.isfinite(b) and b > 0):
             raise ValueError(
@@ -275,11 +280,7 @@ def quantize_with_bits(weights, bits: Sequence[int], reserve_zero: bool = True):
     """
     arrays, as_tf = _to_numpy(weights)
     bits = [int(b) for b in bits]
-    if len(bits) != len(arrays):
-        raise ValueError(
-            f"Invalid value for argument `bits`. Received: {len(bits)} values. "
-            f"Expected one per layer ({len(arrays)})."
-        )
+    _check_one_per_layer(bits, arrays)
     for b in bits:
         _check_bits_range(b, b)
     layers = [_kmeans.SortedValues.from_array(a) for a in arrays]

@@ -109,3 +109,16 @@ class RunLogger(keras.callbacks.Callback):
             epoch + 1,
             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and "/" not in k),
         )
+
+
+class BatchLogger(keras.callbacks.Callback):
+    """Logs the training metrics every ``interval`` batches (the reference's ``log_interval``)."""
+
+    def __init__(self, interval: int):
+        super().__init__()
+        self.interval = interval
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.interval == 0 and logs:
+            logging.info("batch %d: %s", batch + 1,
+                         ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items()))

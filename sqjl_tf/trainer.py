@@ -309,16 +309,14 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     strategy = _strategy(cfg)
     workers = cfg.workers
     sizes = dict(image_size=cfg.image_size, resize_size=max(cfg.image_size * 8 // 7, cfg.image_size))
-    _, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit,
-                                **sizes)
+    test_ds, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test",
+                                      limit=cfg.limit, num_parallel_calls=workers, **sizes)
     if cfg.mode == "evaluate":
-        return _evaluate(cfg, test_info)
+        return _evaluate(cfg, test_ds, test_info)
     train_ds, info = load_dataset(
         cfg.dataset, cfg.data_dir, cfg.batch_size, "train", seed=cfg.seed, limit=cfg.limit,
         num_parallel_calls=workers, **sizes,
     )
-    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test",
-                              limit=cfg.limit, num_parallel_calls=workers, **sizes)
     steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     with strategy.scope():
         model = _checked_load(cfg, info) if cfg.pretrain else None
@@ -350,7 +348,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     from sqjl_tf.callback import ADMMCallback
     from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.guards import NonFiniteGuard
-    from sqjl_tf.run_logger import RunLogger
+    from sqjl_tf.run_logger import BatchLogger, RunLogger
 
     student = model
     admm = None
@@ -399,7 +397,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     callbacks.insert(0, NonFiniteGuard(_restorer(cfg, student, optimizer, admm), schedule.scale,
                                        max_recoveries=cfg.nan_recover))
     if cfg.log_interval > 0:
-        callbacks.append(_BatchLogger(cfg.log_interval))
+        callbacks.append(BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             logger = next(cb for cb in callbacks if isinstance(cb, RunLogger))
@@ -476,21 +474,6 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, stra
     train_loop(model, optimizer, train_ds.with_options(options), cfg.epochs, loss, cfg.batch_size,
                state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch,
                on_epoch_end=on_epoch_end)
-
-
-class _BatchLogger:
-    """Logs the training loss every ``interval`` batches (the reference's ``log_interval``)."""
-
-    def __new__(cls, interval):
-        import keras
-
-        class BatchLogger(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if (batch + 1) % interval == 0 and logs:
-                    logging.info("batch %d: %s", batch + 1,
-                                 ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items()))
-
-        return BatchLogger()
 
 
 def _finish(cfg, model, test_ds, admm, is_chief):
@@ -572,15 +555,11 @@ def _export(cfg, model) -> Dict[str, str]:
     return files
 
 
-def _evaluate(cfg, info):
+def _evaluate(cfg, test_ds, info):
     import keras
 
     from sqjl_tf.budget import compression_report
-    from sqjl_tf.data import load_dataset
 
-    sizes = dict(image_size=cfg.image_size, resize_size=max(cfg.image_size * 8 // 7, cfg.image_size))
-    test_ds, _ = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test", limit=cfg.limit,
-                              **sizes)
     model = _checked_load(cfg, info)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=_metrics())

@@ -17,6 +17,7 @@ import sqjl_tf
 from sqjl_tf import checkpoint, trainer
 from sqjl_tf.guards import NonFiniteGuard, NonFiniteLossError
 from sqjl_tf.run_logger import LATEST, RunLogger
+from sqjl_tf.schedules import ConstantSchedule, ScaledSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -47,13 +48,9 @@ def _admm_model():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(2)])
     cb = sqjl_tf.ADMMCallback(nnz_budget=0.5, bit_budget=4, rho=0.05)
-    scale = tf.Variable(1.0)
-    from sqjl_tf.schedules import ConstantSchedule, ScaledSchedule
-
     schedule = ScaledSchedule(ConstantSchedule(0.05))
     opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(schedule), cb)
     model.compile(optimizer=opt, loss=LOSS)
-    del scale
     return model, cb, opt, schedule
 
 
