@@ -73,6 +73,10 @@ class RunLogger(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
+        try:  # logged as `lr`: the learning rate the epoch starts with
+            self._lr = float(np.asarray(self.optimizer.learning_rate))
+        except (TypeError, ValueError):
+            self._lr = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -80,10 +84,8 @@ class RunLogger(keras.callbacks.Callback):
             logs.update(self.extra_eval(epoch))
         record = {"epoch": epoch + 1}
         record.update({k: _plain(v) for k, v in logs.items()})
-        try:
-            record["lr"] = float(np.asarray(self.optimizer.learning_rate))
-        except (TypeError, ValueError):
-            pass
+        if getattr(self, "_lr", None) is not None:
+            record["lr"] = self._lr
         record["seconds"] = round(time.time() - self._start, 3)
         if not self.is_chief:
             return

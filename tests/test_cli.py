@@ -120,6 +120,9 @@ def test_pretrain_writes_a_dense_model(dense_lenet):
     lines = [json.loads(l) for l in open(os.path.join(logdir, "metrics.jsonl"))]
     assert [l["epoch"] for l in lines] == [1, 2, 3]
     assert {"loss", "val_accuracy", "val_top5", "lr", "seconds"} <= set(lines[-1])
+    # `lr` is the rate each epoch starts with: the initial one, then decaying (cosine).
+    lrs = [l["lr"] for l in lines]
+    assert lrs[0] == pytest.approx(COMMON["lr"]) and lrs[0] > lrs[1] > lrs[2] > 0
     assert record["test_accuracy"] > 0.5
 
 
