@@ -32,3 +32,21 @@ def write_fashion_mnist(folder, train=256, test=128, seed=0):
         write_idx(folder, f"{split}-images-idx3-ubyte", x, 0x803)
         write_idx(folder, f"{split}-labels-idx1-ubyte", y, 0x801)
     return folder
+
+
+def linear_task(n=1024, seed=0):
+    """(x, y): 16 Gaussian features, 4 classes given by a random linear map."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 16)).astype("float32")
+    y = np.argmax(x @ rng.standard_normal((16, 4)), 1).astype("int32")
+    return x, y
+
+
+def mlp(hidden, seed=0):
+    """A seeded 16 -> hidden (relu) -> 4 Keras MLP for :func:`linear_task`."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(4)]
+    )

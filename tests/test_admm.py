@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fakedata
 import sqjl_tf
 from sqjl_tf.checkpoint import load_checkpoint, save_checkpoint
 
@@ -14,17 +15,11 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _task(n=1024, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 16)).astype("float32")
-    y = np.argmax(x @ rng.standard_normal((16, 4)), 1).astype("int32")
-    return x, y
+    return fakedata.linear_task(n, seed)
 
 
 def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(48, activation="relu"), keras.layers.Dense(4)]
-    )
+    return fakedata.mlp(48, seed)
 
 
 def _pretrained(seed=0):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fakedata
 import sqjl_tf
 from sqjl_tf import projections
 from sqjl_tf.finetune import QuantizedFinetuneCallback, finetune_finalize, quantize_tf
@@ -13,17 +14,11 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _task(n=1024, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 16)).astype("float32")
-    y = np.argmax(x @ rng.standard_normal((16, 4)), 1).astype("int32")
-    return x, y
+    return fakedata.linear_task(n, seed)
 
 
 def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)]
-    )
+    return fakedata.mlp(32, seed)
 
 
 _CACHE = {}
