@@ -134,6 +134,10 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
 def codebook(x, bits: int, reserve_zero: bool = True) -> np.ndarray:
     """The codebook of one layer: 1-D k-means on its nonzero values (3.2).
 
+    Lloyd's algorithm runs from the reference's linspace start with the
+    reference's stopping rule (so it reproduces the reference's codebook) and
+    from a quantile start; the one with the lower distortion is returned.
+
     Args:
         x: array (any shape); its zeros stay zero and are not clustered.
         bits: width b; the codebook has at most 2^b nonzero centres.
