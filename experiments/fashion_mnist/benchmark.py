@@ -39,11 +39,12 @@ flags.DEFINE_string("dense", None, "A trained dense caffelenet .keras; pretraine
 flags.DEFINE_integer("pretrain_epochs", 10, "Epochs of dense pretraining.", lower_bound=1)
 flags.DEFINE_list("budgets", ["0.0054:3", "0.02:3", "0.08:4"], "nnz_budget:bit_budget pairs.")
 flags.DEFINE_integer("admm_epochs", 30, "Epochs of ADMM compression.", lower_bound=1)
-flags.DEFINE_integer("ft_epochs", 0, "Epochs of fine-tuning after ADMM.", lower_bound=0)
-flags.DEFINE_float("lr", 0.01, "ADMM learning rate (cosine).")
+flags.DEFINE_integer("ft_epochs", 2, "Epochs of fine-tuning after ADMM.", lower_bound=0)
+flags.DEFINE_float("lr", 0.03, "ADMM learning rate (cosine); fine-tuning uses lr / 10.")
 flags.DEFINE_float("rho", 0.05, "ADMM rho.")
 flags.DEFINE_integer("projint", 20, "Batches between sparse projections.", lower_bound=0)
-flags.DEFINE_integer("dualint", None, "Batches between dual updates (default: projint).", lower_bound=0)
+flags.DEFINE_integer("dualint", 240, "Batches between dual updates: about one epoch at batch 256, "
+                     "as the reference; a multiple of projint.", lower_bound=0)
 flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
 flags.DEFINE_bool("tfmot", True, "Also run the TFMOT pipelines (needs the [tfmot] extra).")
 flags.DEFINE_list("tfmot_variants", ["uniform", "hand"], "TFMOT variants.")
@@ -86,7 +87,7 @@ def _sqjl(dense_path, nnz, bits, work):
                          arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
                          bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho, prox=True,
                          projint=FLAGS.projint,
-                         dualint=FLAGS.projint if FLAGS.dualint is None else FLAGS.dualint,
+                         dualint=FLAGS.dualint,
                          momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
                          seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
                          export=("keras",), logdir=logdir)
