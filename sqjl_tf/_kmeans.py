@@ -84,21 +84,6 @@ class SortedValues:
     def size(self) -> int:
         return int(self.values.size)
 
-    def segment_stats(self, edges: np.ndarray):
-        """Counts, sums and sums of squares of the runs between ``edges``.
-
-        Args:
-            edges: non-decreasing indices into ``values``, shape [K + 1], with
-                edges[0] = 0 and edges[-1] = m.
-
-        Returns:
-            (counts, sums, sums_sq), each shape [K].
-        """
-        counts = np.diff(edges)
-        sums = np.diff(self.cumsum[edges])
-        sums_sq = np.diff(self.cumsum_sq[edges])
-        return counts, sums, sums_sq
-
 
 def kmeans_widths(
     layers: Sequence[SortedValues],
@@ -114,7 +99,7 @@ def kmeans_widths(
     them is a handful of vectorised NumPy calls on flat arrays (the layers'
     sorted values are laid side by side, each mapped into its own interval, so
     a single binary search serves all runs). Distortions and means come from
-    the per-layer prefix sums in the original scale. Each run stops at its
+    the per-layer prefix sums in the original scale. Each run stops by
     the reference's stopping rule (relative change of the distortion at most
     1e-3, then one more step, at most ``max_iter`` steps), so the linspace run
     reproduces the reference's result; the quantile run is kept where it is
