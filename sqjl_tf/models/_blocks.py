@@ -53,6 +53,19 @@ def _check_num_classes(num_classes: int) -> int:
     return int(num_classes)
 
 
+def _prologue(num_classes, dropout, input_shape, default_shape):
+    """Checks a builder's common arguments and makes its input.
+
+    Returns:
+        (num_classes, dropout, inputs): the checked values and a
+        ``keras.Input`` named "input" of ``input_shape`` (or the default).
+    """
+    num_classes = _check_num_classes(num_classes)
+    dropout = _check_dropout(dropout)
+    shape = _input_shape(input_shape, default_shape)
+    return num_classes, dropout, keras.Input(shape=shape, name="input")
+
+
 def _conv(
     x,
     filters: int,

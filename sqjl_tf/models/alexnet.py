@@ -49,10 +49,9 @@ def alexnet(
     >>> alexnet(num_classes=10).output_shape
     (None, 10)
     """
-    num_classes = _blocks._check_num_classes(num_classes)
-    dropout = _blocks._check_dropout(dropout)
-    shape = _blocks._input_shape(input_shape, DEFAULT_INPUT_SHAPE)
-    inputs = keras.Input(shape=shape, name="input")
+    num_classes, dropout, inputs = _blocks._prologue(
+        num_classes, dropout, input_shape, DEFAULT_INPUT_SHAPE
+    )
     x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(64, 11, strides=4, name="conv1")(x)
     x = keras.layers.ReLU(name="relu1")(x)

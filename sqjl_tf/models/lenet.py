@@ -45,10 +45,9 @@ def caffelenet(
     >>> model.output_shape
     (None, 10)
     """
-    num_classes = _blocks._check_num_classes(num_classes)
-    dropout = _blocks._check_dropout(dropout)
-    shape = _blocks._input_shape(input_shape, DEFAULT_INPUT_SHAPE)
-    inputs = keras.Input(shape=shape, name="input")
+    num_classes, dropout, inputs = _blocks._prologue(
+        num_classes, dropout, input_shape, DEFAULT_INPUT_SHAPE
+    )
     x = keras.layers.Conv2D(20, 5, padding="valid", name="conv1")(inputs)
     x = keras.layers.MaxPooling2D(2, strides=2, name="pool1")(x)
     x = keras.layers.Conv2D(50, 5, padding="valid", name="conv2")(x)

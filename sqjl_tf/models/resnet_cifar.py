@@ -65,11 +65,10 @@ def resnet_cifar(
             f"Invalid value for argument `depth`. Received: {depth!r}. "
             "Expected an integer of the form 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...)."
         )
-    num_classes = _blocks._check_num_classes(num_classes)
-    dropout = _blocks._check_dropout(dropout)
-    shape = _blocks._input_shape(input_shape, DEFAULT_INPUT_SHAPE)
+    num_classes, dropout, inputs = _blocks._prologue(
+        num_classes, dropout, input_shape, DEFAULT_INPUT_SHAPE
+    )
     blocks_per_stage = (int(depth) - 2) // 6
-    inputs = keras.Input(shape=shape, name="input")
     x = _blocks._conv(inputs, 16, 3, padding=1, name="conv1")
     x = _blocks._bn(x, name="bn1")
     x = keras.layers.ReLU(name="relu1")(x)
@@ -140,10 +139,9 @@ def resnet50_cifar(
     >>> resnet50_cifar(num_classes=100).output_shape
     (None, 100)
     """
-    num_classes = _blocks._check_num_classes(num_classes)
-    dropout = _blocks._check_dropout(dropout)
-    shape = _blocks._input_shape(input_shape, DEFAULT_INPUT_SHAPE)
-    inputs = keras.Input(shape=shape, name="input")
+    num_classes, dropout, inputs = _blocks._prologue(
+        num_classes, dropout, input_shape, DEFAULT_INPUT_SHAPE
+    )
     x = _blocks._conv(inputs, 64, 3, padding=1, name="conv1")
     x = _blocks._bn(x, name="bn1")
     x = keras.layers.ReLU(name="relu1")(x)

@@ -43,10 +43,9 @@ def resnet18(
     >>> resnet18(num_classes=10, input_shape=(64, 64, 3)).output_shape
     (None, 10)
     """
-    num_classes = _blocks._check_num_classes(num_classes)
-    dropout = _blocks._check_dropout(dropout)
-    shape = _blocks._input_shape(input_shape, DEFAULT_INPUT_SHAPE)
-    inputs = keras.Input(shape=shape, name="input")
+    num_classes, dropout, inputs = _blocks._prologue(
+        num_classes, dropout, input_shape, DEFAULT_INPUT_SHAPE
+    )
     x = _blocks._conv(inputs, 64, 7, strides=2, padding=3, name="conv1")
     x = _blocks._bn(x, name="bn1")
     x = keras.layers.ReLU(name="relu1")(x)
