@@ -79,6 +79,9 @@ flags.DEFINE_list("export", ["keras", "saved_model", "compressed"],
                   "what to write at the end: keras, saved_model, compressed, tflite")
 flags.DEFINE_integer("image_size", 224, "ImageNet crop size (evaluation resizes to 8/7 of it first)",
                      lower_bound=8)
+flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher"],
+                  "value of a weight in the sparse projection: w^2 (the paper) or w^2 times its "
+                  "moving-average squared gradient (diagonal Fisher; an extension)")
 flags.DEFINE_integer("nan_recover", 0, "on a NaN/inf loss, restore the last checkpoint and halve "
                      "the learning rate, at most this many times (0: stop with an error)",
                      lower_bound=0)
@@ -140,7 +143,7 @@ def main(argv):
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits), overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
-            nan_recover=FLAGS.nan_recover,
+            nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
         )
     except trainer.UsageError as err:
         raise app.UsageError(str(err), exitcode=2)

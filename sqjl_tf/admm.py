@@ -32,6 +32,8 @@ from sqjl_tf.budget import MAX_BITS, budget_bits
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
 MODES = ("joint", "prune", "quant")
+IMPORTANCES = ("magnitude", "fisher")
+FISHER_DECAY = 0.99  # moving average of squared gradients, about the last 100 steps
 PRUNE_BITS = 32  # b_l in prune-only mode: the weights stay float32
 
 
@@ -53,6 +55,9 @@ class ADMMConfig:
         bits_epoch: after this many epochs the bit widths stop changing
             (None: never frozen).
         prox: proximal primal update (True) or the augmented term's gradient.
+        importance: value of a weight in the sparse projection: "magnitude"
+            (w^2, the paper) or "fisher" (w^2 times the moving average of its
+            squared gradient; an extension, see ``sparse_projection``).
     """
 
     nnz_budget: float = 1.0
@@ -65,6 +70,7 @@ class ADMMConfig:
     fixedbits: bool = False
     bits_epoch: Optional[int] = None
     prox: bool = True
+    importance: str = "magnitude"
 
     def __post_init__(self):
         def bad(name, value, expected):
@@ -74,6 +80,8 @@ class ADMMConfig:
 
         if self.mode not in MODES:
             bad("mode", self.mode, f"one of {MODES}")
+        if self.importance not in IMPORTANCES:
+            bad("importance", self.importance, f"one of {IMPORTANCES}")
         nnz = float(self.nnz_budget)
         if not (math.isfinite(nnz) and 0 < nnz <= 1):
             bad("nnz_budget", self.nnz_budget, "a float in (0, 1]")
@@ -159,6 +167,16 @@ class ADMMState(tf.Module):
                     self.duals.append(
                         tf.Variable(tf.zeros(k.variable.shape), trainable=False, name=f"U_{name}")
                     )
+            # Moving averages of squared gradients (importance="fisher"), fed by
+            # ADMMOptimizer; MEAN aggregation averages the replicas' writes.
+            self.fisher = []
+            if config.importance == "fisher" and config.mode != "quant":
+                for k in self._kernels:
+                    self.fisher.append(tf.Variable(
+                        tf.zeros(k.variable.shape), trainable=False,
+                        name=f"F_{k.name.replace('/', '_')}",
+                        aggregation=tf.VariableAggregation.MEAN,
+                    ))
             self.bits = tf.Variable(
                 tf.fill([num], config.initial_bits), trainable=False, name="bits", dtype=tf.int32
             )
@@ -204,6 +222,17 @@ class ADMMState(tf.Module):
         c = self.config
         return c.fixedbits or (c.bits_epoch is not None and int(self.epoch.numpy()) >= c.bits_epoch)
 
+    def _importance(self) -> Optional[List[np.ndarray]]:
+        """The sparse projection's importance: None (w^2) until gradients are seen."""
+        if not self.fisher or int(self.step.numpy()) == 0:
+            return None
+        return [f.numpy() for f in self.fisher]
+
+    def accumulate_fisher(self, index: int, grad) -> None:
+        """F <- d F + (1 - d) grad^2 for kernel ``index`` (called by the optimizer)."""
+        f = self.fisher[index]
+        f.assign(FISHER_DECAY * f + (1.0 - FISHER_DECAY) * tf.square(tf.cast(grad, f.dtype)))
+
     # ------------------------------------------------------------- the steps
     def sparse_step(self) -> None:
         """W <- Proj_sparse(W; current bits, S), in place (not in quant mode)."""
@@ -211,7 +240,9 @@ class ADMMState(tf.Module):
         if self.config.mode == "quant":
             self.nnz.assign([w.size for w in weights])
             return
-        projected, nnz = projections.sparse_projection(weights, self.current_bits, self.budget_bits)
+        projected, nnz = projections.sparse_projection(
+            weights, self.current_bits, self.budget_bits, importance=self._importance()
+        )
         for k, p in zip(self._kernels, projected):
             k.variable.assign(p)
         self.nnz.assign(nnz)
@@ -288,7 +319,9 @@ class ADMMState(tf.Module):
         weights = self._w()
         mode = self.config.mode
         if mode != "quant":
-            weights, _ = projections.sparse_projection(weights, self.current_bits, self.budget_bits)
+            weights, _ = projections.sparse_projection(
+                weights, self.current_bits, self.budget_bits, importance=self._importance()
+            )
         if mode == "prune":
             return weights
         quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")
@@ -332,6 +365,8 @@ class ADMMState(tf.Module):
         for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
             state[f"V{i}"] = v.numpy()
             state[f"U{i}"] = u.numpy()
+        for i, f in enumerate(self.fisher):
+            state[f"F{i}"] = f.numpy()
         return state
 
     def set_state(self, state: Dict[str, np.ndarray]) -> None:
@@ -341,3 +376,6 @@ class ADMMState(tf.Module):
         for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
             v.assign(state[f"V{i}"])
             u.assign(state[f"U{i}"])
+        for i, f in enumerate(self.fisher):
+            if f"F{i}" in state:  # absent from checkpoints of magnitude runs
+                f.assign(state[f"F{i}"])

@@ -36,6 +36,8 @@ class ADMMCallback(keras.callbacks.Callback):
         fixedbits: keep ``floor(bit_budget)`` bits everywhere.
         bits_epoch: epochs after which the widths stop changing.
         prox: proximal update (recommended) or penalty gradient.
+        importance: "magnitude" (the paper's w^2) or "fisher" (w^2 times the
+            moving average of the squared gradient) in the sparse projection.
         predicate: ``f(layer, variable) -> bool`` choosing the kernels.
         validate_finalized: evaluate the finalised model during ``fit``.
         per_layer_logs: add bits/nnz/residual of every layer to the logs.
@@ -60,6 +62,7 @@ class ADMMCallback(keras.callbacks.Callback):
         fixedbits: bool = False,
         bits_epoch: Optional[int] = None,
         prox: bool = True,
+        importance: str = "magnitude",
         predicate: Optional[Callable] = None,
         validate_finalized: bool = True,
         per_layer_logs: bool = True,
@@ -76,6 +79,7 @@ class ADMMCallback(keras.callbacks.Callback):
             fixedbits=fixedbits,
             bits_epoch=bits_epoch,
             prox=prox,
+            importance=importance,
         )
         self.predicate = predicate
         self.validate_finalized = validate_finalized

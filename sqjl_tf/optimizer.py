@@ -10,7 +10,9 @@ and adds, per compressible kernel W with duplicate V and dual U (owned by an
 * ``prox=False``: the augmented term's gradient ``rho (W - V + U)`` added to
   W's gradient before the inner step;
 * ``weight_decay``: the reference's L2 (``grad += wd * W``) on kernels and
-  BatchNorm scales, not on biases (not decoupled decay).
+  BatchNorm scales, not on biases (not decoupled decay);
+* with ``importance="fisher"``: the moving average of each kernel's squared
+  loss gradient, for the sparse projection.
 
 Terms added to gradients are divided by the number of replicas in sync: the
 inner optimizer all-reduces (sums) the replicas' gradients, and each replica
@@ -127,6 +129,7 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
             self.built = True
         variables = list(trainable_variables or self._trainable_variables)
         grads = list(grads)
+        self._accumulate_fisher(grads, variables)
         state = self._state()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         lr = tf.convert_to_tensor(self.inner_optimizer.learning_rate)  # before the step
@@ -146,6 +149,18 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer.apply(grads, trainable_variables)
         if state is not None and state.config.prox:
             self._prox(state, variables, tf.cast(lr, tf.float32) * state.config.rho)
+
+    def _accumulate_fisher(self, grads, variables):
+        state = getattr(self.admm, "state", self.admm)
+        if state is None or not getattr(state, "fisher", None):
+            return
+        replica = tf.distribute.get_replica_context()
+        for g, v in zip(grads, variables):
+            j = state.index_of(v) if g is not None else None
+            if j is not None:
+                if replica is not None and replica.num_replicas_in_sync > 1:
+                    g = replica.all_reduce(tf.distribute.ReduceOp.SUM, g)  # the global gradient
+                state.accumulate_fisher(j, g)  # the loss gradient, before L2 and penalty
 
     def _prox(self, state, variables, beta):
         triples = []

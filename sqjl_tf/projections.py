@@ -79,6 +79,21 @@ def _check_one_per_layer(bits, arrays) -> None:
         )
 
 
+def _check_importance(factors: List[np.ndarray], arrays: List[np.ndarray]) -> None:
+    shapes = [f.shape for f in factors]
+    if shapes != [a.shape for a in arrays]:
+        raise ValueError(
+            f"Invalid value for argument `importance`. Received arrays of shapes {shapes}. "
+            f"Expected one per layer, shaped as the weights: {[a.shape for a in arrays]}."
+        )
+    for f in factors:
+        if not np.all(np.isfinite(f)) or np.any(f < 0):
+            raise ValueError(
+                "Invalid value for argument `importance`. Received an array with negative or "
+                "non-finite entries. Expected finite values >= 0."
+            )
+
+
 def _check_bits_range(min_bits: int, max_bits: int) -> None:
     if not (isinstance(min_bits, (int, np.integer)) and 1 <= min_bits <= MAX_BITS):
         raise ValueError(
@@ -92,7 +107,7 @@ def _check_bits_range(min_bits: int, max_bits: int) -> None:
         )
 
 
-def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
+def sparse_projection(weights, bits: Sequence[float], budget_bits: float, importance=None):
     """Zeroes the weights that do not fit the size budget (ALGORITHM.md 3.1).
 
     Every nonzero weight w of layer l is an item of value w^2 and cost b_l bits.
@@ -100,10 +115,18 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
     that ranking whose total cost is ``<= budget_bits`` is kept (ties broken by
     layer order, then position, so the budget holds exactly even with ties).
 
+    With ``importance`` (an extension, not in the paper) the value of a weight
+    is ``importance * w^2``: e.g. the diagonal empirical Fisher (mean squared
+    gradient), which makes the value the second-order estimate of the loss
+    increase when the weight is removed (Optimal Brain Damage), and the
+    ranking indifferent to how the network's scale is spread over its layers.
+
     Args:
         weights: list of per-layer arrays (NumPy or TF), any shapes.
         bits: per-layer bit width b_l (cost of one kept weight), each > 0.
         budget_bits: the budget S in bits.
+        importance: optional list of non-negative arrays shaped as
+            ``weights``; a weight of importance 0 is dropped.
 
     Returns:
         (projected_weights, nnz): the weights with the dropped ones set to 0
@@ -125,7 +148,12 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float):
             )
     if not arrays:
         return _from_numpy([], as_tf), []
-    masks = _knapsack.select_global(arrays, bits, budget)
+    ranked = arrays
+    if importance is not None:
+        factors, _ = _to_numpy(importance)
+        _check_importance(factors, arrays)
+        ranked = [a * np.sqrt(f, dtype=np.float32) for a, f in zip(arrays, factors)]
+    masks = _knapsack.select_global(ranked, bits, budget)
     projected = [np.where(m.reshape(a.shape), a, np.float32(0)) for a, m in zip(arrays, masks)]
     nnz = [int(np.count_nonzero(p)) for p in projected]
     return _from_numpy(projected, as_tf), nnz

@@ -27,6 +27,7 @@ from absl import logging
 MODES = ("compress", "pretrain", "finetune", "evaluate")
 OPTIMIZERS = ("sgd", "adam")
 EXPORTS = ("keras", "saved_model", "compressed", "tflite")
+IMPORTANCES = ("magnitude", "fisher")  # as sqjl_tf.admm.IMPORTANCES (not imported: no TF here)
 
 
 class UsageError(ValueError):
@@ -78,6 +79,7 @@ class TrainConfig:
     limit: Optional[int] = None
     image_size: int = 224
     nan_recover: int = 0
+    importance: str = "magnitude"
 
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -128,6 +130,8 @@ class TrainConfig:
             bad("start_epoch", self.start_epoch, f"an integer < epochs={self.epochs}")
         if (self.projint == 0) != (self.dualint == 0) or (self.projint and self.dualint % self.projint):
             bad("dualint", self.dualint, f"a multiple of projint={self.projint} (0 if projint is 0)")
+        if self.importance not in IMPORTANCES:
+            bad("importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
         if self.quant and self.prune:
             bad("quant", self.quant, "not both --quant and --prune (use neither for joint compression)")
         if self.bits_epoch is not None and not (isinstance(self.bits_epoch, int) and self.bits_epoch >= 0):
@@ -358,7 +362,8 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
         admm = ADMMCallback(
             nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho, projint=cfg.projint,
             dualint=cfg.dualint, mode=mode, bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
-            bits_epoch=cfg.bits_epoch, prox=cfg.prox, per_layer_logs=True,
+            bits_epoch=cfg.bits_epoch, prox=cfg.prox, importance=cfg.importance,
+            per_layer_logs=True,
         )
         admm.build(student)
         callbacks.append(admm)

@@ -239,6 +239,7 @@ def test_checkpoint_rejects_other_architecture(tmp_path):
         (dict(projint=3, dualint=4), "dualint"),
         (dict(mode="both"), "mode"),
         (dict(rho=-1.0), "rho"),
+        (dict(importance="hessian"), "importance"),
     ],
 )
 def test_callback_rejects_bad_arguments(kwargs, name):
@@ -266,3 +267,36 @@ def test_schedule_with_steps_per_execution(pretrained_weights):
     # 16 batches in chunks of 4: start (1 each) + every 4th / 8th batch + epoch end (1 each)
     assert int(cb.state.step.numpy()) == 16
     assert calls == {"sparse": 1 + 4, "dual": 1 + 2}
+
+
+def test_fisher_importance_tracks_squared_gradients_and_holds_budget(pretrained_weights):
+    model = _fresh(pretrained_weights)
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=3, rho=0.05, projint=4, dualint=4,
+                              importance="fisher")
+    _compress(model, cb, epochs=2)
+    state = cb.state
+    fisher = [f.numpy() for f in state.fisher]
+    assert [f.shape for f in fisher] == [tuple(k.variable.shape) for k in state.kernels]
+    assert all(np.all(f >= 0) and np.any(f > 0) for f in fisher)
+    report = sqjl_tf.compression_report(cb.finalize(), budget_bits=state.budget_bits)
+    assert report.within_budget
+    # The sparse step ranks by fisher * w^2: from the dense weights it keeps
+    # what that ranking keeps, which is not what w^2 alone keeps.
+    dense = [w for w in pretrained_weights if w.ndim == 2]
+    for k, w in zip(state.kernels, dense):
+        k.variable.assign(w)
+    state.sparse_step()
+    by_fisher, _ = sqjl_tf.projections.sparse_projection(
+        dense, state.current_bits, state.budget_bits, importance=fisher)
+    by_magnitude, _ = sqjl_tf.projections.sparse_projection(
+        dense, state.current_bits, state.budget_bits)
+    kept = [k.variable.numpy() != 0 for k in state.kernels]
+    assert all(np.array_equal(a, b != 0) for a, b in zip(kept, by_fisher))
+    assert any(np.any(a != (b != 0)) for a, b in zip(kept, by_magnitude))
+    # The moving averages are part of the checkpointed state.
+    saved = state.get_state()
+    assert all(np.array_equal(saved[f"F{i}"], f) for i, f in enumerate(fisher))
+    for f in state.fisher:
+        f.assign(tf.zeros_like(f))
+    state.set_state(saved)
+    assert all(np.array_equal(f.numpy(), g) for f, g in zip(state.fisher, fisher))

@@ -62,6 +62,7 @@ def test_every_reference_flag_is_offered(helpfull):
         (["--projint=3", "--dualint=4"], "dualint"),
         (["--quant", "--prune"], "quant"),
         (["--optim=rmsprop"], "optim"),
+        (["--importance=hessian"], "importance"),
         (["-b", "0"], "batch_size"),
     ],
 )
@@ -213,6 +214,7 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(bwlb=5, bit_budget=3), "`bwlb`"),
         (dict(weightbits=[3, 9], mode="finetune", pretrain=__file__), "`weightbits`"),
         (dict(export=("onnx",)), "`export`"),
+        (dict(importance="hessian"), "`importance`"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
     ],
 )

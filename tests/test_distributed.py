@@ -5,13 +5,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_mirrored_fit_and_custom_loop_match_single_device():
+@pytest.mark.parametrize("importance", ["magnitude", "fisher"])
+def test_mirrored_fit_and_custom_loop_match_single_device(importance):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "scripts", "mirrored_vs_single.py")],
+        [sys.executable, os.path.join(HERE, "scripts", "mirrored_vs_single.py"), importance],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -213,3 +213,34 @@ def test_tf_inputs_give_tf_outputs():
     q, bits = projections.quantization_projection(out, nnz, budget)
     assert all(isinstance(o, tf.Tensor) for o in q)
     assert [tuple(o.shape) for o in q] == [(4, 5), (3, 3)]
+
+
+def test_sparse_projection_importance_scales_the_value():
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal((6, 7)).astype(np.float32),
+               0.1 * rng.standard_normal((30,)).astype(np.float32)]
+    budget = 3.0 * 20
+    plain, nnz = projections.sparse_projection(weights, [3, 3], budget)
+    ones = [np.ones(w.shape, np.float32) for w in weights]
+    same, nnz_ones = projections.sparse_projection(weights, [3, 3], budget, importance=ones)
+    assert nnz_ones == nnz and all(np.array_equal(a, b) for a, b in zip(plain, same))
+    assert nnz[1] == 0  # by magnitude, the small layer loses every weight
+    # value = importance * w^2: importance 100 puts the small layer on a par with the big one.
+    boost = [np.ones((6, 7), np.float32), np.full((30,), 100.0, np.float32)]
+    kept, nnz_boost = projections.sparse_projection(weights, [3, 3], budget, importance=boost)
+    assert sum(nnz_boost) == 20 and nnz_boost[1] > 0
+    scaled, _ = projections.sparse_projection([weights[0], 10 * weights[1]], [3, 3], budget)
+    assert all(np.array_equal(a != 0, b != 0) for a, b in zip(kept, scaled))
+    assert all(np.array_equal(k[k != 0], w[k != 0]) for k, w in zip(kept, weights))  # values kept
+
+
+@pytest.mark.parametrize("importance", [
+    [np.ones((2, 2))],  # one array for two layers
+    [np.ones((2, 2)), np.ones((4,))],  # wrong shape
+    [np.ones((2, 2)), -np.ones((3,))],  # negative
+    [np.ones((2, 2)), np.full((3,), np.nan)],
+])
+def test_sparse_projection_rejects_bad_importance(importance):
+    weights = [np.ones((2, 2), np.float32), np.ones((3,), np.float32)]
+    with pytest.raises(ValueError, match="Invalid value for argument `importance`"):
+        projections.sparse_projection(weights, [2, 2], 8, importance=importance)

@@ -45,6 +45,8 @@ flags.DEFINE_float("rho", 0.05, "ADMM rho.")
 flags.DEFINE_integer("projint", 20, "Batches between sparse projections.", lower_bound=0)
 flags.DEFINE_integer("dualint", 240, "Batches between dual updates: about one epoch at batch 256, "
                      "as the reference; a multiple of projint.", lower_bound=0)
+flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher"],
+                  "sqjl_tf's sparse-projection importance (see run.py --importance).")
 flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
 flags.DEFINE_bool("tfmot", True, "Also run the TFMOT pipelines (needs the [tfmot] extra).")
 flags.DEFINE_list("tfmot_variants", ["uniform", "hand"], "TFMOT variants.")
@@ -89,6 +91,7 @@ def _sqjl(dense_path, nnz, bits, work):
                          projint=FLAGS.projint,
                          dualint=FLAGS.dualint,
                          momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
+                         importance=FLAGS.importance,
                          seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
                          export=("keras",), logdir=logdir)
     admm = record

@@ -2,6 +2,7 @@
 
 Prints one JSON line with the max weight difference and the bits/nnz of each run.
 Run as a subprocess: the logical CPU devices must be set before TF starts.
+Argument: the sparse projection's importance ("magnitude" or "fisher").
 """
 
 import json
@@ -40,7 +41,8 @@ def run(strategy, custom_loop):
     with strategy.scope():
         model = build()
         model.set_weights(init)
-        cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=4, rho=0.05, projint=4, dualint=8)
+        cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=4, rho=0.05, projint=4, dualint=8,
+                                  importance=sys.argv[1])
         opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), cb, weight_decay=1e-4)
         if custom_loop:
             state = cb.build(model)
