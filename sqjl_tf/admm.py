@@ -223,10 +223,17 @@ class ADMMState(tf.Module):
         return c.fixedbits or (c.bits_epoch is not None and int(self.epoch.numpy()) >= c.bits_epoch)
 
     def _importance(self) -> Optional[List[np.ndarray]]:
-        """The sparse projection's importance: None (w^2) until gradients are seen."""
+        """The sparse projection's importance: None (w^2) until gradients are seen.
+
+        A small floor (1e-6 of the mean) keeps weights whose gradient vanished
+        (dead units) rankable: they go last, but fill the budget if it allows.
+        """
         if not self.fisher or int(self.step.numpy()) == 0:
             return None
-        return [f.numpy() for f in self.fisher]
+        fisher = [f.numpy() for f in self.fisher]
+        mean = sum(float(np.sum(f, dtype=np.float64)) for f in fisher) / sum(f.size for f in fisher)
+        floor = np.float32(1e-6 * mean if mean > 0 else 1.0)
+        return [f + floor for f in fisher]
 
     def accumulate_fisher(self, index: int, grad) -> None:
         """F <- d F + (1 - d) grad^2 for kernel ``index`` (called by the optimizer)."""

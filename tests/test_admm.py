@@ -280,14 +280,15 @@ def test_fisher_importance_tracks_squared_gradients_and_holds_budget(pretrained_
     assert all(np.all(f >= 0) and np.any(f > 0) for f in fisher)
     report = sqjl_tf.compression_report(cb.finalize(), budget_bits=state.budget_bits)
     assert report.within_budget
-    # The sparse step ranks by fisher * w^2: from the dense weights it keeps
+    # The sparse step ranks by (fisher + a small floor) * w^2: from the dense weights it keeps
     # what that ranking keeps, which is not what w^2 alone keeps.
     dense = [w for w in pretrained_weights if w.ndim == 2]
     for k, w in zip(state.kernels, dense):
         k.variable.assign(w)
     state.sparse_step()
+    floor = np.float32(1e-6 * np.mean(np.concatenate([f.ravel() for f in fisher])))
     by_fisher, _ = sqjl_tf.projections.sparse_projection(
-        dense, state.current_bits, state.budget_bits, importance=fisher)
+        dense, state.current_bits, state.budget_bits, importance=[f + floor for f in fisher])
     by_magnitude, _ = sqjl_tf.projections.sparse_projection(
         dense, state.current_bits, state.budget_bits)
     kept = [k.variable.numpy() != 0 for k in state.kernels]
