@@ -35,3 +35,15 @@ def test_benchmark_driver_smoke(tmp_path):
     if HAVE_TFMOT:
         assert any(r["method"] == "TFMOT" for r in rows)
     assert 0 <= result["dense_accuracy"] <= 1
+    # The learned allocation, epoch by epoch, from the same run folder.
+    alloc = out / "allocation.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "fashion_mnist", "allocation.py"),
+         f"--runs={out / 'fashion_mnist_runs'}", f"--out={alloc}"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = alloc.read_text()
+    assert "### budget nnz 0.05, bits 3" in text
+    assert "| ADMM | 1 |" in text and "| fine-tune | 1 |" in text
+    # conv1, conv2, fc2 at 10x, 2x, 4x the uniform 5%; fc1 takes the rest of the nonzeros.
+    assert "conv1 50.000%, conv2 10.000%, fc1 4.444%, fc2 20.000%" in text

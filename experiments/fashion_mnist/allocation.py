@@ -1,0 +1,99 @@
+"""The per-layer allocation sqjl_tf learned, epoch by epoch, from a benchmark's run folder.
+
+Reads ``sqjl_*/metrics.jsonl`` (ADMM) and ``sqjl_*_ft/metrics.jsonl`` (fine-tuning)
+under the benchmark's work folder and writes a markdown table per budget: the
+accuracy of the finalised model and each layer's bits and density after every
+epoch, with the TFMOT hand-tuned densities for comparison.
+
+Usage:
+    python experiments/fashion_mnist/allocation.py \
+        --runs=experiments/results/fashion_mnist_runs \
+        --out=experiments/results/fashion_mnist_allocation.md
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("runs", "experiments/results/fashion_mnist_runs", "The benchmark's work folder.")
+flags.DEFINE_string("out", None, "Markdown file to write (default: standard output).")
+
+# TFMOT "hand" variant: conv1, conv2, fc2 at 10x, 2x, 4x the uniform density; fc1 the rest.
+_HAND = {"conv1": 10.0, "conv2": 2.0, "fc2": 4.0}
+_SIZES = {"conv1": 500, "conv2": 25000, "fc1": 400000, "fc2": 5000}
+
+
+def _hand_density(nnz_budget):
+    total = nnz_budget * sum(_SIZES.values())
+    density = {name: factor * nnz_budget for name, factor in _HAND.items()}
+    rest = total - sum(density[n] * _SIZES[n] for n in density)
+    density["fc1"] = rest / _SIZES["fc1"]
+    return density
+
+
+def _layers(record):
+    return sorted({key.split("/")[1] for key in record if key.startswith("density/")})
+
+
+def _table(name, records):
+    layers = _layers(records[0][1])
+    lines = [
+        f"### {name}",
+        "",
+        "| stage | epoch | accuracy | " + " | ".join(f"{l} bits/density" for l in layers) + " |",
+        "| --- | ---: | ---: | " + " | ".join("---" for _ in layers) + " |",
+    ]
+    for stage, record in records:
+        cells = [
+            f"{int(record[f'bits/{l}/kernel'])}b / {record[f'density/{l}/kernel']:.3%}"
+            for l in layers
+        ]
+        lines.append(f"| {stage} | {record['epoch']} | {record['val_accuracy']:.4f} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv):
+    del argv
+    out = ["# sqjl_tf's learned allocation on Fashion-MNIST LeNet-5, epoch by epoch", "",
+           "Accuracy: test accuracy of the finalised (pruned and quantized) model after the epoch.",
+           ""]
+    for admm_dir in sorted(glob.glob(os.path.join(FLAGS.runs, "sqjl_*"))):
+        if admm_dir.endswith("_ft") or not os.path.isfile(os.path.join(admm_dir, "metrics.jsonl")):
+            continue
+        records = [("ADMM", r) for r in _read(os.path.join(admm_dir, "metrics.jsonl"))]
+        ft = os.path.join(admm_dir + "_ft", "metrics.jsonl")
+        if os.path.isfile(ft):
+            # Fine-tuning keeps the mask and widths: repeat them from the last ADMM epoch.
+            last = records[-1][1]
+            for r in _read(ft):
+                merged = {k: v for k, v in last.items() if "/" in k}
+                merged.update(epoch=r["epoch"], val_accuracy=r["val_accuracy"])
+                records.append(("fine-tune", merged))
+        budget = os.path.basename(admm_dir)[len("sqjl_"):]
+        nnz_budget = float(budget.split("_")[0])
+        hand = _hand_density(nnz_budget)
+        out += _table(f"budget nnz {budget.replace('_', ', bits ')}", records)
+        out += ["", "TFMOT hand-tuned densities at this budget: "
+                + ", ".join(f"{l} {hand[l]:.3%}" for l in ("conv1", "conv2", "fc1", "fc2")), ""]
+    text = "\n".join(out) + "\n"
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
