@@ -35,6 +35,11 @@ def test_benchmark_driver_smoke(tmp_path):
     if HAVE_TFMOT:
         assert any(r["method"] == "TFMOT" for r in rows)
     assert 0 <= result["dense_accuracy"] <= 1
+    # The same command again reuses every finished run: the same table.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "fashion_mnist.md").read_text() == table
+    assert "reusing the finished run" in proc.stderr
     # The learned allocation, epoch by epoch, from the same run folder.
     alloc = out / "allocation.md"
     proc = subprocess.run(

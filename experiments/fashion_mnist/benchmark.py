@@ -9,6 +9,11 @@
    rate), its test accuracy and wall time;
 5. writes ``experiments/results/fashion_mnist.md`` and ``fashion_mnist.png``.
 
+The TFMOT runs go in their own processes (about one core each), ``--jobs`` of them
+beside sqjl_tf's runs. Every finished run is kept in the work folder
+(``<out_dir>/fashion_mnist_runs``), and the same command run again reuses it: an
+interrupted benchmark resumes where it stopped.
+
 Usage (full run; hours on 2 CPU cores):
     python experiments/fashion_mnist/benchmark.py
 Smoke run:
@@ -23,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,6 +59,8 @@ flags.DEFINE_list("tfmot_variants", ["uniform", "hand"], "TFMOT variants.")
 flags.DEFINE_integer("tfmot_prune_epochs", None, "TFMOT pruning epochs (default: 2/3 of ADMM's total).")
 flags.DEFINE_integer("tfmot_cluster_epochs", None, "TFMOT clustering epochs (default: the rest).")
 flags.DEFINE_integer("limit", None, "Use only N examples per split (smoke runs).", lower_bound=1)
+flags.DEFINE_integer("jobs", 1, "TFMOT runs (own processes, about one core each) allowed beside "
+                     "sqjl_tf's runs; 0 runs everything one after the other.", lower_bound=0)
 flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Where results go.")
 flags.DEFINE_integer("seed", 1, "Random seed.")
 
@@ -80,16 +88,33 @@ def _dense_npz(dense_path, work):
     return path
 
 
+def _sqjl_settings():
+    return {key: getattr(FLAGS, key) for key in (
+        "admm_epochs", "ft_epochs", "lr", "rho", "projint", "dualint", "importance",
+        "batch_size", "seed", "limit")}
+
+
 def _sqjl(dense_path, nnz, bits, work):
+    """sqjl_tf at one budget; a finished run with the same settings is reused."""
     from sqjl_tf import trainer
 
-    start = time.time()
     logdir = os.path.join(work, f"sqjl_{nnz}_{bits}")
+    row_file = logdir + ".row.json"
+    if os.path.isfile(row_file):
+        with open(row_file) as f:
+            row = json.load(f)
+        if row.get("settings") != _sqjl_settings():
+            raise app.UsageError(
+                f"{row_file} holds a finished run with other settings ({row.get('settings')}); "
+                "use another --out_dir (nothing was changed)."
+            )
+        logging.info("sqjl_tf %s/%s: reusing the finished run in %s", nnz, bits, logdir)
+        return row
+    start = time.time()
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                          arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
                          bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho, prox=True,
-                         projint=FLAGS.projint,
-                         dualint=FLAGS.dualint,
+                         projint=FLAGS.projint, dualint=FLAGS.dualint,
                          momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
                          importance=FLAGS.importance,
                          seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
@@ -101,45 +126,88 @@ def _sqjl(dense_path, nnz, bits, work):
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed, limit=FLAGS.limit, pretrain=record["files"]["keras"],
                              export=("keras",), logdir=logdir + "_ft")
-    return {
+    row = {
         "method": "sqjl_tf", "variant": "ADMM" + (" + fine-tune" if FLAGS.ft_epochs else ""),
         "nnz_budget": nnz, "bit_budget": bits, "accuracy": record["test_accuracy"],
         "rate": record["compression_rate"],
         "within_budget": record["size_bits"] <= admm["budget_bits"],
         "layers": record["layers"], "epochs": FLAGS.admm_epochs + FLAGS.ft_epochs,
-        "seconds": time.time() - start,
+        "seconds": time.time() - start, "settings": _sqjl_settings(),
     }
+    with open(row_file + ".tmp", "w") as f:
+        json.dump(row, f, indent=1)
+    os.replace(row_file + ".tmp", row_file)
+    return row
 
 
-def _tfmot(npz, nnz, bits, variant, work):
-    total = FLAGS.admm_epochs + FLAGS.ft_epochs
-    prune = FLAGS.tfmot_prune_epochs if FLAGS.tfmot_prune_epochs is not None else max(1, 2 * total // 3)
-    cluster = FLAGS.tfmot_cluster_epochs if FLAGS.tfmot_cluster_epochs is not None else total - prune
-    out = os.path.join(work, f"tfmot_{variant}_{nnz}_{bits}.json")
-    cmd = [sys.executable, os.path.join(HERE, "tfmot_baseline.py"), f"--weights={npz}",
-           f"--nnz_budget={nnz}", f"--bit_budget={bits}", f"--variant={variant}",
-           f"--epochs_prune={prune}", f"--epochs_cluster={cluster}", f"--out={out}",
-           f"--batch_size={FLAGS.batch_size}", f"--seed={FLAGS.seed}"]
-    if FLAGS.data_dir:
-        cmd.append(f"--data_dir={FLAGS.data_dir}")
-    if FLAGS.limit:
-        cmd.append(f"--limit={FLAGS.limit}")
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    start = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        logging.error("TFMOT %s %s/%s failed:\n%s", variant, nnz, bits, proc.stderr[-3000:])
-        return None
-    result = json.load(open(out))
-    layers = result.get("layers", [])
-    if isinstance(layers, dict):
-        layers = [dict(name=k, **v) for k, v in layers.items()]
-    return {
-        "method": "TFMOT", "variant": variant, "nnz_budget": nnz, "bit_budget": bits,
-        "accuracy": result["accuracy"], "rate": result["rate"],
-        "within_budget": result["total_bits"] <= _budget(nnz, bits),
-        "layers": layers, "epochs": prune + cluster, "seconds": time.time() - start,
-    }
+class _TfmotRun:
+    """One TFMOT pipeline in its own legacy-Keras process (or its finished result)."""
+
+    def __init__(self, npz, nnz, bits, variant, work):
+        total = FLAGS.admm_epochs + FLAGS.ft_epochs
+        self.prune = (FLAGS.tfmot_prune_epochs if FLAGS.tfmot_prune_epochs is not None
+                      else max(1, 2 * total // 3))
+        self.cluster = (FLAGS.tfmot_cluster_epochs if FLAGS.tfmot_cluster_epochs is not None
+                        else total - self.prune)
+        self.nnz, self.bits, self.variant = nnz, bits, variant
+        self.out = os.path.join(work, f"tfmot_{variant}_{nnz}_{bits}.json")
+        self.cmd = [sys.executable, os.path.join(HERE, "tfmot_baseline.py"), f"--weights={npz}",
+                    f"--nnz_budget={nnz}", f"--bit_budget={bits}", f"--variant={variant}",
+                    f"--epochs_prune={self.prune}", f"--epochs_cluster={self.cluster}",
+                    f"--out={self.out}", f"--batch_size={FLAGS.batch_size}", f"--seed={FLAGS.seed}"]
+        if FLAGS.data_dir:
+            self.cmd.append(f"--data_dir={FLAGS.data_dir}")
+        if FLAGS.limit:
+            self.cmd.append(f"--limit={FLAGS.limit}")
+        self.proc = None
+
+    def finished(self) -> bool:
+        """Whether a result with these settings is already on disk."""
+        if not os.path.isfile(self.out):
+            return False
+        with open(self.out) as f:
+            result = json.load(f)
+        stages = result.get("stages", {})
+        return (stages.get("prune", {}).get("epochs") == self.prune
+                and stages.get("cluster", {}).get("epochs") == self.cluster
+                and result.get("batch_size") == FLAGS.batch_size
+                and result.get("seed") == FLAGS.seed
+                and (FLAGS.limit is None or result.get("n_train") == FLAGS.limit))
+
+    def start(self):
+        logging.info("TFMOT %s %s/%s: %s", self.variant, self.nnz, self.bits, " ".join(self.cmd))
+        self.proc = subprocess.Popen(self.cmd, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def row(self):
+        """Waits for the process (if any) and returns the table row, or None on failure."""
+        if self.proc is not None:
+            _, err = self.proc.communicate()
+            if self.proc.returncode != 0:
+                logging.error("TFMOT %s %s/%s failed:\n%s", self.variant, self.nnz, self.bits,
+                              err[-3000:])
+                return None
+        elif not self.finished():
+            self.start()
+            return self.row()
+        with open(self.out) as f:
+            result = json.load(f)
+        layers = result.get("layers", [])
+        if isinstance(layers, dict):
+            layers = [dict(name=k, **v) for k, v in layers.items()]
+        return {
+            "method": "TFMOT", "variant": self.variant, "nnz_budget": self.nnz,
+            "bit_budget": self.bits, "accuracy": result["accuracy"], "rate": result["rate"],
+            "within_budget": result["total_bits"] <= _budget(self.nnz, self.bits),
+            "layers": layers, "epochs": self.prune + self.cluster, "seconds": result["seconds"],
+        }
+
+
+def _ordered(rows, budgets):
+    """Table rows by budget: sqjl_tf, then the TFMOT variants; failed runs left out."""
+    keys = [(nnz, bits, name) for nnz, bits in budgets
+            for name in ["sqjl"] + list(FLAGS.tfmot_variants)]
+    return [rows[k] for k in keys if rows.get(k) is not None]
 
 
 def _budget(nnz, bits):
@@ -218,18 +286,42 @@ def main(argv):
                                 arch="caffelenet", pretrain=dense_path,
                                 limit=FLAGS.limit)["test_accuracy"]
     npz = _dense_npz(dense_path, work)
-    rows = []
-    for spec in FLAGS.budgets:
-        nnz, bits = spec.split(":")
-        nnz, bits = float(nnz), int(bits)
-        rows.append(_sqjl(dense_path, nnz, bits, work))
-        _write(rows, dense_acc, FLAGS.out_dir)
-        if FLAGS.tfmot:
-            for variant in FLAGS.tfmot_variants:
-                row = _tfmot(npz, nnz, bits, variant, work)
-                if row is not None:
-                    rows.append(row)
-                    _write(rows, dense_acc, FLAGS.out_dir)
+    budgets = [(float(spec.split(":")[0]), int(spec.split(":")[1])) for spec in FLAGS.budgets]
+    tfmot = [_TfmotRun(npz, nnz, bits, variant, work)
+             for nnz, bits in budgets for variant in (FLAGS.tfmot_variants if FLAGS.tfmot else ())]
+    waiting = [run for run in tfmot if not run.finished()]
+
+    lock = threading.Lock()
+
+    def launcher():  # keeps up to --jobs TFMOT processes running beside sqjl_tf, in order
+        while True:
+            with lock:
+                while waiting and sum(r.proc is not None and r.proc.poll() is None
+                                      for r in tfmot) < FLAGS.jobs:
+                    waiting.pop(0).start()
+                if not waiting:
+                    return
+            time.sleep(5)
+
+    if FLAGS.jobs:
+        threading.Thread(target=launcher, daemon=True).start()
+    rows = {}
+    for nnz, bits in budgets:
+        rows[(nnz, bits, "sqjl")] = _sqjl(dense_path, nnz, bits, work)
+        _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
+        if not FLAGS.jobs:  # one after the other, as the table reads
+            for run in tfmot:
+                if (run.nnz, run.bits) == (nnz, bits):
+                    rows[(nnz, bits, run.variant)] = run.row()
+                    _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
+    for run in tfmot:  # in table order
+        while True:
+            with lock:
+                if run not in waiting:
+                    break
+            time.sleep(5)
+        rows[(run.nnz, run.bits, run.variant)] = run.row()  # waits for its process
+        _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
     logging.info("wrote %s", os.path.join(FLAGS.out_dir, "fashion_mnist.md"))
 
 
