@@ -176,16 +176,20 @@ class _TfmotRun:
 
     def start(self):
         logging.info("TFMOT %s %s/%s: %s", self.variant, self.nnz, self.bits, " ".join(self.cmd))
+        self.log = open(self.out[: -len(".json")] + ".log", "w")  # a pipe could fill and block it
         self.proc = subprocess.Popen(self.cmd, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
 
     def row(self):
         """Waits for the process (if any) and returns the table row, or None on failure."""
         if self.proc is not None:
-            _, err = self.proc.communicate()
+            self.proc.wait()
+            self.log.close()
             if self.proc.returncode != 0:
-                logging.error("TFMOT %s %s/%s failed:\n%s", self.variant, self.nnz, self.bits,
-                              err[-3000:])
+                with open(self.log.name) as f:
+                    tail = f.read()[-3000:]
+                logging.error("TFMOT %s %s/%s failed (log: %s):\n%s", self.variant, self.nnz,
+                              self.bits, self.log.name, tail)
                 return None
         elif not self.finished():
             self.start()
