@@ -72,9 +72,7 @@ class SortedValues:
         out = np.zeros(int(np.prod(self.shape, dtype=np.int64)), dtype=np.float32)
         if centres.size == 0 or self.size == 0:
             return out.reshape(self.shape), 0
-        c = np.sort(np.asarray(centres, dtype=np.float64))  # [K]
-        mid = 0.5 * (c[1:] + c[:-1])  # [K - 1]
-        nearest = np.searchsorted(mid, self.nonzero.astype(np.float64), side="left")  # [m]
+        c, nearest = nearest_centres(self.nonzero, centres)
         out[self.nonzero_index] = c[nearest]
         used = np.bincount(nearest, minlength=c.size) > 0
         levels = int(np.count_nonzero(used & (c.astype(np.float32) != 0)))
@@ -83,6 +81,16 @@ class SortedValues:
     @property
     def size(self) -> int:
         return int(self.values.size)
+
+
+def nearest_centres(x: np.ndarray, centres) -> tuple:
+    """Sorted centres (float64, [K]) and the index of each x's nearest one ([n]).
+
+    A value halfway between two centres goes to the lower one.
+    """
+    c = np.sort(np.asarray(centres, dtype=np.float64))  # [K]
+    mid = 0.5 * (c[1:] + c[:-1])  # [K - 1]
+    return c, np.searchsorted(mid, np.asarray(x, dtype=np.float64), side="left")
 
 
 def kmeans_widths(

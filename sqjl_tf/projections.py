@@ -79,6 +79,11 @@ def _check_one_per_layer(bits, arrays) -> None:
         )
 
 
+def _bits_for_levels(levels: int, min_bits: int) -> int:
+    """The fewest bits (at least ``min_bits``) that index ``levels`` nonzero values."""
+    return max(min_bits, math.ceil(math.log2(levels)) if levels > 1 else min_bits)
+
+
 def _check_importance(factors: List[np.ndarray], arrays: List[np.ndarray]) -> None:
     shapes = [f.shape for f in factors]
     if shapes != [a.shape for a in arrays]:
@@ -206,15 +211,12 @@ def quantize(x, centres):
 
 
 def _quantize_np(arr: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    if centres.size == 0:
-        return np.zeros_like(arr)
-    c = np.sort(centres.astype(np.float64))
-    mid = 0.5 * (c[1:] + c[:-1])
     flat = arr.ravel()
     nonzero = np.flatnonzero(flat)  # zeros stay zero; only the nonzeros are looked up
-    idx = np.searchsorted(mid, flat[nonzero].astype(np.float64), side="left")  # ties: lower
     out = np.zeros(flat.size, dtype=np.float32)
-    out[nonzero] = c[idx]
+    if centres.size and nonzero.size:
+        c, nearest = _kmeans.nearest_centres(flat[nonzero], centres)
+        out[nonzero] = c[nearest]
     return out.reshape(arr.shape)
 
 
@@ -287,9 +289,8 @@ def quantization_projection(
         free = row[j][0]
         centres = np.concatenate([free, [0.0]]) if reserve_zero else free
         q, levels = layer.quantize(centres)
-        needed = max(min_bits, math.ceil(math.log2(levels)) if levels > 1 else min_bits)
         projected.append(q)
-        bits.append(int(min(widths[j], needed)))
+        bits.append(int(min(widths[j], _bits_for_levels(levels, min_bits))))
     return _from_numpy(projected, as_tf), bits
 
 
@@ -321,7 +322,6 @@ def quantize_with_bits(weights, bits: Sequence[int], reserve_zero: bool = True):
         books = _kmeans.kmeans_widths([layers[i] for i in group], [width], reserve_zero)
         for i, [(free, _)] in zip(group, books):
             centres = np.concatenate([free, [0.0]]) if reserve_zero else free
-            out[i] = _quantize_np(arrays[i], centres)
-            levels = np.unique(out[i][out[i] != 0]).size
-            used[i] = min(width, max(1, math.ceil(math.log2(levels)) if levels > 1 else 1))
+            out[i], levels = layers[i].quantize(centres)
+            used[i] = min(width, _bits_for_levels(levels, 1))
     return _from_numpy(out, as_tf), used

@@ -19,23 +19,11 @@ import os
 import sys
 
 from absl import app, flags
+from hand_allocation import LAYERS, target_densities  # this script's folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "experiments/results/fashion_mnist_runs", "The benchmark's work folder.")
 flags.DEFINE_string("out", None, "Markdown file to write (default: standard output).")
-
-# TFMOT "hand" variant: conv1, conv2, fc2 at 10x, 2x, 4x the uniform density; fc1 the rest.
-_HAND = {"conv1": 10.0, "conv2": 2.0, "fc2": 4.0}
-_SIZES = {"conv1": 500, "conv2": 25000, "fc1": 400000, "fc2": 5000}
-
-
-def _hand_density(nnz_budget):
-    total = nnz_budget * sum(_SIZES.values())
-    density = {name: factor * nnz_budget for name, factor in _HAND.items()}
-    rest = total - sum(density[n] * _SIZES[n] for n in density)
-    density["fc1"] = rest / _SIZES["fc1"]
-    return density
-
 
 def _layers(record):
     return sorted({key.split("/")[1] for key in record if key.startswith("density/")})
@@ -83,10 +71,10 @@ def main(argv):
                 records.append(("fine-tune", merged))
         budget = os.path.basename(admm_dir)[len("sqjl_"):]
         nnz_budget = float(budget.split("_")[0])
-        hand = _hand_density(nnz_budget)
+        hand = target_densities("hand", nnz_budget)
         out += _table(f"budget nnz {budget.replace('_', ', bits ')}", records)
         out += ["", "TFMOT hand-tuned densities at this budget: "
-                + ", ".join(f"{l} {hand[l]:.3%}" for l in ("conv1", "conv2", "fc1", "fc2")), ""]
+                + ", ".join(f"{l} {hand[l]:.3%}" for l in LAYERS), ""]
     text = "\n".join(out) + "\n"
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:

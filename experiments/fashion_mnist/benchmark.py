@@ -319,6 +319,8 @@ def main(argv):
                     rows[(nnz, bits, run.variant)] = run.row()
                     _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
     for run in tfmot:  # in table order
+        if (run.nnz, run.bits, run.variant) in rows:  # done above (--jobs=0)
+            continue
         while True:
             with lock:
                 if run not in waiting:

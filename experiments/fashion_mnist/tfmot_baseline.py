@@ -49,6 +49,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from hand_allocation import (  # noqa: E402  (this script's folder)
+    KERNEL_SIZES, LAYERS, TOTAL_KERNEL, target_densities)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "npz of the pretrained dense LeNet-5 (w0..w7).")
@@ -82,10 +84,6 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("threads", 2, "TensorFlow intra/inter-op threads (0: TF default).")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
-LAYERS = ("conv1", "conv2", "fc1", "fc2")
-KERNEL_SIZES = {"conv1": 500, "conv2": 25000, "fc1": 400000, "fc2": 5000}
-TOTAL_KERNEL = sum(KERNEL_SIZES.values())  # 430,500
-HAND_FACTORS = {"conv1": 10.0, "conv2": 2.0, "fc2": 4.0}  # fc1 takes the rest
 MEAN, STD = 0.2860, 0.3530
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -128,19 +126,6 @@ def load_fashion_mnist(data_dir, limit=0):
     if limit > 0:
         x_tr, y_tr, x_te, y_te = x_tr[:limit], y_tr[:limit], x_te[:limit], y_te[:limit]
     return (x_tr, y_tr), (x_te, y_te)
-
-
-def target_densities(variant, nnz_budget):
-    """Per-layer kept fractions of the kernels with sum(d * size) = budget * total."""
-    if variant == "uniform":
-        return {name: nnz_budget for name in LAYERS}
-    total_nnz = nnz_budget * TOTAL_KERNEL
-    dens = {name: min(1.0, f * nnz_budget) for name, f in HAND_FACTORS.items()}
-    rest = total_nnz - sum(dens[n] * KERNEL_SIZES[n] for n in HAND_FACTORS)
-    if rest <= 0:
-        raise ValueError(f"nnz_budget={nnz_budget} too small for the hand allocation")
-    dens["fc1"] = min(1.0, rest / KERNEL_SIZES["fc1"])
-    return {name: dens[name] for name in LAYERS}
 
 
 def kernel_stats(model, names=LAYERS):
