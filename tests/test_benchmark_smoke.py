@@ -52,3 +52,16 @@ def test_benchmark_driver_smoke(tmp_path):
     assert "| ADMM | 1 |" in text and "| fine-tune | 1 |" in text
     # conv1, conv2, fc2 at 10x, 2x, 4x the uniform 5%; fc1 takes the rest of the nonzeros.
     assert "conv1 50.000%, conv2 10.000%, fc1 4.444%, fc2 20.000%" in text
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--budgets=0.02", "`--budgets`. Received: '0.02'"),
+    ("--dualint=30", "`--dualint`. Received: 30. Expected a multiple of projint=20"),
+])
+def test_benchmark_rejects_bad_flags_before_any_work(flag, needle, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "fashion_mnist", "benchmark.py"),
+         flag, f"--out_dir={out}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and needle in proc.stderr
+    assert not out.exists()

@@ -277,8 +277,27 @@ def _write(rows, dense_acc, out_dir):
     fig.savefig(os.path.join(out_dir, "fashion_mnist.png"), dpi=120)
 
 
+def _parse_budgets(specs):
+    budgets = []
+    for spec in specs:
+        try:
+            nnz, bits = spec.split(":")
+            budgets.append((float(nnz), int(bits)))
+        except ValueError:
+            raise app.UsageError(
+                f"Invalid value for flag `--budgets`. Received: {spec!r}. "
+                "Expected nnz_budget:bit_budget pairs such as 0.02:3.") from None
+    return budgets
+
+
 def main(argv):
     del argv
+    budgets = _parse_budgets(FLAGS.budgets)  # usage errors before any training
+    if (FLAGS.projint == 0) != (FLAGS.dualint == 0) or (
+            FLAGS.projint and FLAGS.dualint % FLAGS.projint):
+        raise app.UsageError(
+            f"Invalid value for flag `--dualint`. Received: {FLAGS.dualint}. "
+            f"Expected a multiple of projint={FLAGS.projint} (0 if projint is 0).")
     work = os.path.join(FLAGS.out_dir, "fashion_mnist_runs")
     os.makedirs(work, exist_ok=True)
     dense_path, record = _pretrain(work)
@@ -290,7 +309,6 @@ def main(argv):
                                 arch="caffelenet", pretrain=dense_path,
                                 limit=FLAGS.limit)["test_accuracy"]
     npz = _dense_npz(dense_path, work)
-    budgets = [(float(spec.split(":")[0]), int(spec.split(":")[1])) for spec in FLAGS.budgets]
     tfmot = [_TfmotRun(npz, nnz, bits, variant, work)
              for nnz, bits in budgets for variant in (FLAGS.tfmot_variants if FLAGS.tfmot else ())]
     waiting = [run for run in tfmot if not run.finished()]
