@@ -43,6 +43,8 @@ flags.DEFINE_float("nnz_budget", 1.0, "number of nonzero budget (0.0~1.0)")
 flags.DEFINE_float("momentum", 0.9, "momentum", lower_bound=0)
 flags.DEFINE_float("weight_decay", 0.0, "weight decay (L2 added to the gradient)", lower_bound=0)
 flags.DEFINE_float("rho", 1e-3, "admm hyperparameter rho")
+flags.DEFINE_float("rho_growth", 1.0, "multiply rho by this at the end of every epoch (1: constant "
+                   "rho, as the reference; an extension)", lower_bound=1)
 flags.DEFINE_float("gclip", 0.0, "gradient clip (infinity norm; 0: off)", lower_bound=0)
 flags.DEFINE_integer("projint", 0, "how many batches to wait before sparse projection of primal "
                      "weights (0: end of each epoch)", lower_bound=0)
@@ -135,6 +137,7 @@ def main(argv):
             start_epoch=FLAGS.start_epoch, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
             lr_sched=FLAGS.lr_sched, bit_budget=FLAGS.bit_budget, nnz_budget=FLAGS.nnz_budget,
             momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, rho=FLAGS.rho,
+            rho_growth=FLAGS.rho_growth,
             gclip=FLAGS.gclip, projint=FLAGS.projint, dualint=FLAGS.dualint,
             pretrain=FLAGS.pretrain, logdir=FLAGS.logdir, save_every=FLAGS["save-every"].value,
             mgpu=FLAGS.mgpu, log_interval=FLAGS.log_interval, seed=FLAGS.seed,

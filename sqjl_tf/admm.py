@@ -44,7 +44,13 @@ class ADMMConfig:
     Attributes:
         nnz_budget: fraction of nonzeros kept, in (0, 1] (ignored by ``quant``).
         bit_budget: average bits per kept weight, in [1, 8] (ignored by ``prune``).
-        rho: ADMM penalty rho > 0.
+        rho: ADMM penalty rho > 0 (its value at the start).
+        rho_growth: factor applied to rho at the end of every epoch (1: constant
+            rho, the reference). The scaled duals are divided by it at the same
+            time, so the unscaled multipliers rho * U carry over. An extension
+            (the usual "increasing penalty" of ADMM pruning): a growing rho pulls
+            W onto V harder as training ends, so less is lost when the model is
+            finalised.
         projint: batches between sparse projections (0: once per epoch).
         dualint: batches between quantization projections and dual updates
             (0: once per epoch); a multiple of ``projint``.
@@ -63,6 +69,7 @@ class ADMMConfig:
     nnz_budget: float = 1.0
     bit_budget: float = 8.0
     rho: float = 1e-3
+    rho_growth: float = 1.0
     projint: int = 0
     dualint: int = 0
     mode: str = "joint"
@@ -91,6 +98,9 @@ class ADMMConfig:
         rho = float(self.rho)
         if not (math.isfinite(rho) and rho > 0):
             bad("rho", self.rho, "a finite float > 0")
+        growth = float(self.rho_growth)
+        if not (math.isfinite(growth) and growth >= 1):
+            bad("rho_growth", self.rho_growth, "a finite float >= 1 (1: constant rho)")
         for name in ("projint", "dualint"):
             value = getattr(self, name)
             if not (isinstance(value, (int, np.integer)) and value >= 0):
@@ -184,6 +194,7 @@ class ADMMState(tf.Module):
                 tf.constant(sizes, tf.int64), trainable=False, name="nnz"
             )
             self.residuals = tf.Variable(tf.zeros([num], tf.float64), trainable=False, name="residuals")
+            self.rho = tf.Variable(float(config.rho), dtype=tf.float32, trainable=False, name="rho")
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.started = tf.Variable(False, trainable=False, name="started")
@@ -312,8 +323,19 @@ class ADMMState(tf.Module):
             self.sparse_step()
         if self.config.dualint == 0:
             self.dual_step()
+        logs = self.logs()  # rho as this epoch used it
+        self._grow_rho()
         self.epoch.assign_add(1)
-        return self.logs()
+        return logs
+
+    def _grow_rho(self) -> None:
+        """rho <- rho * growth; U <- U / growth (the multipliers rho * U unchanged)."""
+        growth = float(self.config.rho_growth)
+        if growth == 1.0 or not self.duals:
+            return
+        self.rho.assign(self.rho * growth)
+        for u in self.duals:
+            u.assign(u / growth)
 
     # ----------------------------------------------------------- finalising
     def finalized_weights(self) -> List[np.ndarray]:
@@ -349,6 +371,7 @@ class ADMMState(tf.Module):
             "size_bits": float(size),
             "budget_bits": float(self.budget_bits),
             "nnz": float(sum(nnz)),
+            "rho": float(self.rho.numpy()),
         }
         for k, b, n, r in zip(self._kernels, bits, nnz, self.residuals.numpy()):
             tag = k.name
@@ -368,6 +391,7 @@ class ADMMState(tf.Module):
             "step": self.step.numpy(),
             "epoch": self.epoch.numpy(),
             "started": self.started.numpy(),
+            "rho": self.rho.numpy(),
         }
         for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
             state[f"V{i}"] = v.numpy()
@@ -380,6 +404,7 @@ class ADMMState(tf.Module):
         """Restores what :meth:`get_state` returned."""
         for key in ("bits", "nnz", "residuals", "step", "epoch", "started"):
             getattr(self, key).assign(state[key])
+        self.rho.assign(state["rho"] if "rho" in state else self.config.rho)  # older checkpoints
         for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
             v.assign(state[f"V{i}"])
             u.assign(state[f"U{i}"])

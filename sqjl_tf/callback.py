@@ -28,7 +28,8 @@ class ADMMCallback(keras.callbacks.Callback):
     Args:
         nnz_budget: fraction of nonzeros kept, in (0, 1].
         bit_budget: average bits per kept weight, in [1, 8].
-        rho: ADMM penalty.
+        rho: ADMM penalty (at the start).
+        rho_growth: factor on rho at each epoch end (1: constant, the reference).
         projint: batches between sparse projections (0: once per epoch).
         dualint: batches between dual updates (0: once per epoch).
         mode: "joint", "prune" or "quant".
@@ -55,6 +56,7 @@ class ADMMCallback(keras.callbacks.Callback):
         nnz_budget: float = 1.0,
         bit_budget: float = 8,
         rho: float = 1e-3,
+        rho_growth: float = 1.0,
         projint: int = 0,
         dualint: int = 0,
         mode: str = "joint",
@@ -72,6 +74,7 @@ class ADMMCallback(keras.callbacks.Callback):
             nnz_budget=nnz_budget,
             bit_budget=bit_budget,
             rho=rho,
+            rho_growth=rho_growth,
             projint=projint,
             dualint=dualint,
             mode=mode,

@@ -144,11 +144,11 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
                 j = state.index_of(v)
                 if j is not None:
                     penalty = v - state.duplicates[j] + state.duals[j]
-                    g = g + (state.config.rho / replicas) * penalty
+                    g = g + (tf.cast(state.rho, g.dtype) / replicas) * penalty
             grads[i] = g
         self.inner_optimizer.apply(grads, trainable_variables)
         if state is not None and state.config.prox:
-            self._prox(state, variables, tf.cast(lr, tf.float32) * state.config.rho)
+            self._prox(state, variables, tf.cast(lr, tf.float32) * state.rho)
 
     def _accumulate_fisher(self, grads, variables):
         state = getattr(self.admm, "state", self.admm)

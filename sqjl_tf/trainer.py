@@ -54,6 +54,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     rho: float = 1e-3
+    rho_growth: float = 1.0
     gclip: float = 0.0
     projint: int = 0
     dualint: int = 0
@@ -112,6 +113,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (finite(value) and float(value) > 0):
                 bad(name, value, "a finite float > 0")
+        if not (finite(self.rho_growth) and float(self.rho_growth) >= 1):
+            bad("rho_growth", self.rho_growth, "a finite float >= 1 (1: constant rho)")
         for name in ("momentum", "weight_decay", "gclip", "warmupT", "dp", "kdtemp"):
             value = getattr(self, name)
             if not (finite(value) and float(value) >= 0):
@@ -360,8 +363,9 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     if cfg.mode == "compress":
         mode = "quant" if cfg.quant else "prune" if cfg.prune else "joint"
         admm = ADMMCallback(
-            nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho, projint=cfg.projint,
-            dualint=cfg.dualint, mode=mode, bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
+            nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho,
+            rho_growth=cfg.rho_growth, projint=cfg.projint, dualint=cfg.dualint, mode=mode,
+            bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
             bits_epoch=cfg.bits_epoch, prox=cfg.prox, importance=cfg.importance,
             per_layer_logs=True,
         )

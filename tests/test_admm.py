@@ -240,6 +240,8 @@ def test_checkpoint_rejects_other_architecture(tmp_path):
         (dict(mode="both"), "mode"),
         (dict(rho=-1.0), "rho"),
         (dict(importance="hessian"), "importance"),
+        (dict(rho_growth=0.5), "rho_growth"),
+        (dict(rho_growth=float("inf")), "rho_growth"),
     ],
 )
 def test_callback_rejects_bad_arguments(kwargs, name):
@@ -301,3 +303,44 @@ def test_fisher_importance_tracks_squared_gradients_and_holds_budget(pretrained_
         f.assign(tf.zeros_like(f))
     state.set_state(saved)
     assert all(np.array_equal(f.numpy(), g) for f, g in zip(state.fisher, fisher))
+
+
+def test_rho_growth_scales_rho_and_duals_and_is_checkpointed(pretrained_weights):
+    model = _fresh(pretrained_weights)
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=3, rho=0.05, rho_growth=2.0)
+    history = _compress(model, cb, epochs=2)
+    state = cb.state
+    # rho doubles at each epoch end (the logs show the rho each epoch trained with).
+    assert history.history["rho"] == pytest.approx([0.05, 0.1])
+    assert float(state.rho.numpy()) == pytest.approx(0.2)
+    # The scaled duals are divided by the growth, so the multipliers rho * U carry over.
+    before = [u.numpy() for u in state.duals]
+    state._grow_rho()
+    assert float(state.rho.numpy()) == pytest.approx(0.4)
+    for u, u0 in zip(state.duals, before):
+        np.testing.assert_allclose(0.4 * u.numpy(), 0.2 * u0, rtol=1e-6, atol=1e-9)
+    # The prox step uses the current rho: beta = lr * rho.
+    opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.1), cb)
+    variables = model.trainable_variables
+    grads = [tf.random.normal(v.shape, seed=i) for i, v in enumerate(variables)]
+    before = [v.numpy() for v in variables]
+    opt.apply(grads, variables)
+    beta = 0.1 * 0.4
+    for v, w0, g in zip(variables, before, grads):
+        j = state.index_of(v)
+        if j is not None:
+            stepped = w0 - 0.1 * g.numpy()
+            vv, uu = state.duplicates[j].numpy(), state.duals[j].numpy()
+            expected = (stepped + beta * (vv - uu)) / (1 + beta)
+            np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # rho is part of the checkpointed state (older checkpoints without it get config.rho).
+    saved = state.get_state()
+    assert float(saved["rho"]) == pytest.approx(0.4)
+    state.rho.assign(1.0)
+    state.set_state(saved)
+    assert float(state.rho.numpy()) == pytest.approx(0.4)
+    del saved["rho"]
+    state.set_state(saved)
+    assert float(state.rho.numpy()) == pytest.approx(0.05)
+    # The budget holds with a growing rho too.
+    assert sqjl_tf.compression_report(cb.finalize(), budget_bits=state.budget_bits).within_budget

@@ -63,6 +63,7 @@ def test_every_reference_flag_is_offered(helpfull):
         (["--quant", "--prune"], "quant"),
         (["--optim=rmsprop"], "optim"),
         (["--importance=hessian"], "importance"),
+        (["--rho_growth=0.5"], "rho_growth"),
         (["-b", "0"], "batch_size"),
     ],
 )
@@ -215,6 +216,7 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(weightbits=[3, 9], mode="finetune", pretrain=__file__), "`weightbits`"),
         (dict(export=("onnx",)), "`export`"),
         (dict(importance="hessian"), "`importance`"),
+        (dict(rho_growth=0.9), "`rho_growth`"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
     ],
 )

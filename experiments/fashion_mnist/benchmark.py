@@ -47,7 +47,9 @@ flags.DEFINE_list("budgets", ["0.0054:3", "0.02:3", "0.08:4"], "nnz_budget:bit_b
 flags.DEFINE_integer("admm_epochs", 30, "Epochs of ADMM compression.", lower_bound=1)
 flags.DEFINE_integer("ft_epochs", 2, "Epochs of fine-tuning after ADMM.", lower_bound=0)
 flags.DEFINE_float("lr", 0.03, "ADMM learning rate (cosine); fine-tuning uses lr / 10.")
-flags.DEFINE_float("rho", 0.05, "ADMM rho.")
+flags.DEFINE_float("rho", 0.05, "ADMM rho (at the start).")
+flags.DEFINE_float("rho_growth", 1.0, "Factor on rho at each epoch end (1: constant, the reference).",
+                   lower_bound=1)
 flags.DEFINE_integer("projint", 20, "Batches between sparse projections.", lower_bound=0)
 flags.DEFINE_integer("dualint", 240, "Batches between dual updates: about one epoch at batch 256, "
                      "as the reference; a multiple of projint.", lower_bound=0)
@@ -88,9 +90,12 @@ def _dense_npz(dense_path, work):
     return path
 
 
+_SETTINGS_ADDED_LATER = {"rho_growth": 1.0}  # what rows written before a setting existed used
+
+
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
-        "admm_epochs", "ft_epochs", "lr", "rho", "projint", "dualint", "importance",
+        "admm_epochs", "ft_epochs", "lr", "rho", "rho_growth", "projint", "dualint", "importance",
         "batch_size", "seed", "limit")}
 
 
@@ -103,7 +108,7 @@ def _sqjl(dense_path, nnz, bits, work):
     if os.path.isfile(row_file):
         with open(row_file) as f:
             row = json.load(f)
-        if row.get("settings") != _sqjl_settings():
+        if {**_SETTINGS_ADDED_LATER, **row.get("settings", {})} != _sqjl_settings():
             raise app.UsageError(
                 f"{row_file} holds a finished run with other settings ({row.get('settings')}); "
                 "use another --out_dir (nothing was changed)."
@@ -113,7 +118,8 @@ def _sqjl(dense_path, nnz, bits, work):
     start = time.time()
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                          arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
-                         bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho, prox=True,
+                         bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho,
+                         rho_growth=FLAGS.rho_growth, prox=True,
                          projint=FLAGS.projint, dualint=FLAGS.dualint,
                          momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
                          importance=FLAGS.importance,
