@@ -40,6 +40,13 @@ def test_benchmark_driver_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "fashion_mnist.md").read_text() == table
     assert "reusing the finished run" in proc.stderr
+    # --table_only: one table from what has finished; a budget never run is left out, not run.
+    proc = subprocess.run(cmd + ["--budgets=0.05:3,0.1:3", "--table_only"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "fashion_mnist.md").read_text() == table
+    assert "0.1/3: no finished run" in proc.stderr
+    assert not (out / "fashion_mnist_runs" / "sqjl_0.1_3").exists()
     # The learned allocation, epoch by epoch, from the same run folder.
     alloc = out / "allocation.md"
     proc = subprocess.run(

@@ -12,7 +12,8 @@
 The TFMOT runs go in their own processes (about one core each), ``--jobs`` of them
 beside sqjl_tf's runs. Every finished run is kept in the work folder
 (``<out_dir>/fashion_mnist_runs``), and the same command run again reuses it: an
-interrupted benchmark resumes where it stopped.
+interrupted benchmark resumes where it stopped. Budgets or variants run by separate
+invocations into one ``--out_dir`` share a table with ``--table_only``.
 
 Usage (full run; hours on 2 CPU cores):
     python experiments/fashion_mnist/benchmark.py
@@ -63,6 +64,9 @@ flags.DEFINE_integer("tfmot_cluster_epochs", None, "TFMOT clustering epochs (def
 flags.DEFINE_integer("limit", None, "Use only N examples per split (smoke runs).", lower_bound=1)
 flags.DEFINE_integer("jobs", 1, "TFMOT runs (own processes, about one core each) allowed beside "
                      "sqjl_tf's runs; 0 runs everything one after the other.", lower_bound=0)
+flags.DEFINE_bool("table_only", False, "Write the table and plot from the runs already finished in "
+                  "--out_dir (those with these settings); train nothing. Lets runs made by "
+                  "several invocations (other --budgets or --tfmot_variants) share one table.")
 flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Where results go.")
 flags.DEFINE_integer("seed", 1, "Random seed.")
 
@@ -72,6 +76,11 @@ def _pretrain(work):
 
     if FLAGS.dense:
         return FLAGS.dense, None
+    if FLAGS.table_only:
+        path = os.path.join(work, "dense", "model_dense.keras")
+        if not os.path.isfile(path):
+            raise app.UsageError(f"--table_only needs --dense (no dense model in {path}).")
+        return path, None
     record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                          arch="caffelenet", epochs=FLAGS.pretrain_epochs, lr=0.01, lr_sched="cos",
                          momentum=0.9, weight_decay=5e-4, batch_size=FLAGS.batch_size,
@@ -115,6 +124,9 @@ def _sqjl(dense_path, nnz, bits, work):
             )
         logging.info("sqjl_tf %s/%s: reusing the finished run in %s", nnz, bits, logdir)
         return row
+    if FLAGS.table_only:
+        logging.info("sqjl_tf %s/%s: no finished run in %s, left out", nnz, bits, logdir)
+        return None
     start = time.time()
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                          arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
@@ -198,6 +210,10 @@ class _TfmotRun:
                               self.bits, self.log.name, tail)
                 return None
         elif not self.finished():
+            if FLAGS.table_only:
+                logging.info("TFMOT %s %s/%s: no finished run, left out", self.variant, self.nnz,
+                             self.bits)
+                return None
             self.start()
             return self.row()
         with open(self.out) as f:
@@ -314,10 +330,11 @@ def main(argv):
         dense_acc = trainer.run(mode="evaluate", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                                 arch="caffelenet", pretrain=dense_path,
                                 limit=FLAGS.limit)["test_accuracy"]
-    npz = _dense_npz(dense_path, work)
+    npz = (os.path.join(work, "dense_weights.npz") if FLAGS.table_only
+           else _dense_npz(dense_path, work))
     tfmot = [_TfmotRun(npz, nnz, bits, variant, work)
              for nnz, bits in budgets for variant in (FLAGS.tfmot_variants if FLAGS.tfmot else ())]
-    waiting = [run for run in tfmot if not run.finished()]
+    waiting = [] if FLAGS.table_only else [run for run in tfmot if not run.finished()]
 
     lock = threading.Lock()
 
