@@ -44,13 +44,7 @@ class ADMMConfig:
     Attributes:
         nnz_budget: fraction of nonzeros kept, in (0, 1] (ignored by ``quant``).
         bit_budget: average bits per kept weight, in [1, 8] (ignored by ``prune``).
-        rho: ADMM penalty rho > 0 (its value at the start).
-        rho_growth: factor applied to rho at the end of every epoch (1: constant
-            rho, the reference). The scaled duals are divided by it at the same
-            time, so the unscaled multipliers rho * U carry over. An extension
-            (the usual "increasing penalty" of ADMM pruning): a growing rho pulls
-            W onto V harder as training ends, so less is lost when the model is
-            finalised.
+        rho: ADMM penalty rho > 0 (its value at the start; see ``rho_growth``).
         projint: batches between sparse projections (0: once per epoch).
         dualint: batches between quantization projections and dual updates
             (0: once per epoch); a multiple of ``projint``.
@@ -64,12 +58,17 @@ class ADMMConfig:
         importance: value of a weight in the sparse projection: "magnitude"
             (w^2, the paper) or "fisher" (w^2 times the moving average of its
             squared gradient; an extension, see ``sparse_projection``).
+        rho_growth: factor applied to rho at the end of every epoch (1: constant
+            rho, the reference). The scaled duals are divided by it at the same
+            time, so the unscaled multipliers rho * U carry over. An extension
+            (the "increasing penalty" of ADMM pruning papers): W ends nearer V
+            (a smaller residual). On Fashion-MNIST it did not raise the
+            finalised accuracy (README).
     """
 
     nnz_budget: float = 1.0
     bit_budget: float = 8.0
     rho: float = 1e-3
-    rho_growth: float = 1.0
     projint: int = 0
     dualint: int = 0
     mode: str = "joint"
@@ -78,6 +77,7 @@ class ADMMConfig:
     bits_epoch: Optional[int] = None
     prox: bool = True
     importance: str = "magnitude"
+    rho_growth: float = 1.0  # last: positional construction keeps working
 
     def __post_init__(self):
         def bad(name, value, expected):

@@ -28,8 +28,7 @@ class ADMMCallback(keras.callbacks.Callback):
     Args:
         nnz_budget: fraction of nonzeros kept, in (0, 1].
         bit_budget: average bits per kept weight, in [1, 8].
-        rho: ADMM penalty (at the start).
-        rho_growth: factor on rho at each epoch end (1: constant, the reference).
+        rho: ADMM penalty (at the start; see ``rho_growth``).
         projint: batches between sparse projections (0: once per epoch).
         dualint: batches between dual updates (0: once per epoch).
         mode: "joint", "prune" or "quant".
@@ -39,6 +38,7 @@ class ADMMCallback(keras.callbacks.Callback):
         prox: proximal update (recommended) or penalty gradient.
         importance: "magnitude" (the paper's w^2) or "fisher" (w^2 times the
             moving average of the squared gradient) in the sparse projection.
+        rho_growth: factor on rho at each epoch end (1: constant, the reference).
         predicate: ``f(layer, variable) -> bool`` choosing the kernels.
         validate_finalized: evaluate the finalised model during ``fit``.
         per_layer_logs: add bits/nnz/residual of every layer to the logs.
@@ -56,7 +56,6 @@ class ADMMCallback(keras.callbacks.Callback):
         nnz_budget: float = 1.0,
         bit_budget: float = 8,
         rho: float = 1e-3,
-        rho_growth: float = 1.0,
         projint: int = 0,
         dualint: int = 0,
         mode: str = "joint",
@@ -65,6 +64,7 @@ class ADMMCallback(keras.callbacks.Callback):
         bits_epoch: Optional[int] = None,
         prox: bool = True,
         importance: str = "magnitude",
+        rho_growth: float = 1.0,
         predicate: Optional[Callable] = None,
         validate_finalized: bool = True,
         per_layer_logs: bool = True,
