@@ -79,7 +79,9 @@ def _pretrain(work):
     if FLAGS.table_only:
         path = os.path.join(work, "dense", "model_dense.keras")
         if not os.path.isfile(path):
-            raise app.UsageError(f"--table_only needs --dense (no dense model in {path}).")
+            raise app.UsageError(
+                f"Invalid value for flag `--dense`. Received: None with --table_only. Expected "
+                f"the dense model's path (none found at {path}).")
         return path, None
     record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                          arch="caffelenet", epochs=FLAGS.pretrain_epochs, lr=0.01, lr_sched="cos",
@@ -321,7 +323,8 @@ def main(argv):
             f"Invalid value for flag `--dualint`. Received: {FLAGS.dualint}. "
             f"Expected a multiple of projint={FLAGS.projint} (0 if projint is 0).")
     work = os.path.join(FLAGS.out_dir, "fashion_mnist_runs")
-    os.makedirs(work, exist_ok=True)
+    if not FLAGS.table_only:  # a table-only call creates nothing before its checks
+        os.makedirs(work, exist_ok=True)
     dense_path, record = _pretrain(work)
     dense_acc = record["test_accuracy"] if record else None
     if dense_acc is None:
