@@ -98,3 +98,48 @@ def test_uniform_smoke(tmp_path):
         assert st["epochs"] == 1 and st["optimizer"] in ("adam", "sgd") and st["lr"] > 0
     assert r["seconds"] > 0
     assert isinstance(r["notes"], list)
+
+
+@pytest.mark.slow  # ~30-40 s: one more whole pipeline run
+def test_given_allocation_smoke(tmp_path):
+    """--variant=given trains another method's per-layer densities and bits."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_fashion_mnist(data)
+    out = tmp_path / "res.json"
+    dens = {"conv1": 0.5, "conv2": 0.06, "fc1": 0.015, "fc2": 0.3}
+    bits = {"conv1": 5, "conv2": 3, "fc1": 2, "fc2": 3}
+    cmd = [sys.executable, SCRIPT, f"--data_dir={data}", "--limit=512", "--pretrain_epochs=1",
+           "--variant=given", "--densities=" + ",".join(f"{n}:{d}" for n, d in dens.items()),
+           "--layer_bits=" + ",".join(f"{n}:{b}" for n, b in bits.items()),
+           "--epochs_prune=1", "--epochs_cluster=1", "--batch_size=64", "--verbose=0",
+           f"--out={out}"]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["variant"] == "given"
+    assert r["stages"]["cluster"]["number_of_clusters"] == {n: 2 ** b for n, b in bits.items()}
+    for name in LAYERS:
+        s = r["layers"][name]
+        assert s["target_density"] == pytest.approx(dens[name])
+        assert abs(s["nnz"] - dens[name] * s["size"]) <= max(1, 0.05 * dens[name] * s["size"])
+        assert 1 <= s["distinct_nonzero"] <= 2 ** bits[name] - 1
+        assert s["bits"] <= bits[name]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--variant=given", "--densities=conv1:0.5,conv2:0.1,fc1:0.01"], "Expected one entry for each"),
+    (["--variant=given", "--densities=conv1:1.5,conv2:0.1,fc1:0.01,fc2:0.2"], "Received: 'conv1:1.5'"),
+    (["--variant=given", "--densities=conv1:0.5,conv2:0.1,fc1:0.01,fc2:0.2",
+      "--layer_bits=conv1:9,conv2:3,fc1:2,fc2:3"], "bits in [1, 8]"),
+    (["--variant=hand", "--densities=conv1:0.5,conv2:0.1,fc1:0.01,fc2:0.2"], "Expected 'given'"),
+])
+def test_given_allocation_rejects_bad_flags(args, needle, tmp_path):
+    out = tmp_path / "res.json"
+    cmd = [sys.executable, SCRIPT, "--weights=unused.npz", f"--out={out}"] + args
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+    assert not out.exists()

@@ -15,7 +15,9 @@ Pipeline (the TFMOT practitioner's recipe):
    Variant `uniform`: one sparsity `1 - nnz_budget` for the four kernels (the
    TFMOT default of one sparsity for every layer). Variant `hand`: the same
    total number of kernel nonzeros, but conv1, conv2 and fc2 kept 10x, 2x and
-   4x denser than uniform and fc1 taking the rest.
+   4x denser than uniform and fc1 taking the rest. Variant `given`: the per-layer
+   densities (and, optionally, bits) of `--densities` / `--layer_bits`, to train
+   another method's allocation with this pipeline.
 3. Sparsity-preserving `cluster_weights` with `2**bit_budget` clusters (one of
    them the zero centroid), k-means++ init with a per-layer fallback to
    LINEAR where k-means++ cannot be initialised, fine-tuning for
@@ -64,7 +66,12 @@ flags.DEFINE_float("nnz_budget", 0.02, "Kept fraction of the 430,500 kernel weig
 flags.DEFINE_integer("bit_budget", 3, "Bits per weight: 2**bit_budget clusters (zero included).")
 flags.DEFINE_integer("epochs_prune", 10, "Epochs of pruning fine-tuning.")
 flags.DEFINE_integer("epochs_cluster", 5, "Epochs of clustering fine-tuning.")
-flags.DEFINE_enum("variant", "uniform", ["uniform", "hand"], "Per-layer sparsity allocation.")
+flags.DEFINE_enum("variant", "uniform", ["uniform", "hand", "given"],
+                  "Per-layer sparsity allocation; `given`: --densities and --layer_bits.")
+flags.DEFINE_list("densities", None, "With --variant=given: name:density for each of conv1, conv2, "
+                  "fc1, fc2 (e.g. an allocation sqjl_tf learned).")
+flags.DEFINE_list("layer_bits", None, "With --variant=given: name:bits for each layer "
+                  "(2**bits clusters, zero included); default --bit_budget for all.")
 flags.DEFINE_integer("batch_size", 64, "Batch size of every stage.")
 flags.DEFINE_integer("limit", 0, "If > 0, use only the first LIMIT train and test examples.")
 flags.DEFINE_string("out", "tfmot_baseline.json", "JSON result file.")
@@ -145,9 +152,37 @@ def kernel_stats(model, names=LAYERS):
     return stats
 
 
+def _per_layer(flag_name, items, cast, valid, expected):
+    """Parses name:value items of a list flag into {layer: value} for every layer."""
+    out = {}
+    for item in items or ():
+        name, _, value = item.partition(":")
+        try:
+            out[name] = cast(value)
+        except ValueError:
+            out[name] = None
+        if name not in LAYERS or out[name] is None or not valid(out[name]):
+            raise app.UsageError(f"Invalid value for flag `--{flag_name}`. Received: {item!r}. "
+                                 f"Expected name:value with name in {LAYERS} and {expected}.")
+    if set(out) != set(LAYERS):
+        raise app.UsageError(f"Invalid value for flag `--{flag_name}`. Received: {items}. "
+                             f"Expected one entry for each of {LAYERS}.")
+    return out
+
+
 def main(argv):
     del argv
     t_start = time.time()
+    given_dens = given_bits = None
+    if FLAGS.variant == "given":
+        given_dens = _per_layer("densities", FLAGS.densities, float, lambda d: 0 < d <= 1,
+                                "a density in (0, 1]")
+        given_bits = (_per_layer("layer_bits", FLAGS.layer_bits, int, lambda b: 1 <= b <= 8,
+                                 "bits in [1, 8]") if FLAGS.layer_bits
+                      else {n: FLAGS.bit_budget for n in LAYERS})
+    elif FLAGS.densities or FLAGS.layer_bits:
+        raise app.UsageError("Invalid value for flag `--variant`. Received: "
+                             f"{FLAGS.variant!r} with --densities/--layer_bits. Expected 'given'.")
     import tensorflow as tf
     import tf_keras as keras
     import tensorflow_model_optimization as tfmot
@@ -242,7 +277,7 @@ def main(argv):
     print(f"dense accuracy {result['dense_accuracy']:.4f}", flush=True)
 
     # ---- 2. pruning -------------------------------------------------------------
-    dens = target_densities(FLAGS.variant, FLAGS.nnz_budget)
+    dens = given_dens or target_densities(FLAGS.variant, FLAGS.nnz_budget)
     total_steps = steps_per_epoch * FLAGS.epochs_prune
     end_step = max(1, int(round(FLAGS.prune_end_frac * total_steps)))
     frequency = min(100, max(1, end_step // 10))
@@ -283,7 +318,7 @@ def main(argv):
           f"nnz {result['stages']['prune']['nnz']}", flush=True)
 
     # ---- 3. clustering ----------------------------------------------------------
-    n_clusters = 2 ** FLAGS.bit_budget
+    n_clusters = {n: 2 ** (given_bits[n] if given_bits else FLAGS.bit_budget) for n in LAYERS}
     CI = cluster_config.CentroidInitialization
     preferred = {"kmeans_plus_plus": CI.KMEANS_PLUS_PLUS, "linear": CI.LINEAR,
                  "density_based": CI.DENSITY_BASED, "random": CI.RANDOM}[FLAGS.cluster_init]
@@ -293,7 +328,7 @@ def main(argv):
         try:
             init_cls = clustering_centroids.CentroidsInitializerFactory.get_centroid_initializer(
                 preferred)
-            c = init_cls(kernel, n_clusters, preserve_sparsity=True).get_cluster_centroids()
+            c = init_cls(kernel, n_clusters[n], preserve_sparsity=True).get_cluster_centroids()
             if not np.all(np.isfinite(c.numpy())):
                 raise ValueError("non-finite centroids")
             init_used[n] = preferred.name
@@ -302,13 +337,13 @@ def main(argv):
             pos, neg = int((kernel.numpy() > 0).sum()), int((kernel.numpy() < 0).sum())
             notes.append(f"{n}: {preferred.name} centroid init failed "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}; "
-                         f"{pos} positive / {neg} negative nonzeros for {n_clusters} clusters); "
+                         f"{pos} positive / {neg} negative nonzeros for {n_clusters[n]} clusters); "
                          "fell back to LINEAR for this layer via clone_model.")
 
     def apply_clustering(layer):
         if layer.name in init_used:
             return experimental_cluster.cluster_weights(
-                layer, number_of_clusters=n_clusters,
+                layer, number_of_clusters=n_clusters[layer.name],
                 cluster_centroids_init=CI[init_used[layer.name]], preserve_sparsity=True)
         return layer
 
