@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,19 @@ def test_benchmark_driver_smoke(tmp_path):
     assert (out / "fashion_mnist.md").read_text() == table
     assert "0.1/3: no finished run" in proc.stderr
     assert not (out / "fashion_mnist_runs" / "sqjl_0.1_3").exists()
+    # A run whose fine-tuning is gone keeps its finished ADMM stage and redoes only that.
+    runs = out / "fashion_mnist_runs"
+    admm_model = runs / "sqjl_0.05_3" / "model_compressed.keras"
+    admm_mtime = os.path.getmtime(admm_model)
+    os.remove(runs / "sqjl_0.05_3.row.json")
+    shutil.rmtree(runs / "sqjl_0.05_3_ft")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing the finished ADMM stage" in proc.stderr
+    assert os.path.getmtime(admm_model) == admm_mtime
+    assert (runs / "sqjl_0.05_3_ft" / "final.json").exists()
+    row = json.load(open(runs / "sqjl_0.05_3.row.json"))
+    assert row["within_budget"] and row["epochs"] == 2 and row["settings"]["ft_refresh"] == "warm"
     # The learned allocation, epoch by epoch, from the same run folder.
     alloc = out / "allocation.md"
     proc = subprocess.run(

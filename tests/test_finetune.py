@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import fakedata
 import sqjl_tf
-from sqjl_tf import projections
+from sqjl_tf import finetune, projections
 from sqjl_tf.finetune import QuantizedFinetuneCallback, finetune_finalize, quantize_tf
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -114,6 +114,39 @@ def test_straight_through_update():
         np.testing.assert_allclose(s.shadow.numpy(), np.where(m, w0 - lr * g, 0), atol=1e-6)
         expected = projections.quantize(s.shadow.numpy(), s.centres.numpy())
         np.testing.assert_array_equal(s.kernel.variable.numpy(), expected)
+
+
+def test_full_refresh_is_lloyd_from_the_running_codebook():
+    """The epoch-end refresh never raises the distortion and ends at a Lloyd fixed point."""
+    model = _compressed(bits=(1, 2))
+    ft = QuantizedFinetuneCallback(refresh_per_epoch=0)
+    ft.build(model)
+    rng = np.random.default_rng(0)
+    for s in ft.slots:  # as if training had moved the shadows away from the codebook
+        w = s.shadow.numpy()
+        s.shadow.assign(np.where(w != 0, w * rng.uniform(0.5, 1.5, w.shape), 0).astype("float32"))
+
+    def distortion(s, centres):
+        w = s.shadow.numpy()
+        w = w[s.mask.numpy() & (w != 0)]
+        return float(np.sum((w - projections.quantize(w, centres)) ** 2))
+
+    before = [distortion(s, s.centres.numpy()) for s in ft.slots]
+    old = [s.centres.numpy() for s in ft.slots]
+    ft.full_refresh()
+    for s, d0, c0 in zip(ft.slots, before, old):
+        c1 = s.centres.numpy()
+        d1 = distortion(s, c1)
+        assert d1 <= d0 * (1 + 1e-6)
+        assert not np.array_equal(c0, c1)  # the codebook followed the shadows
+        assert 0.0 in c1  # the reserved zero stays
+        # A Lloyd fixed point (to the reference's tolerance).
+        w = s.shadow.numpy()
+        values = tf.constant(w[s.mask.numpy() & (w != 0)])
+        c2 = finetune._lloyd(values, tf.constant(c1), True, 1).numpy()
+        assert d1 - distortion(s, c2) <= 1e-3 * d1 + 1e-9
+        np.testing.assert_array_equal(s.kernel.variable.numpy(),
+                                      projections.quantize(s.shadow.numpy(), c1))
 
 
 def test_from_pruned_float_model_with_weightbits():

@@ -101,13 +101,43 @@ def _dense_npz(dense_path, work):
     return path
 
 
-_SETTINGS_ADDED_LATER = {"rho_growth": 1.0}  # what rows written before a setting existed used
+# What rows written before a setting existed used. ``ft_refresh``: the fine-tuning's
+# epoch-end codebook refresh, a k-means restart before, Lloyd from the running
+# codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
+_SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart"}
+_FT_REFRESH = "warm"
+# The trainer arguments a finished ADMM stage is matched on (config.json), with
+# the defaults of those a config written before them lacks.
+_ADMM_KEYS = ("epochs", "nnz_budget", "bit_budget", "lr", "rho", "rho_growth", "projint",
+              "dualint", "importance", "batch_size", "seed", "limit", "momentum",
+              "weight_decay", "pretrain", "prox")
+_ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 
 
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
         "admm_epochs", "ft_epochs", "lr", "rho", "rho_growth", "projint", "dualint", "importance",
-        "batch_size", "seed", "limit")}
+        "batch_size", "seed", "limit")} | {"ft_refresh": _FT_REFRESH}
+
+
+def _finished_admm(args):
+    """The record of a finished ADMM stage in ``args['logdir']`` run with ``args``, or None.
+
+    Lets a run whose fine-tuning is redone (or died) keep its ADMM stage.
+    """
+    config_file = os.path.join(args["logdir"], "config.json")
+    final_file = os.path.join(args["logdir"], "final.json")
+    if not (os.path.isfile(config_file) and os.path.isfile(final_file)):
+        return None
+    with open(config_file) as f:
+        config = {**_ADMM_DEFAULTS, **json.load(f)}
+    if any(config.get(key) != args[key] for key in _ADMM_KEYS):
+        return None
+    with open(final_file) as f:
+        record = json.load(f)
+    if not os.path.isfile(record.get("files", {}).get("keras", "")):
+        return None
+    return record
 
 
 def _sqjl(dense_path, nnz, bits, work):
@@ -130,16 +160,22 @@ def _sqjl(dense_path, nnz, bits, work):
         logging.info("sqjl_tf %s/%s: no finished run in %s, left out", nnz, bits, logdir)
         return None
     start = time.time()
-    record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
-                         arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
-                         bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho,
-                         rho_growth=FLAGS.rho_growth, prox=True,
-                         projint=FLAGS.projint, dualint=FLAGS.dualint,
-                         momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
-                         importance=FLAGS.importance,
-                         seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
-                         export=("keras",), logdir=logdir)
-    admm = record
+    admm_args = dict(mode="compress", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
+                     arch="caffelenet", epochs=FLAGS.admm_epochs, nnz_budget=nnz,
+                     bit_budget=bits, lr=FLAGS.lr, lr_sched="cos", rho=FLAGS.rho,
+                     rho_growth=FLAGS.rho_growth, prox=True,
+                     projint=FLAGS.projint, dualint=FLAGS.dualint,
+                     momentum=0.93, weight_decay=5e-4, batch_size=FLAGS.batch_size,
+                     importance=FLAGS.importance,
+                     seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
+                     export=("keras",), logdir=logdir)
+    record = admm = _finished_admm(admm_args)
+    if admm is not None:
+        logging.info("sqjl_tf %s/%s: reusing the finished ADMM stage in %s", nnz, bits, logdir)
+        with open(os.path.join(logdir, "metrics.jsonl")) as f:  # its epochs' wall time
+            start -= sum(json.loads(line).get("seconds", 0.0) for line in f if line.strip())
+    else:
+        record = admm = trainer.run(**admm_args)
     if FLAGS.ft_epochs:
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs, lr=FLAGS.lr / 10,
