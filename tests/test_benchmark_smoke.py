@@ -73,6 +73,18 @@ def test_benchmark_driver_smoke(tmp_path):
     assert "| ADMM | 1 |" in text and "| fine-tune | 1 |" in text
     # conv1, conv2, fc2 at 10x, 2x, 4x the uniform 5%; fc1 takes the rest of the nonzeros.
     assert "conv1 50.000%, conv2 10.000%, fc1 4.444%, fc2 20.000%" in text
+    # Where the accuracy goes: the "finalised" column is the model the ADMM stage validated.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "fashion_mnist", "diagnose.py"),
+         f"--runs={runs / 'sqjl_0.05_3'}", f"--data_dir={data}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| sqjl_0.05_3 |")]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    float_w, sparse, finalised = (float(c) for c in cells[4:7])
+    last = [json.loads(line) for line in open(runs / "sqjl_0.05_3" / "metrics.jsonl")][-1]
+    assert cells[1] == "1" and abs(finalised - last["val_accuracy"]) < 1e-4
+    assert 0 <= float_w <= 1 and 0 <= sparse <= 1
 
 
 @pytest.mark.parametrize("flag, needle", [
