@@ -338,6 +338,20 @@ class ADMMState(tf.Module):
             u.assign(u / growth)
 
     # ----------------------------------------------------------- finalising
+    def sparse_weights(self) -> List[np.ndarray]:
+        """The kernels W pruned by the sparse projection with the current bits, not quantized.
+
+        The first half of :meth:`finalized_weights` (W itself in "quant" mode).
+        The variables are not changed.
+        """
+        weights = self._w()
+        if self.config.mode == "quant":
+            return weights
+        weights, _ = projections.sparse_projection(
+            weights, self.current_bits, self.budget_bits, importance=self._importance()
+        )
+        return weights
+
     def finalized_weights(self) -> List[np.ndarray]:
         """The kernels as they would ship: sparse-projected, then quantized.
 
@@ -345,12 +359,8 @@ class ADMMState(tf.Module):
         the budget holds) and quantized with its own b_l by the codebook step
         (zeros stay zero). The variables are not changed.
         """
-        weights = self._w()
+        weights = self.sparse_weights()
         mode = self.config.mode
-        if mode != "quant":
-            weights, _ = projections.sparse_projection(
-                weights, self.current_bits, self.budget_bits, importance=self._importance()
-            )
         if mode == "prune":
             return weights
         quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")

@@ -348,11 +348,34 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
 
 
+def admm_callback(cfg: TrainConfig):
+    """The ``ADMMCallback`` a compression run with these arguments uses.
+
+    Also rebuilds the ADMM state of a finished run (its ``config.json``) to
+    load one of its checkpoints into.
+
+    Args:
+        cfg: the run's arguments (``TrainConfig(**json.load(config.json))``).
+
+    Returns:
+        An unbuilt ``sqjl_tf.ADMMCallback``.
+    """
+    from sqjl_tf.callback import ADMMCallback
+
+    mode = "quant" if cfg.quant else "prune" if cfg.prune else "joint"
+    return ADMMCallback(
+        nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho,
+        rho_growth=cfg.rho_growth, projint=cfg.projint, dualint=cfg.dualint, mode=mode,
+        bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
+        bits_epoch=cfg.bits_epoch, prox=cfg.prox, importance=cfg.importance,
+        per_layer_logs=True,
+    )
+
+
 def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     import keras
     import tensorflow as tf
 
-    from sqjl_tf.callback import ADMMCallback
     from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.guards import NonFiniteGuard
     from sqjl_tf.run_logger import BatchLogger, RunLogger
@@ -361,14 +384,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     admm = None
     callbacks = []
     if cfg.mode == "compress":
-        mode = "quant" if cfg.quant else "prune" if cfg.prune else "joint"
-        admm = ADMMCallback(
-            nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho,
-            rho_growth=cfg.rho_growth, projint=cfg.projint, dualint=cfg.dualint, mode=mode,
-            bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
-            bits_epoch=cfg.bits_epoch, prox=cfg.prox, importance=cfg.importance,
-            per_layer_logs=True,
-        )
+        admm = admm_callback(cfg)
         admm.build(student)
         callbacks.append(admm)
     elif cfg.mode == "finetune":

@@ -76,6 +76,18 @@ def test_joint_compression_holds_budget_and_keeps_accuracy(pretrained_weights):
     assert logs["val_accuracy"][-1] == pytest.approx(val_acc, abs=1e-6)
     # Training weights were restored after validation: W is not the finalised W.
     assert not np.array_equal(model.layers[0].kernel.numpy(), compressed.layers[0].kernel.numpy())
+    # sparse_weights: W pruned to the budget with the current widths, not quantized; the
+    # finalised kernels are those quantized (no new nonzero), and W is left unchanged.
+    w_before = [k.variable.numpy().copy() for k in cb.state.kernels]
+    sparse, final = cb.state.sparse_weights(), cb.state.finalized_weights()
+    assert sum(b * np.count_nonzero(w) for b, w in zip(cb.state.current_bits, sparse)) \
+        <= cb.state.budget_bits
+    for w, s_w, f_w in zip(w_before, sparse, final):
+        kept = s_w != 0
+        np.testing.assert_array_equal(s_w[kept], w[kept])
+        assert not np.any(f_w[~kept])
+    for k, w in zip(cb.state.kernels, w_before):
+        np.testing.assert_array_equal(k.variable.numpy(), w)
 
 
 def test_prune_only_keeps_float_weights_within_nnz(pretrained_weights):

@@ -98,3 +98,16 @@ def test_benchmark_rejects_bad_flags_before_any_work(flag, needle, tmp_path):
          flag, f"--out_dir={out}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and needle in proc.stderr
     assert not out.exists()
+
+
+def test_diagnose_rejects_a_folder_that_is_not_an_admm_run(tmp_path):
+    script = os.path.join(ROOT, "experiments", "fashion_mnist", "diagnose.py")
+    proc = subprocess.run([sys.executable, script, f"--runs={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"`--runs`. Received: '{tmp_path}'. Expected an ADMM run folder" in proc.stderr
+    (tmp_path / "config.json").write_text(json.dumps({"mode": "pretrain"}))
+    (tmp_path / "latest.ckpt.npz").write_bytes(b"")
+    proc = subprocess.run([sys.executable, script, f"--runs={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "a run of mode 'pretrain'. Expected a compression" in proc.stderr

@@ -41,49 +41,65 @@ flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: Debian
 flags.mark_flag_as_required("runs")
 
 
-def _run_row(folder, test_ds, info):
+def _checked_runs(folders):
+    """Each folder's config.json as a dict; usage errors before any work."""
+    configs = []
+    for folder in folders:
+        files = [os.path.join(folder, name) for name in ("config.json", "latest.ckpt.npz")]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise app.UsageError(
+                f"Invalid value for flag `--runs`. Received: {folder!r}. Expected an ADMM run "
+                f"folder with config.json and latest.ckpt.npz (missing: {', '.join(missing)}).")
+        with open(files[0]) as f:
+            cfg = json.load(f)
+        if cfg.get("mode") != "compress":
+            raise app.UsageError(
+                f"Invalid value for flag `--runs`. Received: {folder!r}, a run of mode "
+                f"{cfg.get('mode')!r}. Expected a compression (ADMM) run.")
+        configs.append(cfg)
+    return configs
+
+
+def _run_row(folder, cfg, test_ds, info):
+    import keras
     import numpy as np
 
-    from sqjl_tf import projections
-    from sqjl_tf.admm import ADMMConfig, ADMMState
+    from sqjl_tf import trainer
     from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.models import build_model
-    from sqjl_tf.trainer import _accuracy
 
-    with open(os.path.join(folder, "config.json")) as f:
-        cfg = json.load(f)
     model = build_model(cfg["arch"], info.num_classes, info.input_shape)
-    state = ADMMState(ADMMConfig(
-        nnz_budget=cfg["nnz_budget"], bit_budget=cfg["bit_budget"], rho=cfg["rho"],
-        projint=cfg["projint"], dualint=cfg["dualint"], prox=cfg["prox"],
-        importance=cfg.get("importance", "magnitude"), rho_growth=cfg.get("rho_growth", 1.0)),
-        model)
+    state = trainer.admm_callback(trainer.TrainConfig(**cfg)).build(model)
     meta = load_checkpoint(os.path.join(folder, "latest.ckpt.npz"), model, admm_state=state)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
     trained = [np.array(k.variable.numpy()) for k in state.kernels]
+    sparse, finalised = state.sparse_weights(), state.finalized_weights()
 
     def accuracy_with(kernels):
         for k, w in zip(state.kernels, kernels):
             k.variable.assign(w)
-        return _accuracy(model, test_ds)["accuracy"]
+        return model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
 
-    sparse, _ = projections.sparse_projection(trained, state.current_bits, state.budget_bits)
     return {
         "run": os.path.basename(folder.rstrip("/")), "epoch": meta.get("epoch"),
         "rho": float(state.rho.numpy()), "residual": float(np.sum(state.residuals.numpy())),
         "float W": accuracy_with(trained), "sparse float": accuracy_with(sparse),
-        "finalised": accuracy_with(state.finalized_weights()),
+        "finalised": accuracy_with(finalised),
     }
 
 
 def main(argv):
     del argv
+    configs = _checked_runs(FLAGS.runs)
     from sqjl_tf.data import load_dataset
 
     test_ds, info = load_dataset("fashion_mnist", FLAGS.data_dir, 1000, "test")
     lines = ["| run | epoch | rho | residual | float W | sparse float | finalised |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for folder in FLAGS.runs:
-        r = _run_row(folder, test_ds, info)
+    for folder, cfg in zip(FLAGS.runs, configs):
+        r = _run_row(folder, cfg, test_ds, info)
         lines.append(f"| {r['run']} | {r['epoch']} | {r['rho']:.3g} | {r['residual']:.2f} | "
                      f"{r['float W']:.4f} | {r['sparse float']:.4f} | {r['finalised']:.4f} |")
     for path in FLAGS.tfmot:
