@@ -73,6 +73,8 @@ flags.DEFINE_enum("optim", "sgd", ["sgd", "adam", "SGD", "Adam"], "optimizer to 
 flags.DEFINE_bool("fixedbits", False, "use fixed bitwidth")
 flags.DEFINE_list("weightbits", None, "mannual weightbits (finetune: one width per layer)")
 # --- sqjl_tf additions
+flags.DEFINE_integer("float_epochs", 0, "finetune: epochs of full-precision training on the frozen "
+                     "support before quantizing (TFMOT's prune-then-cluster order)", lower_bound=0)
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
                   "compress (train.py), finetune (finetune.py), pretrain (dense training), "
                   "evaluate (accuracy and compression report)")
@@ -144,7 +146,8 @@ def main(argv):
             eval_tr=FLAGS.eval_tr, prox=FLAGS.prox, dp=FLAGS.dp, quant=FLAGS.quant,
             prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
-            weightbits=_int_list("weightbits", FLAGS.weightbits), overwrite=FLAGS.overwrite,
+            weightbits=_int_list("weightbits", FLAGS.weightbits),
+            float_epochs=FLAGS.float_epochs, overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
         )

@@ -33,6 +33,12 @@ inside ``fit``, checkpoints and the model after ``fit`` are the quantized
 model: every kernel has at most ``2**b`` distinct nonzero values, no new
 nonzero, so its size ``sum_l b_l * nnz_l`` never exceeds the starting size.
 
+With ``float_epochs=N`` the first N epochs train the kernels in full precision
+on their frozen support (no codebook: the order of TFMOT's prune-then-cluster
+pipeline), then the codebooks are built by k-means on the trained weights and
+the quantized fine-tuning above takes over. ``fit`` ending earlier quantizes at
+its end, so the model after ``fit`` always has the frozen widths.
+
 Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
 without callbacks and the N-1 later ones would see unquantized kernels.
 
@@ -201,6 +207,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             never the reverse); False for quantize-only models.
         predicate: ``f(layer, variable) -> bool`` choosing the kernels, as in
             ``compressible_kernels``.
+        float_epochs: epochs of full-precision training on the frozen support
+            before the codebooks are built (0: quantized from the start).
 
     Raises:
         ValueError: on invalid arguments; ``weightbits`` of the wrong length
@@ -220,6 +228,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         lloyd_iters: int = 3,
         reserve_zero: bool = True,
         predicate: Optional[Callable] = None,
+        float_epochs: int = 0,
     ):
         super().__init__()
         self.weightbits = _parse_weightbits(weightbits)
@@ -227,6 +236,9 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             raise _bad("refresh_per_epoch", refresh_per_epoch, "an integer >= 0")
         if not (isinstance(lloyd_iters, (int, np.integer)) and lloyd_iters >= 1):
             raise _bad("lloyd_iters", lloyd_iters, "an integer >= 1")
+        if not (isinstance(float_epochs, (int, np.integer)) and float_epochs >= 0):
+            raise _bad("float_epochs", float_epochs, "an integer >= 0")
+        self.float_epochs = int(float_epochs)
         self.refresh_per_epoch = int(refresh_per_epoch)
         self.lloyd_iters = int(lloyd_iters)
         self.reserve_zero = bool(reserve_zero)
@@ -236,6 +248,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._built_for = None
         self._step_fn = None
         self._refresh_fn = None
+        self._float_step_fn = None
+        self.quantizing = False  # False while the float_epochs run
         self._batches = 0
         self._last_batch = -1
 
@@ -306,12 +320,33 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._built_for = model
         self._step_fn = tf.function(self._step_impl, autograph=False)
         self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
-        self._requantize()
+        self._float_step_fn = tf.function(self._float_step_impl, autograph=False)
         logging.info(
-            "Fine-tuning %d kernels, widths %s, start size %d bits.",
+            "Fine-tuning %d kernels, widths %s, start size %d bits%s.",
             len(slots), [s.bits for s in slots], self.initial_size_bits,
+            f", {self.float_epochs} epochs in full precision first" if self.float_epochs else "",
         )
+        self.quantizing = False
+        if self.float_epochs == 0:
+            self.quantizing = True
+            self._requantize()
         return slots
+
+    def start_quantizing(self) -> None:
+        """Ends the full-precision phase: k-means codebooks of the trained weights, quantize.
+
+        Done by ``fit`` after ``float_epochs`` epochs (or at its end); a no-op
+        once quantizing.
+        """
+        if self.quantizing:
+            return
+        for s in self.slots:
+            w = s.shadow.numpy()  # masked, trained in full precision
+            s.centres.assign(_pad_centres(projections.codebook(w, s.bits, self.reserve_zero),
+                                          int(s.centres.shape[0])))
+        self.quantizing = True
+        self._requantize()
+        logging.info("Fine-tuning: codebooks built from the full-precision weights, quantized.")
 
     # ------------------------------------------------------------ TF steps
     def _step_impl(self):
@@ -322,6 +357,14 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             new = tf.where(s.mask, s.shadow + delta, tf.zeros_like(delta))
             s.shadow.assign(new)
             kernel.assign(quantize_tf(new, s.centres))
+
+    def _float_step_impl(self):
+        """Full-precision phase: the kernel keeps the optimizer's step on its support."""
+        for s in self.slots:
+            kernel = _value(s.kernel.variable)
+            new = tf.where(s.mask, tf.convert_to_tensor(kernel), tf.zeros_like(s.shadow))
+            s.shadow.assign(new)
+            kernel.assign(new)
 
     def _refresh_impl(self):
         """A few Lloyd iterations on each codebook, then re-quantization."""
@@ -360,10 +403,15 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self.build(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.float_epochs:  # also on resuming past the full-precision phase
+            self.start_quantizing()
         self._last_batch = -1
         self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self.quantizing:
+            self._float_step_fn()
+            return
         self._step_fn()
         done = batch - self._last_batch  # > 1 with steps_per_execution > 1
         self._last_batch = batch
@@ -374,11 +422,15 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._batches += done
 
     def on_epoch_end(self, epoch, logs=None):
-        self.full_refresh()
+        if epoch + 1 >= self.float_epochs:
+            self.start_quantizing()
+        if self.quantizing:
+            self.full_refresh()
         if logs is not None:
             logs["size_bits"] = float(self.size_bits())
 
     def on_train_end(self, logs=None):
+        self.start_quantizing()
         self._requantize()
 
     # ------------------------------------------------------------ results
@@ -402,6 +454,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             raise RuntimeError(
                 "QuantizedFinetuneCallback.finalize() called before fit(): there is no state."
             )
+        self.start_quantizing()
         self._requantize()
         return _copy_model(self._built_for)
 

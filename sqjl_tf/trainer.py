@@ -75,6 +75,7 @@ class TrainConfig:
     optim: str = "sgd"
     fixedbits: bool = False
     weightbits: Optional[Sequence[int]] = None
+    float_epochs: int = 0
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
@@ -149,6 +150,10 @@ class TrainConfig:
                 bad("weightbits", self.weightbits, "only with --mode=finetune")
             if not all(isinstance(b, int) and 1 <= b <= 8 for b in self.weightbits):
                 bad("weightbits", self.weightbits, "a comma list of integers in [1, 8]")
+        if not (isinstance(self.float_epochs, int) and self.float_epochs >= 0):
+            bad("float_epochs", self.float_epochs, "an integer >= 0")
+        if self.float_epochs and self.mode != "finetune":
+            bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
         if self.mode in ("finetune", "evaluate") and not self.pretrain:
             bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
         if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
@@ -390,7 +395,8 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     elif cfg.mode == "finetune":
         from sqjl_tf.finetune import QuantizedFinetuneCallback
 
-        callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits))
+        callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits,
+                                                   float_epochs=cfg.float_epochs))
     optimizer = _optimizer(cfg, steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:

@@ -28,7 +28,7 @@ def test_benchmark_driver_smoke(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "fashion_mnist.md").read_text()
-    assert "| sqjl_tf | ADMM + fine-tune | 0.05, 3 |" in table
+    assert "| sqjl_tf | ADMM 1 + fine-tune 1 | 0.05, 3 |" in table
     result = json.load(open(out / "fashion_mnist.json"))
     rows = result["rows"]
     assert rows[0]["within_budget"] and rows[0]["rate"] > 100
@@ -61,6 +61,15 @@ def test_benchmark_driver_smoke(tmp_path):
     assert (runs / "sqjl_0.05_3_ft" / "final.json").exists()
     row = json.load(open(runs / "sqjl_0.05_3.row.json"))
     assert row["within_budget"] and row["epochs"] == 2 and row["settings"]["ft_refresh"] == "warm"
+    # Another split under --tag shares the work folder; the table shows both runs.
+    proc = subprocess.run(cmd + ["--tag=split2", "--admm_epochs=2", "--ft_epochs=0", "--notfmot"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (runs / "sqjl_0.05_3_split2.row.json").exists()
+    tagged = (out / "fashion_mnist.md").read_text()
+    assert "| sqjl_tf | ADMM 1 + fine-tune 1 | 0.05, 3 |" in tagged
+    assert "| sqjl_tf | ADMM 2 | 0.05, 3 |" in tagged
+    assert tagged.index("| ADMM 2 |") < tagged.index("| ADMM 1 + fine-tune 1 |")
     # The learned allocation, epoch by epoch, from the same run folder.
     alloc = out / "allocation.md"
     proc = subprocess.run(

@@ -173,6 +173,15 @@ def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
                         pretrain=first["files"]["keras"], export=("keras",),
                         **dict(COMMON, lr=0.005))
     assert tuned["size_bits"] <= first["size_bits"]
+    # --float_epochs: full precision first (the epoch's size is over), quantized at the end.
+    floated = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                          arch="caffelenet", epochs=2, float_epochs=2, logdir=str(tmp_path / "fl"),
+                          pretrain=first["files"]["keras"], export=("keras",),
+                          **dict(COMMON, lr=0.005))
+    assert floated["size_bits"] <= first["size_bits"]
+    epochs = [json.loads(line) for line in open(tmp_path / "fl" / "metrics.jsonl")]
+    assert epochs[0]["size_bits"] > first["size_bits"]  # epoch 1 in full precision
+    assert epochs[1]["size_bits"] <= first["size_bits"]  # quantized at the end of epoch 2
 
 
 def test_compress_with_distillation_and_plateau_schedule(dense_lenet, idx_dir, tmp_path):
@@ -217,6 +226,8 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(export=("onnx",)), "`export`"),
         (dict(importance="hessian"), "`importance`"),
         (dict(rho_growth=0.9), "`rho_growth`"),
+        (dict(float_epochs=2), "`float_epochs`. Received: 2. Expected 0 unless --mode=finetune"),
+        (dict(float_epochs=-1, mode="finetune", pretrain=__file__), "`float_epochs`"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
     ],
 )
@@ -225,6 +236,13 @@ def test_trainer_usage_errors(kwargs, needle, tmp_path):
     with pytest.raises(trainer.UsageError, match=re.escape(needle)):
         trainer.run(**kwargs)
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_trainer_offers_every_importance_admm_knows():
+    # trainer keeps its own copy so that flag checks need no TensorFlow import.
+    from sqjl_tf import admm
+
+    assert trainer.IMPORTANCES == admm.IMPORTANCES
 
 
 def test_missing_dataset_says_where_to_put_files(tmp_path):

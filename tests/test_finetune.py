@@ -93,6 +93,54 @@ def test_finetune_keeps_mask_bits_and_size_and_recovers_accuracy():
     np.testing.assert_allclose(_accuracy(final, x, y), acc1)
 
 
+class _KernelProbe(keras.callbacks.Callback):
+    """Records the kernels at each epoch end (after the callbacks before it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.kernels.append(_kernels(self.model))
+
+
+def test_float_epochs_train_in_full_precision_then_quantize():
+    x, y = _task()
+    model = _compressed()
+    start = _kernels(model)
+    start_size = sqjl_tf.compression_report(model).size_bits
+    ft = QuantizedFinetuneCallback(refresh_per_epoch=2, float_epochs=2)
+    probe = _KernelProbe()
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSS)
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[ft, probe])
+    bits = [s.bits for s in ft.slots]
+    # Epoch 1: full precision on the frozen support (more values than the width allows).
+    first = probe.kernels[0]
+    assert any(np.unique(k[k != 0]).size > 2**b for k, b in zip(first, bits))
+    for before, after in zip(start, first):
+        assert np.all(after[before == 0] == 0)
+    # Quantized from the end of epoch 2 on; the final model fits its start size.
+    for epoch in (1, 2):
+        for before, k, b in zip(start, probe.kernels[epoch], bits):
+            assert np.all(k[before == 0] == 0)
+            assert np.unique(k[k != 0]).size <= 2**b
+    assert ft.quantizing
+    assert sqjl_tf.compression_report(model).size_bits <= start_size
+
+
+def test_fit_shorter_than_float_epochs_still_ends_quantized():
+    x, y = _task(n=128)
+    model = _compressed()
+    start_size = sqjl_tf.compression_report(model).size_bits
+    ft = QuantizedFinetuneCallback(float_epochs=5)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft])
+    assert ft.quantizing
+    for k, slot in zip(_kernels(model), ft.slots):
+        assert np.unique(k[k != 0]).size <= 2**slot.bits
+    assert sqjl_tf.compression_report(model).size_bits <= start_size
+
+
 def test_straight_through_update():
     """One SGD step: the shadow moves by the gradient taken at the quantized point."""
     x, y = _task(n=64)
@@ -189,6 +237,8 @@ def test_invalid_arguments():
         QuantizedFinetuneCallback(refresh_per_epoch=-1)
     with pytest.raises(ValueError, match="`lloyd_iters`"):
         QuantizedFinetuneCallback(lloyd_iters=0)
+    with pytest.raises(ValueError, match="`float_epochs`. Received: -1"):
+        QuantizedFinetuneCallback(float_epochs=-1)
     with pytest.raises(RuntimeError):
         QuantizedFinetuneCallback().finalize()
 

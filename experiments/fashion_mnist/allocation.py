@@ -69,10 +69,10 @@ def main(argv):
                 merged = {k: v for k, v in last.items() if "/" in k}
                 merged.update(epoch=r["epoch"], val_accuracy=r["val_accuracy"])
                 records.append(("fine-tune", merged))
-        budget = os.path.basename(admm_dir)[len("sqjl_"):]
-        nnz_budget = float(budget.split("_")[0])
-        hand = target_densities("hand", nnz_budget)
-        out += _table(f"budget nnz {budget.replace('_', ', bits ')}", records)
+        nnz, bits, *tag = os.path.basename(admm_dir)[len("sqjl_"):].split("_", 2)  # benchmark --tag
+        hand = target_densities("hand", float(nnz))
+        out += _table(f"budget nnz {nnz}, bits {bits}" + (f" (--tag={tag[0]})" if tag else ""),
+                      records)
         out += ["", "TFMOT hand-tuned densities at this budget: "
                 + ", ".join(f"{l} {hand[l]:.3%}" for l in LAYERS), ""]
     text = "\n".join(out) + "\n"

@@ -13,7 +13,9 @@ The TFMOT runs go in their own processes (about one core each), ``--jobs`` of th
 beside sqjl_tf's runs. Every finished run is kept in the work folder
 (``<out_dir>/fashion_mnist_runs``), and the same command run again reuses it: an
 interrupted benchmark resumes where it stopped. Budgets or variants run by separate
-invocations into one ``--out_dir`` share a table with ``--table_only``.
+invocations into one ``--out_dir`` share a table with ``--table_only``; sqjl_tf
+runs with other settings (say ``--admm_epochs=14 --ft_epochs=18``) go beside the
+others under ``--tag`` and the table shows each as its own row.
 
 Usage (full run; hours on 2 CPU cores):
     python experiments/fashion_mnist/benchmark.py
@@ -25,8 +27,10 @@ Smoke run:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -47,7 +51,12 @@ flags.DEFINE_integer("pretrain_epochs", 10, "Epochs of dense pretraining.", lowe
 flags.DEFINE_list("budgets", ["0.0054:3", "0.02:3", "0.08:4"], "nnz_budget:bit_budget pairs.")
 flags.DEFINE_integer("admm_epochs", 30, "Epochs of ADMM compression.", lower_bound=1)
 flags.DEFINE_integer("ft_epochs", 2, "Epochs of fine-tuning after ADMM.", lower_bound=0)
-flags.DEFINE_float("lr", 0.03, "ADMM learning rate (cosine); fine-tuning uses lr / 10.")
+flags.DEFINE_float("lr", 0.03, "ADMM learning rate (cosine).")
+flags.DEFINE_float("ft_lr", None, "Fine-tuning learning rate (cosine; default lr / 10).")
+flags.DEFINE_integer("ft_float_epochs", 0, "Fine-tuning epochs in full precision on the frozen support "
+                     "before quantizing (of --ft_epochs).", lower_bound=0)
+flags.register_validator("ft_lr", lambda v: v is None or v > 0,
+                         message="--ft_lr must be a float > 0 (or unset: lr / 10).")
 flags.DEFINE_float("rho", 0.05, "ADMM rho (at the start).")
 flags.DEFINE_float("rho_growth", 1.0, "Factor on rho at each epoch end (1: constant, the reference).",
                    lower_bound=1)
@@ -57,6 +66,11 @@ flags.DEFINE_integer("dualint", 240, "Batches between dual updates: about one ep
 flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher"],
                   "sqjl_tf's sparse-projection importance (see run.py --importance).")
 flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+flags.DEFINE_string("tag", "", "Suffix of this call's sqjl_tf run folders (sqjl_<nnz>_<bits>_<tag>), so that "
+                    "runs with other settings (e.g. another ADMM/fine-tuning split) share the work "
+                    "folder; the table shows every finished sqjl_tf run of its budgets.")
+flags.register_validator("tag", lambda v: re.fullmatch(r"[A-Za-z0-9.-]*", v) is not None,
+                         message="--tag must be letters, digits, '.' or '-' (or empty).")
 flags.DEFINE_bool("tfmot", True, "Also run the TFMOT pipelines (needs the [tfmot] extra).")
 flags.DEFINE_list("tfmot_variants", ["uniform", "hand"], "TFMOT variants.")
 flags.DEFINE_integer("tfmot_prune_epochs", None, "TFMOT pruning epochs (default: 2/3 of ADMM's total).")
@@ -104,7 +118,8 @@ def _dense_npz(dense_path, work):
 # What rows written before a setting existed used. ``ft_refresh``: the fine-tuning's
 # epoch-end codebook refresh, a k-means restart before, Lloyd from the running
 # codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
-_SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart"}
+_SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart", "ft_lr": "lr / 10",
+                         "ft_float_epochs": 0}
 _FT_REFRESH = "warm"
 # The trainer arguments a finished ADMM stage is matched on (config.json), with
 # the defaults of those a config written before them lacks.
@@ -116,8 +131,13 @@ _ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
-        "admm_epochs", "ft_epochs", "lr", "rho", "rho_growth", "projint", "dualint", "importance",
-        "batch_size", "seed", "limit")} | {"ft_refresh": _FT_REFRESH}
+        "admm_epochs", "ft_epochs", "ft_float_epochs", "lr", "rho", "rho_growth", "projint",
+        "dualint", "importance", "batch_size", "seed", "limit",
+    )} | {"ft_refresh": _FT_REFRESH, "ft_lr": _ft_lr_setting()}
+
+
+def _ft_lr_setting():
+    return "lr / 10" if FLAGS.ft_lr is None else FLAGS.ft_lr
 
 
 def _finished_admm(args):
@@ -144,7 +164,7 @@ def _sqjl(dense_path, nnz, bits, work):
     """sqjl_tf at one budget; a finished run with the same settings is reused."""
     from sqjl_tf import trainer
 
-    logdir = os.path.join(work, f"sqjl_{nnz}_{bits}")
+    logdir = os.path.join(work, f"sqjl_{nnz}_{bits}" + (f"_{FLAGS.tag}" if FLAGS.tag else ""))
     row_file = logdir + ".row.json"
     if os.path.isfile(row_file):
         with open(row_file) as f:
@@ -178,12 +198,15 @@ def _sqjl(dense_path, nnz, bits, work):
         record = admm = trainer.run(**admm_args)
     if FLAGS.ft_epochs:
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
-                             arch="caffelenet", epochs=FLAGS.ft_epochs, lr=FLAGS.lr / 10,
+                             arch="caffelenet", epochs=FLAGS.ft_epochs,
+                             lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
+                             float_epochs=FLAGS.ft_float_epochs,
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed, limit=FLAGS.limit, pretrain=record["files"]["keras"],
                              export=("keras",), logdir=logdir + "_ft")
     row = {
-        "method": "sqjl_tf", "variant": "ADMM" + (" + fine-tune" if FLAGS.ft_epochs else ""),
+        "method": "sqjl_tf",
+        "variant": _variant(),
         "nnz_budget": nnz, "bit_budget": bits, "accuracy": record["test_accuracy"],
         "rate": record["compression_rate"],
         "within_budget": record["size_bits"] <= admm["budget_bits"],
@@ -267,11 +290,36 @@ class _TfmotRun:
         }
 
 
-def _ordered(rows, budgets):
-    """Table rows by budget: sqjl_tf, then the TFMOT variants; failed runs left out."""
-    keys = [(nnz, bits, name) for nnz, bits in budgets
-            for name in ["sqjl"] + list(FLAGS.tfmot_variants)]
-    return [rows[k] for k in keys if rows.get(k) is not None]
+def _variant():
+    """The sqjl_tf row's label: its split of the epochs."""
+    text = f"ADMM {FLAGS.admm_epochs}"
+    if FLAGS.ft_epochs:
+        text += f" + fine-tune {FLAGS.ft_epochs}"
+        if FLAGS.ft_float_epochs:
+            text += f" ({min(FLAGS.ft_float_epochs, FLAGS.ft_epochs)} in float)"
+    return text
+
+
+def _sqjl_rows(work, nnz, bits):
+    """Every finished sqjl_tf run of a budget in ``work`` (any --tag), most ADMM epochs first."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(work, f"sqjl_{nnz}_{bits}*.row.json"))):
+        name = os.path.basename(path)[: -len(".row.json")]
+        if name != f"sqjl_{nnz}_{bits}" and not name.startswith(f"sqjl_{nnz}_{bits}_"):
+            continue  # another budget whose nnz starts with this one's digits
+        with open(path) as f:
+            rows.append(json.load(f))
+    return sorted(rows, key=lambda r: -r["settings"]["admm_epochs"])
+
+
+def _ordered(rows, budgets, work):
+    """Table rows by budget: sqjl_tf runs, then the TFMOT variants; failed runs left out."""
+    table = []
+    for nnz, bits in budgets:
+        table += _sqjl_rows(work, nnz, bits)
+        table += [rows[k] for k in [(nnz, bits, name) for name in FLAGS.tfmot_variants]
+                  if rows.get(k) is not None]
+    return table
 
 
 def _budget(nnz, bits):
@@ -392,12 +440,12 @@ def main(argv):
     rows = {}
     for nnz, bits in budgets:
         rows[(nnz, bits, "sqjl")] = _sqjl(dense_path, nnz, bits, work)
-        _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
+        _write(_ordered(rows, budgets, work), dense_acc, FLAGS.out_dir)
         if not FLAGS.jobs:  # one after the other, as the table reads
             for run in tfmot:
                 if (run.nnz, run.bits) == (nnz, bits):
                     rows[(nnz, bits, run.variant)] = run.row()
-                    _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
+                    _write(_ordered(rows, budgets, work), dense_acc, FLAGS.out_dir)
     for run in tfmot:  # in table order
         if (run.nnz, run.bits, run.variant) in rows:  # done above (--jobs=0)
             continue
@@ -407,7 +455,7 @@ def main(argv):
                     break
             time.sleep(5)
         rows[(run.nnz, run.bits, run.variant)] = run.row()  # waits for its process
-        _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
+        _write(_ordered(rows, budgets, work), dense_acc, FLAGS.out_dir)
     logging.info("wrote %s", os.path.join(FLAGS.out_dir, "fashion_mnist.md"))
 
 
