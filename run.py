@@ -75,6 +75,8 @@ flags.DEFINE_list("weightbits", None, "mannual weightbits (finetune: one width p
 # --- sqjl_tf additions
 flags.DEFINE_integer("float_epochs", 0, "finetune: epochs of full-precision training on the frozen "
                      "support before quantizing (TFMOT's prune-then-cluster order)", lower_bound=0)
+flags.DEFINE_bool("keep_support", False, "finetune: codebooks of nonzero centres only, so no kept "
+                  "weight rounds to zero (TFMOT's sparsity-preserving clustering)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
                   "compress (train.py), finetune (finetune.py), pretrain (dense training), "
                   "evaluate (accuracy and compression report)")
@@ -147,7 +149,7 @@ def main(argv):
             prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits),
-            float_epochs=FLAGS.float_epochs, overwrite=FLAGS.overwrite,
+            float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support, overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
         )

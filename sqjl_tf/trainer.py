@@ -76,6 +76,7 @@ class TrainConfig:
     fixedbits: bool = False
     weightbits: Optional[Sequence[int]] = None
     float_epochs: int = 0
+    keep_support: bool = False
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
@@ -154,6 +155,8 @@ class TrainConfig:
             bad("float_epochs", self.float_epochs, "an integer >= 0")
         if self.float_epochs and self.mode != "finetune":
             bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
+        if self.keep_support and self.mode != "finetune":
+            bad("keep_support", self.keep_support, "False unless --mode=finetune")
         if self.mode in ("finetune", "evaluate") and not self.pretrain:
             bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
         if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
@@ -396,7 +399,8 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
         from sqjl_tf.finetune import QuantizedFinetuneCallback
 
         callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits,
-                                                   float_epochs=cfg.float_epochs))
+                                                   float_epochs=cfg.float_epochs,
+                                                   reserve_zero=not cfg.keep_support))
     optimizer = _optimizer(cfg, steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:

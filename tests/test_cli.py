@@ -228,6 +228,7 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(rho_growth=0.9), "`rho_growth`"),
         (dict(float_epochs=2), "`float_epochs`. Received: 2. Expected 0 unless --mode=finetune"),
         (dict(float_epochs=-1, mode="finetune", pretrain=__file__), "`float_epochs`"),
+        (dict(keep_support=True), "`keep_support`. Received: True. Expected False unless"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
     ],
 )

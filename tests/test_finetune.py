@@ -141,6 +141,21 @@ def test_fit_shorter_than_float_epochs_still_ends_quantized():
     assert sqjl_tf.compression_report(model).size_bits <= start_size
 
 
+def test_without_reserved_zero_the_support_stays_exactly():
+    """reserve_zero=False (--keep_support): no kept weight rounds to zero; widths hold."""
+    x, y = _task(n=128)
+    model = _compressed()
+    start = _kernels(model)
+    start_size = sqjl_tf.compression_report(model).size_bits
+    ft = QuantizedFinetuneCallback(reserve_zero=False, float_epochs=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSS)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[ft])
+    for before, after, slot in zip(start, _kernels(model), ft.slots):
+        np.testing.assert_array_equal(after != 0, before != 0)
+        assert np.unique(after[after != 0]).size <= 2**slot.bits
+    assert sqjl_tf.compression_report(model).size_bits == start_size
+
+
 def test_straight_through_update():
     """One SGD step: the shadow moves by the gradient taken at the quantized point."""
     x, y = _task(n=64)

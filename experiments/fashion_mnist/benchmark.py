@@ -55,6 +55,9 @@ flags.DEFINE_float("lr", 0.03, "ADMM learning rate (cosine).")
 flags.DEFINE_float("ft_lr", None, "Fine-tuning learning rate (cosine; default lr / 10).")
 flags.DEFINE_integer("ft_float_epochs", 0, "Fine-tuning epochs in full precision on the frozen support "
                      "before quantizing (of --ft_epochs).", lower_bound=0)
+flags.DEFINE_bool("ft_keep_support", False, "Fine-tune with codebooks of nonzero centres only (no "
+                  "kept weight rounds to zero), as TFMOT's sparsity-preserving clustering.")
+flags.DEFINE_enum("ft_optim", "sgd", ["sgd", "adam"], "Fine-tuning optimizer (sgd: momentum 0.9).")
 flags.register_validator("ft_lr", lambda v: v is None or v > 0,
                          message="--ft_lr must be a float > 0 (or unset: lr / 10).")
 flags.DEFINE_float("rho", 0.05, "ADMM rho (at the start).")
@@ -119,7 +122,7 @@ def _dense_npz(dense_path, work):
 # epoch-end codebook refresh, a k-means restart before, Lloyd from the running
 # codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
 _SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart", "ft_lr": "lr / 10",
-                         "ft_float_epochs": 0}
+                         "ft_float_epochs": 0, "ft_optim": "sgd", "ft_keep_support": False}
 _FT_REFRESH = "warm"
 # The trainer arguments a finished ADMM stage is matched on (config.json), with
 # the defaults of those a config written before them lacks.
@@ -131,8 +134,8 @@ _ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
-        "admm_epochs", "ft_epochs", "ft_float_epochs", "lr", "rho", "rho_growth", "projint",
-        "dualint", "importance", "batch_size", "seed", "limit",
+        "admm_epochs", "ft_epochs", "ft_float_epochs", "ft_optim", "ft_keep_support", "lr", "rho",
+        "rho_growth", "projint", "dualint", "importance", "batch_size", "seed", "limit",
     )} | {"ft_refresh": _FT_REFRESH, "ft_lr": _ft_lr_setting()}
 
 
@@ -200,7 +203,8 @@ def _sqjl(dense_path, nnz, bits, work):
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
-                             float_epochs=FLAGS.ft_float_epochs,
+                             float_epochs=FLAGS.ft_float_epochs, optim=FLAGS.ft_optim,
+                             keep_support=FLAGS.ft_keep_support,
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed, limit=FLAGS.limit, pretrain=record["files"]["keras"],
                              export=("keras",), logdir=logdir + "_ft")
@@ -297,6 +301,10 @@ def _variant():
         text += f" + fine-tune {FLAGS.ft_epochs}"
         if FLAGS.ft_float_epochs:
             text += f" ({min(FLAGS.ft_float_epochs, FLAGS.ft_epochs)} in float)"
+        if FLAGS.ft_optim != "sgd":
+            text += f", {FLAGS.ft_optim} {_ft_lr_setting()}"
+        if FLAGS.ft_keep_support:
+            text += ", support kept"
     return text
 
 
