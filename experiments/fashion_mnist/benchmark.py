@@ -28,6 +28,7 @@ Smoke run:
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -378,7 +379,7 @@ def _write(rows, dense_acc, out_dir):
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for (method, variant), marker in zip(
-        sorted({(r["method"], r["variant"]) for r in rows}), "osd^v"
+        sorted({(r["method"], r["variant"]) for r in rows}), itertools.cycle("osd^v<>P*X")
     ):
         pts = sorted((r["rate"], r["accuracy"]) for r in rows
                      if r["method"] == method and r["variant"] == variant)
