@@ -149,7 +149,8 @@ def main(argv):
             prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
             kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits),
-            float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support, overwrite=FLAGS.overwrite,
+            float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
+            overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
         )

@@ -326,9 +326,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             len(slots), [s.bits for s in slots], self.initial_size_bits,
             f", {self.float_epochs} epochs in full precision first" if self.float_epochs else "",
         )
-        self.quantizing = False
-        if self.float_epochs == 0:
-            self.quantizing = True
+        self.quantizing = self.float_epochs == 0
+        if self.quantizing:
             self._requantize()
         return slots
 

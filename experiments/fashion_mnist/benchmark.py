@@ -326,8 +326,8 @@ def _ordered(rows, budgets, work):
     table = []
     for nnz, bits in budgets:
         table += _sqjl_rows(work, nnz, bits)
-        table += [rows[k] for k in [(nnz, bits, name) for name in FLAGS.tfmot_variants]
-                  if rows.get(k) is not None]
+        table += [rows[(nnz, bits, name)] for name in FLAGS.tfmot_variants
+                  if rows.get((nnz, bits, name)) is not None]
     return table
 
 
