@@ -77,6 +77,8 @@ flags.DEFINE_integer("float_epochs", 0, "finetune: epochs of full-precision trai
                      "support before quantizing (TFMOT's prune-then-cluster order)", lower_bound=0)
 flags.DEFINE_bool("keep_support", False, "finetune: codebooks of nonzero centres only, so no kept "
                   "weight rounds to zero (TFMOT's sparsity-preserving clustering)")
+flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "
+                    "from (default: the --pretrain model, as the reference)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
                   "compress (train.py), finetune (finetune.py), pretrain (dense training), "
                   "evaluate (accuracy and compression report)")
@@ -147,7 +149,7 @@ def main(argv):
             mgpu=FLAGS.mgpu, log_interval=FLAGS.log_interval, seed=FLAGS.seed,
             eval_tr=FLAGS.eval_tr, prox=FLAGS.prox, dp=FLAGS.dp, quant=FLAGS.quant,
             prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
-            kdtemp=FLAGS.kdtemp, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
+            kdtemp=FLAGS.kdtemp, teacher=FLAGS.teacher, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits),
             float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
             overwrite=FLAGS.overwrite,

@@ -143,38 +143,46 @@ class ADMMCallback(keras.callbacks.Callback):
                     logs[key] = value
 
     # ------------------------------------------------------------ results
-    def finalize(self, model: Optional[keras.Model] = None) -> keras.Model:
+    def finalize(self, model: Optional[keras.Model] = None, quantize: bool = True) -> keras.Model:
         """A copy of the model with every kernel finalised (the compressed model).
 
         Args:
             model: the model to copy (default: the one being trained; pass the
                 student when training a distillation wrapper).
+            quantize: False: the kernels are only pruned by the sparse
+                projection and stay in full precision (the budget's support,
+                every kept weight nonzero): where a fine-tuning that trains in
+                full precision first (``QuantizedFinetuneCallback(float_epochs=...,
+                weightbits=callback.state.current_bits)``) starts.
 
         Returns:
             A new Keras model (same architecture) whose compressible kernels
             are sparse-projected and quantized with their bit widths; it holds
-            the budget: ``sum_l b_l * nnz_l <= budget_bits``.
+            the budget: ``sum_l b_l * nnz_l <= budget_bits``. With
+            ``quantize=False`` the kernels hold more distinct values than
+            their widths allow, and the size holds once quantized to them.
 
         Raises:
             RuntimeError: if called before training started.
         """
         if self.state is None:
             raise RuntimeError("ADMMCallback.finalize() called before fit(): there is no state.")
-        return finalize_model(model if model is not None else self.model, self.state)
+        return finalize_model(model if model is not None else self.model, self.state, quantize)
 
 
-def finalize_model(model: keras.Model, state: ADMMState) -> keras.Model:
+def finalize_model(model: keras.Model, state: ADMMState, quantize: bool = True) -> keras.Model:
     """Returns a copy of ``model`` with its kernels replaced by their finalised values.
 
     Args:
         model: the trained model.
         state: its ADMM state (bits, budget).
+        quantize: False: pruned to the budget only, kernels in full precision.
 
     Returns:
         A new model with the same architecture and weights, except that each
-        compressible kernel is pruned to the budget and quantized.
+        compressible kernel is pruned to the budget and (``quantize``) quantized.
     """
-    finalized = state.finalized_weights()
+    finalized = state.finalized_weights() if quantize else state.sparse_weights()
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     by_path = {k.variable.path: w for k, w in zip(state.kernels, finalized)}

@@ -72,6 +72,7 @@ class TrainConfig:
     bwlb: int = 1
     bits_epoch: Optional[int] = None
     kdtemp: float = 0.0
+    teacher: Optional[str] = None
     optim: str = "sgd"
     fixedbits: bool = False
     weightbits: Optional[Sequence[int]] = None
@@ -157,6 +158,12 @@ class TrainConfig:
             bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
         if self.keep_support and self.mode != "finetune":
             bad("keep_support", self.keep_support, "False unless --mode=finetune")
+        if self.teacher is not None:
+            if not float(self.kdtemp) > 0:
+                bad("teacher", self.teacher, "no teacher unless kdtemp > 0")
+            if not os.path.isfile(self.teacher):
+                bad("teacher", self.teacher, "an existing model file (.keras, .weights.h5, .sqjl "
+                    "or checkpoint) of the uncompressed pretrained model")
         if self.mode in ("finetune", "evaluate") and not self.pretrain:
             bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
         if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
@@ -257,18 +264,20 @@ def _load_model(path: str, cfg: TrainConfig, info):
     return model
 
 
-def _checked_load(cfg: TrainConfig, info):
+def _checked_load(cfg: TrainConfig, info, name: str = "pretrain"):
+    """Loads the model file in argument ``name`` (pretrain or teacher) and checks its shapes."""
+    path = getattr(cfg, name)
     try:
-        model = _load_model(cfg.pretrain, cfg, info)
+        model = _load_model(path, cfg, info)
     except (ValueError, OSError, KeyError, ImportError) as err:
         raise UsageError(
-            f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}. Expected a "
+            f"Invalid value for argument `{name}`. Received: {path!r}. Expected a "
             f"loadable model file for arch={cfg.arch!r} ({type(err).__name__}: {err})."
         ) from err
     expected = (None,) + tuple(info.input_shape)
     if tuple(model.input_shape) != expected or model.output_shape[-1] != info.num_classes:
         raise UsageError(
-            f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}, a model with "
+            f"Invalid value for argument `{name}`. Received: {path!r}, a model with "
             f"input {model.input_shape} and {model.output_shape[-1]} outputs. Expected input "
             f"{expected} and {info.num_classes} outputs for dataset={cfg.dataset!r}."
         )
@@ -335,6 +344,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     with strategy.scope():
         model = _checked_load(cfg, info) if cfg.pretrain else None
+        teacher = _checked_load(cfg, info, "teacher") if cfg.teacher else None
     if _is_chief(strategy):
         resume = _prepare_logdir(cfg)
         with open(os.path.join(cfg.logdir, "config.json"), "w") as f:
@@ -350,10 +360,13 @@ def run(**kwargs: Any) -> Dict[str, Any]:
 
             model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
         student, admm, callbacks = _train(cfg, strategy, model, train_ds, test_ds,
-                                          steps_per_epoch, resume)
+                                          steps_per_epoch, resume, teacher)
     # Outside the strategy: the final model has plain variables (exports read them freely).
     final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
-    return _finish(cfg, final, test_ds, admm, _is_chief(strategy))
+    sparse = None
+    if admm is not None and admm.state.config.mode == "joint" and "keras" in cfg.export:
+        sparse = admm.finalize(student, quantize=False)
+    return _finish(cfg, final, test_ds, admm, _is_chief(strategy), sparse)
 
 
 def admm_callback(cfg: TrainConfig):
@@ -380,7 +393,7 @@ def admm_callback(cfg: TrainConfig):
     )
 
 
-def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
+def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, teacher=None):
     import keras
     import tensorflow as tf
 
@@ -406,8 +419,9 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume):
     if cfg.kdtemp > 0:
         from sqjl_tf.distill import Distiller
 
-        teacher = keras.models.clone_model(student)
-        teacher.set_weights(student.get_weights())
+        if teacher is None:  # the reference: the model loaded by --pretrain, frozen
+            teacher = keras.models.clone_model(student)
+            teacher.set_weights(student.get_weights())
         trained = Distiller(student, teacher, cfg.kdtemp)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.compile(optimizer=optimizer, loss=loss, metrics=_metrics())
@@ -511,10 +525,12 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, stra
                on_epoch_end=on_epoch_end)
 
 
-def _finish(cfg, model, test_ds, admm, is_chief):
+def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
     from sqjl_tf.budget import compression_report
 
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
+    if sparse is not None and is_chief:  # pruned, full precision: a float-first fine-tuning's start
+        files["keras_sparse"] = _save_keras(sparse, os.path.join(cfg.logdir, "model_sparse.keras"))
     scores = _accuracy(model, test_ds)
     budget = admm.state.budget_bits if admm else None
     try:
@@ -529,6 +545,7 @@ def _finish(cfg, model, test_ds, admm, is_chief):
         "size_bits": report.size_bits,
         "budget_bits": budget,
         "within_budget": report.within_budget,
+        "allocated_bits": [int(b) for b in admm.state.current_bits] if admm else None,
         "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
                    for s in report.layers],
         "files": files,
@@ -568,10 +585,7 @@ def _export(cfg, model) -> Dict[str, str]:
     files = {}
     name = "model_dense" if cfg.mode == "pretrain" else "model_compressed"
     if "keras" in cfg.export or cfg.mode == "pretrain":
-        files["keras"] = os.path.join(cfg.logdir, f"{name}.keras")
-        tmp = files["keras"] + ".tmp.keras"
-        model.save(tmp)
-        os.replace(tmp, files["keras"])
+        files["keras"] = _save_keras(model, os.path.join(cfg.logdir, f"{name}.keras"))
     if "saved_model" in cfg.export:
         files["saved_model"] = os.path.join(cfg.logdir, "saved_model")
         if os.path.isdir(files["saved_model"]):
@@ -588,6 +602,14 @@ def _export(cfg, model) -> Dict[str, str]:
         files["tflite"] = os.path.join(cfg.logdir, f"{name}.tflite")
         save_tflite(model, files["tflite"])
     return files
+
+
+def _save_keras(model, path: str) -> str:
+    """Saves ``model`` to ``path`` through a temporary file (a good file is never half replaced)."""
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _evaluate(cfg, test_ds, info):

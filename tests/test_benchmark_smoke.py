@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
 from fakedata import write_fashion_mnist
 
@@ -70,6 +72,30 @@ def test_benchmark_driver_smoke(tmp_path):
     assert "| sqjl_tf | ADMM 1 + fine-tune 1 | 0.05, 3 |" in tagged
     assert "| sqjl_tf | ADMM 2 | 0.05, 3 |" in tagged
     assert tagged.index("| ADMM 2 |") < tagged.index("| ADMM 1 + fine-tune 1 |")
+    # Fine-tuning from the ADMM stage's pruned float model (--ft_start=sparse) keeps every
+    # weight of the budget's support. The ADMM stage is reused from a copy whose
+    # model_sparse.keras is gone (as in stages written before it existed): rebuilt from
+    # the stage's last checkpoint.
+    shutil.copytree(runs / "sqjl_0.05_3", runs / "sqjl_0.05_3_fromsparse")
+    os.remove(runs / "sqjl_0.05_3_fromsparse" / "model_sparse.keras")
+    proc = subprocess.run(cmd + ["--tag=fromsparse", "--ft_start=sparse", "--ft_epochs=2",
+                                 "--ft_float_epochs=1", "--ft_keep_support", "--notfmot"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing the finished ADMM stage" in proc.stderr
+    sparse = keras.models.load_model(runs / "sqjl_0.05_3_fromsparse" / "model_sparse.keras",
+                                     compile=False)
+    finalised = keras.models.load_model(admm_model, compile=False)
+    from sqjl_tf import compressible_kernels
+
+    nnz = []
+    for s_k, f_k in zip(compressible_kernels(sparse), compressible_kernels(finalised)):
+        s_w, f_w = s_k.variable.numpy(), f_k.variable.numpy()
+        assert np.all((f_w != 0) <= (s_w != 0))
+        nnz.append(int(np.count_nonzero(s_w)))
+    row = json.load(open(runs / "sqjl_0.05_3_fromsparse.row.json"))
+    assert [layer["nnz"] for layer in row["layers"]] == nnz and row["within_budget"]
+    assert "from the float pruned model" in (out / "fashion_mnist.md").read_text()
     # The learned allocation, epoch by epoch, from the same run folder.
     alloc = out / "allocation.md"
     proc = subprocess.run(

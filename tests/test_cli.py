@@ -184,6 +184,64 @@ def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
     assert epochs[1]["size_bits"] <= first["size_bits"]  # quantized at the end of epoch 2
 
 
+def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
+        dense_lenet, idx_dir, tmp_path):
+    dense_dir, _ = dense_lenet
+    first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
+                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    widths = first["allocated_bits"]
+    assert len(widths) == 4 and all(1 <= b <= 8 for b in widths)
+    sparse = keras.models.load_model(first["files"]["keras_sparse"])
+    final = keras.models.load_model(first["files"]["keras"])
+    from sqjl_tf import compressible_kernels
+
+    nnz = []
+    for s, f in zip(compressible_kernels(sparse), compressible_kernels(final)):
+        s_w, f_w = s.variable.numpy(), f.variable.numpy()
+        assert np.all((f_w != 0) <= (s_w != 0))  # finalised support within the sparse one
+        nnz.append(int(np.count_nonzero(s_w)))
+    assert sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
+    assert max(len(np.unique(k.variable.numpy())) for k in compressible_kernels(sparse)) > 2**8
+    # Float first, then quantized to ADMM's widths over nonzero centres: every kept weight
+    # stays, so the model is exactly the size the ADMM allocation planned.
+    tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=2, float_epochs=1, keep_support=True,
+                        weightbits=widths, logdir=str(tmp_path / "ft"), export=("keras",),
+                        pretrain=first["files"]["keras_sparse"], **dict(COMMON, lr=0.005))
+    assert [layer["nnz"] for layer in tuned["layers"]] == nnz
+    assert all(layer["bits"] <= b for layer, b in zip(tuned["layers"], widths))
+    assert tuned["size_bits"] <= sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
+
+
+def test_distillation_teacher_is_the_given_model(dense_lenet, idx_dir, tmp_path, monkeypatch):
+    from sqjl_tf import distill
+
+    dense_dir, _ = dense_lenet
+    dense = keras.models.load_model(os.path.join(dense_dir, "model_dense.keras"))
+    first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
+                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
+                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    teachers = []
+    real = distill.Distiller
+
+    def spy(student, teacher, *args, **kwargs):
+        teachers.append([w.copy() for w in teacher.get_weights()])
+        return real(student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "Distiller", spy)
+    for teacher, expected in ((None, keras.models.load_model(first["files"]["keras"])),
+                              (os.path.join(dense_dir, "model_dense.keras"), dense)):
+        trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                    arch="caffelenet", epochs=1, kdtemp=2.0, teacher=teacher,
+                    logdir=str(tmp_path / f"kd{len(teachers)}"), export=("keras",),
+                    pretrain=first["files"]["keras"], **dict(COMMON, lr=0.005))
+        for got, want in zip(teachers[-1], expected.get_weights()):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_compress_with_distillation_and_plateau_schedule(dense_lenet, idx_dir, tmp_path):
     dense_dir, _ = dense_lenet
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
@@ -230,6 +288,9 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(float_epochs=-1, mode="finetune", pretrain=__file__), "`float_epochs`"),
         (dict(keep_support=True), "`keep_support`. Received: True. Expected False unless"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
+        (dict(teacher=__file__), "`teacher`. Received: '%s'. Expected no teacher unless kdtemp"
+         % __file__),
+        (dict(teacher="/does/not/exist.keras", kdtemp=2.0), "`teacher`"),
     ],
 )
 def test_trainer_usage_errors(kwargs, needle, tmp_path):

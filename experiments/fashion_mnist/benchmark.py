@@ -59,6 +59,11 @@ flags.DEFINE_integer("ft_float_epochs", 0, "Fine-tuning epochs in full precision
 flags.DEFINE_bool("ft_keep_support", False, "Fine-tune with codebooks of nonzero centres only (no "
                   "kept weight rounds to zero), as TFMOT's sparsity-preserving clustering.")
 flags.DEFINE_enum("ft_optim", "sgd", ["sgd", "adam"], "Fine-tuning optimizer (sgd: momentum 0.9).")
+flags.DEFINE_enum("ft_start", "finalised", ["finalised", "sparse"], "What fine-tuning starts from: "
+                  "the ADMM model finalised (pruned and quantized), or only pruned to the budget's "
+                  "support, in full precision, with ADMM's widths.")
+flags.DEFINE_float("ft_kdtemp", 0.0, "Fine-tuning distillation temperature, the dense model the "
+                   "teacher (0: off).", lower_bound=0)
 flags.register_validator("ft_lr", lambda v: v is None or v > 0,
                          message="--ft_lr must be a float > 0 (or unset: lr / 10).")
 flags.DEFINE_float("rho", 0.05, "ADMM rho (at the start).")
@@ -123,7 +128,8 @@ def _dense_npz(dense_path, work):
 # epoch-end codebook refresh, a k-means restart before, Lloyd from the running
 # codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
 _SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart", "ft_lr": "lr / 10",
-                         "ft_float_epochs": 0, "ft_optim": "sgd", "ft_keep_support": False}
+                         "ft_float_epochs": 0, "ft_optim": "sgd", "ft_keep_support": False,
+                         "ft_start": "finalised", "ft_kdtemp": 0.0}
 _FT_REFRESH = "warm"
 # The trainer arguments a finished ADMM stage is matched on (config.json), with
 # the defaults of those a config written before them lacks.
@@ -135,7 +141,8 @@ _ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
-        "admm_epochs", "ft_epochs", "ft_float_epochs", "ft_optim", "ft_keep_support", "lr", "rho",
+        "admm_epochs", "ft_epochs", "ft_float_epochs", "ft_optim", "ft_keep_support", "ft_start",
+        "ft_kdtemp", "lr", "rho",
         "rho_growth", "projint", "dualint", "importance", "batch_size", "seed", "limit",
     )} | {"ft_refresh": _FT_REFRESH, "ft_lr": _ft_lr_setting()}
 
@@ -201,13 +208,18 @@ def _sqjl(dense_path, nnz, bits, work):
     else:
         record = admm = trainer.run(**admm_args)
     if FLAGS.ft_epochs:
+        start_model, widths = record["files"]["keras"], None
+        if FLAGS.ft_start == "sparse":
+            start_model, widths = _sparse_start(logdir, admm)
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
                              float_epochs=FLAGS.ft_float_epochs, optim=FLAGS.ft_optim,
                              keep_support=FLAGS.ft_keep_support,
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
-                             seed=FLAGS.seed, limit=FLAGS.limit, pretrain=record["files"]["keras"],
+                             seed=FLAGS.seed, limit=FLAGS.limit, pretrain=start_model,
+                             weightbits=widths, kdtemp=FLAGS.ft_kdtemp,
+                             teacher=dense_path if FLAGS.ft_kdtemp else None,
                              export=("keras",), logdir=logdir + "_ft")
     row = {
         "method": "sqjl_tf",
@@ -222,6 +234,31 @@ def _sqjl(dense_path, nnz, bits, work):
         json.dump(row, f, indent=1)
     os.replace(row_file + ".tmp", row_file)
     return row
+
+
+def _sparse_start(logdir, record):
+    """The ADMM stage's model pruned to the budget, in full precision, and its widths.
+
+    Stages written before the trainer saved them (``model_sparse.keras``,
+    ``allocated_bits``) are rebuilt from their last checkpoint.
+    """
+    path, widths = os.path.join(logdir, "model_sparse.keras"), record.get("allocated_bits")
+    if os.path.isfile(path) and widths:
+        return path, widths
+    import keras
+
+    from sqjl_tf import trainer
+    from sqjl_tf.callback import finalize_model
+    from sqjl_tf.checkpoint import load_checkpoint
+
+    with open(os.path.join(logdir, "config.json")) as f:
+        cfg = trainer.TrainConfig(**json.load(f))
+    model = keras.models.load_model(record["files"]["keras"], compile=False)
+    state = trainer.admm_callback(cfg).build(model)
+    load_checkpoint(os.path.join(logdir, "latest.ckpt.npz"), model, admm_state=state)
+    finalize_model(model, state, quantize=False).save(path + ".tmp.keras")
+    os.replace(path + ".tmp.keras", path)
+    return path, [int(b) for b in state.current_bits]
 
 
 class _TfmotRun:
@@ -306,6 +343,10 @@ def _variant():
             text += f", {FLAGS.ft_optim} {_ft_lr_setting()}"
         if FLAGS.ft_keep_support:
             text += ", support kept"
+        if FLAGS.ft_start == "sparse":
+            text += ", from the float pruned model"
+        if FLAGS.ft_kdtemp:
+            text += f", distilled (T={FLAGS.ft_kdtemp:g})"
     return text
 
 
@@ -407,9 +448,34 @@ def _parse_budgets(specs):
     return budgets
 
 
+_DEBIAN_DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def _ensure_dataset():
+    """Installs Debian's dataset-fashion-mnist when no --data_dir is given and it is missing."""
+    if FLAGS.data_dir or FLAGS.table_only or glob.glob(
+            os.path.join(_DEBIAN_DATA, "train-images-idx3-ubyte*")):
+        return
+    logging.info("Fashion-MNIST not found: installing Debian's dataset-fashion-mnist "
+                 "(needs root and apt).")
+    install = ["apt-get", "install", "-y", "dataset-fashion-mnist"]
+    for command in (install, ["apt-get", "update"], install):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True).returncode == 0
+        except OSError:  # no apt-get here
+            break
+        if done and command is install:
+            return
+    raise app.UsageError(
+        "Invalid value for flag `--data_dir`. Received: None, and Debian's dataset-fashion-mnist "
+        f"is not in {_DEBIAN_DATA} and could not be installed. Expected a folder holding the "
+        "Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...).")
+
+
 def main(argv):
     del argv
     budgets = _parse_budgets(FLAGS.budgets)  # usage errors before any training
+    _ensure_dataset()
     if (FLAGS.projint == 0) != (FLAGS.dualint == 0) or (
             FLAGS.projint and FLAGS.dualint % FLAGS.projint):
         raise app.UsageError(
