@@ -321,9 +321,10 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._step_fn = tf.function(self._step_impl, autograph=False)
         self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
         self._float_step_fn = tf.function(self._float_step_impl, autograph=False)
+        planned = sum(s.bits * int(np.count_nonzero(s.mask.numpy())) for s in slots)
         logging.info(
-            "Fine-tuning %d kernels, widths %s, start size %d bits%s.",
-            len(slots), [s.bits for s in slots], self.initial_size_bits,
+            "Fine-tuning %d kernels, widths %s, start size %d bits, %d bits at those widths%s.",
+            len(slots), [s.bits for s in slots], self.initial_size_bits, planned,
             f", {self.float_epochs} epochs in full precision first" if self.float_epochs else "",
         )
         self.quantizing = self.float_epochs == 0
