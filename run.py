@@ -77,6 +77,8 @@ flags.DEFINE_integer("float_epochs", 0, "finetune: epochs of full-precision trai
                      "support before quantizing (TFMOT's prune-then-cluster order)", lower_bound=0)
 flags.DEFINE_bool("keep_support", False, "finetune: codebooks of nonzero centres only, so no kept "
                   "weight rounds to zero (TFMOT's sparsity-preserving clustering)")
+flags.DEFINE_bool("train_centres", False, "finetune: train the codebooks' centres by gradient "
+                  "(Adam) in the quantized epochs instead of re-fitting them (TFMOT's clustering)")
 flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "
                     "from (default: the --pretrain model, as the reference)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
@@ -152,6 +154,7 @@ def main(argv):
             kdtemp=FLAGS.kdtemp, teacher=FLAGS.teacher, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
             weightbits=_int_list("weightbits", FLAGS.weightbits),
             float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
+            train_centres=FLAGS.train_centres,
             overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,

@@ -39,6 +39,15 @@ pipeline), then the codebooks are built by k-means on the trained weights and
 the quantized fine-tuning above takes over. ``fit`` ending earlier quantizes at
 its end, so the model after ``fit`` always has the frozen widths.
 
+With ``train_centres=True`` the centres themselves are trained by gradient in
+the quantized epochs, as TFMOT's clustering does: the optimizer (an
+:class:`~sqjl_tf.ADMMOptimizer`) hands each kernel's loss gradient to the
+callback, which sums it over the weights of each centre (the centre's exact
+gradient, ``dL/dc_k = sum_{i: W_i -> c_k} dL/dW_i``) and steps the centres with
+Adam at the optimizer's current learning rate; the Lloyd refreshes, which
+would pull the centres back to the weights' means, are off. The weights keep
+their straight-through updates, so assignments still move.
+
 Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
 without callbacks and the N-1 later ones would see unquantized kernels.
 
@@ -101,8 +110,8 @@ def _value(variable) -> tf.Variable:
 
 
 def _pad_centres(centres: np.ndarray, length: int) -> np.ndarray:
-    """Sorted centres padded to ``length`` by repeating the largest (no effect on Q)."""
-    centres = np.sort(np.asarray(centres, np.float32))
+    """Sorted distinct centres padded to ``length`` by repeating the largest (no effect on Q)."""
+    centres = np.unique(np.asarray(centres, np.float32))
     if centres.size == 0:
         centres = np.zeros(1, np.float32)
     pad = np.full(length - centres.size, centres[-1], np.float32)
@@ -182,6 +191,10 @@ class _Slot:
     shadow: tf.Variable  # full-precision W, masked
     mask: tf.Variable  # bool, the frozen support
     centres: tf.Variable  # padded sorted codebook, fixed length
+    used: Optional[tf.Variable] = None  # number of real centres (the rest repeat the last)
+    centre_grad: Optional[tf.Variable] = None  # summed loss gradient per centre (train_centres)
+    centre_m: Optional[tf.Variable] = None  # its Adam moments
+    centre_v: Optional[tf.Variable] = None
 
 
 class QuantizedFinetuneCallback(keras.callbacks.Callback):
@@ -209,6 +222,10 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             ``compressible_kernels``.
         float_epochs: epochs of full-precision training on the frozen support
             before the codebooks are built (0: quantized from the start).
+        train_centres: train the centres by gradient (Adam at the optimizer's
+            learning rate) in the quantized epochs instead of Lloyd
+            refreshes; needs the model compiled with an
+            :class:`~sqjl_tf.ADMMOptimizer` (it passes the gradients).
 
     Raises:
         ValueError: on invalid arguments; ``weightbits`` of the wrong length
@@ -229,6 +246,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         reserve_zero: bool = True,
         predicate: Optional[Callable] = None,
         float_epochs: int = 0,
+        train_centres: bool = False,
     ):
         super().__init__()
         self.weightbits = _parse_weightbits(weightbits)
@@ -239,6 +257,10 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         if not (isinstance(float_epochs, (int, np.integer)) and float_epochs >= 0):
             raise _bad("float_epochs", float_epochs, "an integer >= 0")
         self.float_epochs = int(float_epochs)
+        self.train_centres = bool(train_centres)
+        self._centre_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="centre_step")
+        self._tapped = None  # the optimizer the gradient tap is registered with
+        self._centre_fn = None
         self.refresh_per_epoch = int(refresh_per_epoch)
         self.lloyd_iters = int(lloyd_iters)
         self.reserve_zero = bool(reserve_zero)
@@ -306,6 +328,13 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             w = np.asarray(keras.ops.convert_to_numpy(k.variable), np.float32)
             length = 2**b + (1 if self.reserve_zero else 0)
             centres = projections.codebook(w, b, self.reserve_zero)
+            zeros = np.zeros(length, np.float32)
+            extra = {} if not self.train_centres else dict(
+                used=tf.Variable(max(int(np.unique(centres).size), 1), trainable=False,
+                                 name="centres_used"),
+                centre_grad=tf.Variable(zeros, trainable=False, name="centre_grad"),
+                centre_m=tf.Variable(zeros, trainable=False, name="centre_m"),
+                centre_v=tf.Variable(zeros, trainable=False, name="centre_v"))
             slots.append(
                 _Slot(
                     kernel=k,
@@ -314,6 +343,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
                     mask=tf.Variable(w != 0, trainable=False, name="mask"),
                     centres=tf.Variable(_pad_centres(centres, length), trainable=False,
                                         name="centres"),
+                    **extra,
                 )
             )
         self.slots = slots
@@ -321,6 +351,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._step_fn = tf.function(self._step_impl, autograph=False)
         self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
         self._float_step_fn = tf.function(self._float_step_impl, autograph=False)
+        self._centre_fn = tf.function(self._centre_step_impl, autograph=False)
         planned = sum(s.bits * int(np.count_nonzero(s.mask.numpy())) for s in slots)
         logging.info(
             "Fine-tuning %d kernels, widths %s, start size %d bits, %d bits at those widths%s.",
@@ -342,8 +373,13 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             return
         for s in self.slots:
             w = s.shadow.numpy()  # masked, trained in full precision
-            s.centres.assign(_pad_centres(projections.codebook(w, s.bits, self.reserve_zero),
-                                          int(s.centres.shape[0])))
+            centres = projections.codebook(w, s.bits, self.reserve_zero)
+            s.centres.assign(_pad_centres(centres, int(s.centres.shape[0])))
+            if s.used is not None:
+                s.used.assign(max(int(np.unique(centres).size), 1))
+                for v in (s.centre_grad, s.centre_m, s.centre_v):  # float phase's sums: unused
+                    v.assign(tf.zeros_like(v))
+        self._centre_step.assign(0)
         self.quantizing = True
         self._requantize()
         logging.info("Fine-tuning: codebooks built from the full-precision weights, quantized.")
@@ -365,6 +401,41 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             new = tf.where(s.mask, tf.convert_to_tensor(kernel), tf.zeros_like(s.shadow))
             s.shadow.assign(new)
             kernel.assign(new)
+
+    def _tap(self, variable, grad):
+        """Adds each centre's loss gradient (summed over its weights) to ``centre_grad``."""
+        for s in self.slots:
+            if variable is not s.kernel.variable and getattr(variable, "path", 1) != getattr(
+                    s.kernel.variable, "path", 2):
+                continue
+            n = tf.shape(s.centres)[0]
+            values = tf.reshape(s.shadow, [-1])  # (size,)
+            mid = 0.5 * (s.centres[1:] + s.centres[:-1])
+            idx = tf.minimum(tf.searchsorted(mid, values, side="left"), s.used - 1)  # padding -> last
+            kept = tf.reshape(s.mask, [-1]) & (values != 0)
+            g = tf.where(kept, tf.reshape(tf.cast(grad, tf.float32), [-1]), 0.0)
+            s.centre_grad.assign_add(tf.math.unsorted_segment_sum(g, tf.cast(idx, tf.int32), n))
+
+    def _centre_step_impl(self, lr):
+        """One Adam step on every codebook's real centres, then re-quantization."""
+        b1, b2, eps = 0.9, 0.999, 1e-7
+        t = tf.cast(self._centre_step.assign_add(1), tf.float32)
+        for s in self.slots:
+            real = tf.range(tf.shape(s.centres)[0]) < s.used
+            movable = real & ((s.centres != 0) if self.reserve_zero else tf.ones_like(real))
+            g = tf.where(movable, s.centre_grad, 0.0)
+            m = s.centre_m.assign(b1 * s.centre_m + (1 - b1) * g)
+            v = s.centre_v.assign(b2 * s.centre_v + (1 - b2) * tf.square(g))
+            step = lr * (m / (1 - b1**t)) / (tf.sqrt(v / (1 - b2**t)) + eps)
+            c = tf.where(movable, s.centres - step, s.centres)
+            last = tf.gather(c, s.used - 1)
+            c = tf.where(real, c, last)  # padding repeats the last real centre
+            order = tf.argsort(c, stable=True)  # centres that crossed: moments follow
+            s.centres.assign(tf.gather(c, order))
+            s.centre_m.assign(tf.gather(s.centre_m, order))
+            s.centre_v.assign(tf.gather(s.centre_v, order))
+            s.centre_grad.assign(tf.zeros_like(s.centre_grad))
+            _value(s.kernel.variable).assign(quantize_tf(s.shadow, s.centres))
 
     def _refresh_impl(self):
         """A few Lloyd iterations on each codebook, then re-quantization."""
@@ -401,6 +472,14 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.build(self.model)
+        if self.train_centres and self._tapped is not self.model.optimizer:
+            optimizer = self.model.optimizer
+            if not hasattr(optimizer, "add_gradient_tap"):
+                raise _bad("train_centres", True, "the model compiled with a "
+                           f"sqjl_tf.ADMMOptimizer (got {type(optimizer).__name__}), which "
+                           "passes the gradients of the kernels to the callback")
+            optimizer.add_gradient_tap(self._tap)
+            self._tapped = optimizer
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch >= self.float_epochs:  # also on resuming past the full-precision phase
@@ -415,7 +494,10 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._step_fn()
         done = batch - self._last_batch  # > 1 with steps_per_execution > 1
         self._last_batch = batch
-        if self.refresh_per_epoch > 0:
+        if self.train_centres:
+            lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            self._centre_fn(tf.constant(float(lr), tf.float32))
+        elif self.refresh_per_epoch > 0:
             every = self._refresh_every()
             if (self._batches + done) // every > self._batches // every:
                 self._refresh_fn()
@@ -424,7 +506,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 >= self.float_epochs:
             self.start_quantizing()
-        if self.quantizing:
+        if self.quantizing and not self.train_centres:
             self.full_refresh()
         if logs is not None:
             logs["size_bits"] = float(self.size_bits())

@@ -87,6 +87,20 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         self.admm = admm
         self.l2 = float(weight_decay)
         self.gclip = float(gclip)
+        self._gradient_taps = []
+
+    def add_gradient_tap(self, tap) -> None:
+        """Registers ``tap(variable, gradient)``, called in every step.
+
+        ``gradient`` is the loss gradient of a trainable variable, summed over
+        replicas, before L2 and the ADMM term (what
+        ``QuantizedFinetuneCallback(train_centres=True)`` sums per centre).
+        Register before the first step: taps are traced into the train step.
+
+        Args:
+            tap: a callable of (variable, gradient) doing TensorFlow ops.
+        """
+        self._gradient_taps.append(tap)
 
     # ------------------------------------------------------------ delegation
     def build(self, var_list):
@@ -130,6 +144,7 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         variables = list(trainable_variables or self._trainable_variables)
         grads = list(grads)
         self._accumulate_fisher(grads, variables)
+        self._call_taps(grads, variables)
         state = self._state()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         lr = tf.convert_to_tensor(self.inner_optimizer.learning_rate)  # before the step
@@ -161,6 +176,18 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
                 if replica is not None and replica.num_replicas_in_sync > 1:
                     g = replica.all_reduce(tf.distribute.ReduceOp.SUM, g)  # the global gradient
                 state.accumulate_fisher(j, g)  # the loss gradient, before L2 and penalty
+
+    def _call_taps(self, grads, variables):
+        if not self._gradient_taps:
+            return
+        replica = tf.distribute.get_replica_context()
+        for g, v in zip(grads, variables):
+            if g is None:
+                continue
+            if replica is not None and replica.num_replicas_in_sync > 1:
+                g = replica.all_reduce(tf.distribute.ReduceOp.SUM, g)
+            for tap in self._gradient_taps:
+                tap(v, g)
 
     def _prox(self, state, variables, beta):
         triples = []

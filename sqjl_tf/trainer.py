@@ -78,6 +78,7 @@ class TrainConfig:
     weightbits: Optional[Sequence[int]] = None
     float_epochs: int = 0
     keep_support: bool = False
+    train_centres: bool = False
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
@@ -158,6 +159,8 @@ class TrainConfig:
             bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
         if self.keep_support and self.mode != "finetune":
             bad("keep_support", self.keep_support, "False unless --mode=finetune")
+        if self.train_centres and self.mode != "finetune":
+            bad("train_centres", self.train_centres, "False unless --mode=finetune")
         if self.teacher is not None:
             if not float(self.kdtemp) > 0:
                 bad("teacher", self.teacher, "no teacher unless kdtemp > 0")
@@ -413,7 +416,8 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
 
         callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits,
                                                    float_epochs=cfg.float_epochs,
-                                                   reserve_zero=not cfg.keep_support))
+                                                   reserve_zero=not cfg.keep_support,
+                                                   train_centres=cfg.train_centres))
     optimizer = _optimizer(cfg, steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:

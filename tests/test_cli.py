@@ -288,6 +288,7 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(float_epochs=-1, mode="finetune", pretrain=__file__), "`float_epochs`"),
         (dict(keep_support=True), "`keep_support`. Received: True. Expected False unless"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
+        (dict(train_centres=True), "`train_centres`. Received: True. Expected False unless"),
         (dict(teacher=__file__), "`teacher`. Received: '%s'. Expected no teacher unless kdtemp"
          % __file__),
         (dict(teacher="/does/not/exist.keras", kdtemp=2.0), "`teacher`"),

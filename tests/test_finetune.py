@@ -272,3 +272,55 @@ def test_finetune_finalize():
         assert np.all(b[a == 0] == 0)
     with pytest.raises(ValueError, match="`weightbits`"):
         finetune_finalize(model, weightbits=[1])
+
+
+
+def _centres(slot):
+    return slot.centres.numpy()[: int(slot.used.numpy())]
+
+
+def test_train_centres_steps_each_centre_by_its_summed_gradient():
+    """One step: each centre moves against the sum of its weights' gradients (Adam: by lr)."""
+    x, y = _task(n=64)
+    model = _compressed()
+    ft = QuantizedFinetuneCallback(train_centres=True, reserve_zero=False)
+    ft.build(model)  # quantizes: the kernels are Q(W) now
+    before = [_centres(s) for s in ft.slots]
+    # Which centre each kept weight belongs to (nearest; ties to the lower one).
+    owner = [np.argmin(np.abs(s.shadow.numpy()[..., None] - c), axis=-1)
+             for s, c in zip(ft.slots, before)]
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, model(x, training=True))
+    grads = tape.gradient(loss, [s.kernel.variable for s in ft.slots])
+    lr = 1e-3
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(lr)), loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=64, shuffle=False, verbose=0, callbacks=[ft])
+    for slot, g, c0, k in zip(ft.slots, grads, before, owner):
+        kept = slot.mask.numpy()
+        summed = np.array([g.numpy()[kept & (k == j)].sum() for j in range(c0.size)])
+        expected = c0 - lr * np.sign(summed)  # Adam's first step: lr * g / (|g| + eps)
+        np.testing.assert_allclose(_centres(slot), np.sort(expected), atol=1e-6)
+        w = slot.kernel.variable.numpy()
+        assert set(np.unique(w[w != 0])) <= set(_centres(slot).tolist())
+
+
+def test_train_centres_keeps_support_and_widths_and_trains():
+    x, y = _task()
+    model = _compressed()
+    start = _kernels(model)
+    ft = QuantizedFinetuneCallback(train_centres=True, reserve_zero=False)
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.Adam(3e-3)), loss=LOSS)
+    hist = model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[ft])
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    for before, after, slot in zip(start, _kernels(model), ft.slots):
+        np.testing.assert_array_equal(after != 0, before != 0)
+        assert np.unique(after[after != 0]).size <= 2**slot.bits
+
+
+def test_train_centres_needs_the_gradient_passing_optimizer():
+    x, y = _task(n=64)
+    model = _compressed()
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=LOSS)
+    with pytest.raises(ValueError, match="`train_centres`.*ADMMOptimizer"):
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[QuantizedFinetuneCallback(train_centres=True)])

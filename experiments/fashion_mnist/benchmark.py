@@ -62,6 +62,8 @@ flags.DEFINE_enum("ft_optim", "sgd", ["sgd", "adam"], "Fine-tuning optimizer (sg
 flags.DEFINE_enum("ft_start", "finalised", ["finalised", "sparse"], "What fine-tuning starts from: "
                   "the ADMM model finalised (pruned and quantized), or only pruned to the budget's "
                   "support, in full precision, with ADMM's widths.")
+flags.DEFINE_bool("ft_train_centres", False, "Train the centres by gradient in the quantized "
+                  "fine-tuning epochs (TFMOT's clustering) instead of Lloyd re-fits.")
 flags.DEFINE_float("ft_kdtemp", 0.0, "Fine-tuning distillation temperature, the dense model the "
                    "teacher (0: off).", lower_bound=0)
 flags.register_validator("ft_lr", lambda v: v is None or v > 0,
@@ -129,7 +131,7 @@ def _dense_npz(dense_path, work):
 # codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
 _SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart", "ft_lr": "lr / 10",
                          "ft_float_epochs": 0, "ft_optim": "sgd", "ft_keep_support": False,
-                         "ft_start": "finalised", "ft_kdtemp": 0.0}
+                         "ft_start": "finalised", "ft_kdtemp": 0.0, "ft_train_centres": False}
 _FT_REFRESH = "warm"
 # The trainer arguments a finished ADMM stage is matched on (config.json), with
 # the defaults of those a config written before them lacks.
@@ -142,7 +144,7 @@ _ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
         "admm_epochs", "ft_epochs", "ft_float_epochs", "ft_optim", "ft_keep_support", "ft_start",
-        "ft_kdtemp", "lr", "rho",
+        "ft_kdtemp", "ft_train_centres", "lr", "rho",
         "rho_growth", "projint", "dualint", "importance", "batch_size", "seed", "limit",
     )} | {"ft_refresh": _FT_REFRESH, "ft_lr": _ft_lr_setting()}
 
@@ -216,6 +218,7 @@ def _sqjl(dense_path, nnz, bits, work):
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
                              float_epochs=FLAGS.ft_float_epochs, optim=FLAGS.ft_optim,
                              keep_support=FLAGS.ft_keep_support,
+                             train_centres=FLAGS.ft_train_centres,
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed, limit=FLAGS.limit, pretrain=start_model,
                              weightbits=widths, kdtemp=FLAGS.ft_kdtemp,
@@ -345,6 +348,8 @@ def _variant():
             text += ", support kept"
         if FLAGS.ft_start == "sparse":
             text += ", from the float pruned model"
+        if FLAGS.ft_train_centres:
+            text += ", centres trained"
         if FLAGS.ft_kdtemp:
             text += f", distilled (T={FLAGS.ft_kdtemp:g})"
     return text
