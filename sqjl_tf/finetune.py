@@ -480,6 +480,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
                            "passes the gradients of the kernels to the callback")
             optimizer.add_gradient_tap(self._tap)
             self._tapped = optimizer
+            if getattr(self.model, "train_function", None) is not None:
+                self.model.make_train_function(force=True)  # a step traced before has no tap
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch >= self.float_epochs:  # also on resuming past the full-precision phase
@@ -504,8 +506,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._batches += done
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 >= self.float_epochs:
-            self.start_quantizing()
+        # The last full-precision epoch ends in full precision: its checkpoint is the model
+        # it validated; the next epoch (or the end of fit) quantizes.
         if self.quantizing and not self.train_centres:
             self.full_refresh()
         if logs is not None:

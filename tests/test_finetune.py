@@ -114,16 +114,17 @@ def test_float_epochs_train_in_full_precision_then_quantize():
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSS)
     model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[ft, probe])
     bits = [s.bits for s in ft.slots]
-    # Epoch 1: full precision on the frozen support (more values than the width allows).
-    first = probe.kernels[0]
-    assert any(np.unique(k[k != 0]).size > 2**b for k, b in zip(first, bits))
-    for before, after in zip(start, first):
-        assert np.all(after[before == 0] == 0)
-    # Quantized from the end of epoch 2 on; the final model fits its start size.
-    for epoch in (1, 2):
-        for before, k, b in zip(start, probe.kernels[epoch], bits):
-            assert np.all(k[before == 0] == 0)
-            assert np.unique(k[k != 0]).size <= 2**b
+    # Epochs 1-2: full precision on the frozen support (more values than the width allows);
+    # epoch 2 ends in full precision, so its checkpoint is the model it validated.
+    for epoch in (0, 1):
+        kernels = probe.kernels[epoch]
+        assert any(np.unique(k[k != 0]).size > 2**b for k, b in zip(kernels, bits))
+        for before, after in zip(start, kernels):
+            assert np.all(after[before == 0] == 0)
+    # Quantized from epoch 3 on; the final model fits its start size.
+    for before, k, b in zip(start, probe.kernels[2], bits):
+        assert np.all(k[before == 0] == 0)
+        assert np.unique(k[k != 0]).size <= 2**b
     assert ft.quantizing
     assert sqjl_tf.compression_report(model).size_bits <= start_size
 
@@ -324,3 +325,18 @@ def test_train_centres_needs_the_gradient_passing_optimizer():
     with pytest.raises(ValueError, match="`train_centres`.*ADMMOptimizer"):
         model.fit(x, y, epochs=1, verbose=0,
                   callbacks=[QuantizedFinetuneCallback(train_centres=True)])
+
+
+def test_train_centres_in_a_later_fit_still_gets_the_gradients():
+    """The train step of an earlier fit was traced without the tap: it is traced again."""
+    x, y = _task(n=256)
+    model = _compressed()
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(1e-3)), loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0,
+              callbacks=[QuantizedFinetuneCallback(reserve_zero=False)])
+    ft = QuantizedFinetuneCallback(train_centres=True, reserve_zero=False)
+    ft.build(model)
+    before = [_centres(s) for s in ft.slots]
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft])
+    moved = [np.abs(_centres(s) - c).max() for s, c in zip(ft.slots, before)]
+    assert min(moved) > 1e-4, moved  # no Lloyd refresh: only the gradient steps move them
