@@ -79,6 +79,10 @@ flags.DEFINE_bool("keep_support", False, "finetune: codebooks of nonzero centres
                   "weight rounds to zero (TFMOT's sparsity-preserving clustering)")
 flags.DEFINE_bool("train_centres", False, "finetune: train the codebooks' centres by gradient "
                   "(Adam) in the quantized epochs instead of re-fitting them (TFMOT's clustering)")
+flags.DEFINE_list("prune_to", None, "finetune: nonzeros each layer ends with (e.g. a compression "
+                  "run's allocated_nnz, from its latest.ckpt.npz); the support shrinks to them")
+flags.DEFINE_integer("prune_epochs", 0, "finetune: full-precision epochs over which the support "
+                     "shrinks to --prune_to (cubic schedule; 0: at once)", lower_bound=0)
 flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "
                     "from (default: the --pretrain model, as the reference)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
@@ -155,6 +159,7 @@ def main(argv):
             weightbits=_int_list("weightbits", FLAGS.weightbits),
             float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
             train_centres=FLAGS.train_centres,
+            prune_to=_int_list("prune_to", FLAGS.prune_to), prune_epochs=FLAGS.prune_epochs,
             overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,

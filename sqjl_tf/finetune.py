@@ -48,6 +48,13 @@ Adam at the optimizer's current learning rate; the Lloyd refreshes, which
 would pull the centres back to the weights' means, are off. The weights keep
 their straight-through updates, so assignments still move.
 
+With ``prune_to`` (nonzeros per kernel, e.g. the allocation an ADMM run
+learned) the support is not frozen at the start but shrinks to those counts by
+magnitude during the first ``prune_epochs`` full-precision epochs, on the cubic
+schedule of gradual pruning (Zhu & Gupta 2017; TFMOT's ``PolynomialDecay``):
+start from ADMM's trained weights W, unpruned, and the allocation ADMM chose is
+trained for as TFMOT trains its own. ``prune_epochs=0`` prunes at once.
+
 Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
 without callbacks and the N-1 later ones would see unquantized kernels.
 
@@ -75,6 +82,7 @@ from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
 MAX_BITS = projections.MAX_BITS
+_PRUNE_EVERY = 50  # steps between mask updates of the gradual pruning
 _DEFAULT_REFRESH_EVERY = 50  # batches between codebook refreshes when fit does not know its steps
 
 
@@ -222,6 +230,12 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             ``compressible_kernels``.
         float_epochs: epochs of full-precision training on the frozen support
             before the codebooks are built (0: quantized from the start).
+        prune_to: nonzeros each kernel ends with (``compressible_kernels``
+            order), at most its nonzeros at the start; None: the start
+            support is kept.
+        prune_epochs: full-precision epochs over which the support shrinks to
+            ``prune_to`` (cubic schedule, magnitude, every 50 steps); at most
+            ``float_epochs``; 0: pruned at once.
         train_centres: train the centres by gradient (Adam at the optimizer's
             learning rate) in the quantized epochs instead of Lloyd
             refreshes; needs the model compiled with an
@@ -247,6 +261,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         predicate: Optional[Callable] = None,
         float_epochs: int = 0,
         train_centres: bool = False,
+        prune_to: Optional[Sequence[int]] = None,
+        prune_epochs: int = 0,
     ):
         super().__init__()
         self.weightbits = _parse_weightbits(weightbits)
@@ -257,6 +273,20 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         if not (isinstance(float_epochs, (int, np.integer)) and float_epochs >= 0):
             raise _bad("float_epochs", float_epochs, "an integer >= 0")
         self.float_epochs = int(float_epochs)
+        if prune_to is not None and not all(
+                isinstance(n, (int, np.integer)) and n >= 0 for n in prune_to):
+            raise _bad("prune_to", prune_to, "a list of integers >= 0, one per kernel")
+        if not (isinstance(prune_epochs, (int, np.integer)) and 0 <= prune_epochs <= float_epochs):
+            raise _bad("prune_epochs", prune_epochs,
+                       f"an integer in [0, float_epochs={float_epochs}] (pruning is done in "
+                       "full precision)")
+        if prune_epochs and prune_to is None:
+            raise _bad("prune_epochs", prune_epochs, "0 without prune_to")
+        self.prune_to = None if prune_to is None else [int(n) for n in prune_to]
+        self.prune_epochs = int(prune_epochs)
+        self._prune_from: List[int] = []
+        self._pruned = prune_to is None
+        self._prune_step = 0
         self.train_centres = bool(train_centres)
         self._centre_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="centre_step")
         self._tapped = None  # the optimizer the gradient tap is registered with
@@ -348,11 +378,22 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             )
         self.slots = slots
         self._built_for = model
+        if self.prune_to is not None:
+            starts = [int(np.count_nonzero(s.mask.numpy())) for s in slots]
+            if len(self.prune_to) != len(slots) or any(
+                    n > m for n, m in zip(self.prune_to, starts)):
+                raise _bad("prune_to", self.prune_to,
+                           f"{len(slots)} counts, each at most the kernel's nonzeros {starts}")
+            self._prune_from, self._pruned = starts, False
+            if self.prune_epochs == 0:
+                self._prune(1.0)
+                self._set_codebooks()
         self._step_fn = tf.function(self._step_impl, autograph=False)
         self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
         self._float_step_fn = tf.function(self._float_step_impl, autograph=False)
         self._centre_fn = tf.function(self._centre_step_impl, autograph=False)
-        planned = sum(s.bits * int(np.count_nonzero(s.mask.numpy())) for s in slots)
+        planned = sum(s.bits * n for s, n in zip(slots, self.prune_to or [
+            int(np.count_nonzero(s.mask.numpy())) for s in slots]))
         logging.info(
             "Fine-tuning %d kernels, widths %s, start size %d bits, %d bits at those widths%s.",
             len(slots), [s.bits for s in slots], self.initial_size_bits, planned,
@@ -371,18 +412,41 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         """
         if self.quantizing:
             return
+        if not self._pruned:  # fit ended before the pruning schedule did
+            self._prune(1.0)
+        self._set_codebooks()
+        self._centre_step.assign(0)
+        self.quantizing = True
+        self._requantize()
+        logging.info("Fine-tuning: codebooks built from the full-precision weights, quantized.")
+
+    def _prune(self, fraction: float) -> None:
+        """Keeps the largest weights of each kernel: ``fraction`` of the way to ``prune_to``."""
+        for s, start, target in zip(self.slots, self._prune_from, self.prune_to):
+            keep = int(round(target + (start - target) * (1.0 - fraction) ** 3))
+            w = s.shadow.numpy()  # masked
+            flat = np.abs(w).ravel()
+            mask = np.zeros(flat.size, bool)
+            if keep > 0:
+                mask[np.argpartition(-flat, keep - 1)[:keep]] = True
+            mask = mask.reshape(w.shape) & (w != 0)
+            s.mask.assign(mask)
+            s.shadow.assign(np.where(mask, w, 0).astype(np.float32))
+            _value(s.kernel.variable).assign(s.shadow)
+        if fraction >= 1.0:
+            self._pruned = True
+            logging.info("Fine-tuning: pruned to %s nonzeros.", self.prune_to)
+
+    def _set_codebooks(self) -> None:
+        """k-means codebooks of the (masked, full-precision) shadows."""
         for s in self.slots:
-            w = s.shadow.numpy()  # masked, trained in full precision
+            w = s.shadow.numpy()
             centres = projections.codebook(w, s.bits, self.reserve_zero)
             s.centres.assign(_pad_centres(centres, int(s.centres.shape[0])))
             if s.used is not None:
                 s.used.assign(max(int(np.unique(centres).size), 1))
                 for v in (s.centre_grad, s.centre_m, s.centre_v):  # float phase's sums: unused
                     v.assign(tf.zeros_like(v))
-        self._centre_step.assign(0)
-        self.quantizing = True
-        self._requantize()
-        logging.info("Fine-tuning: codebooks built from the full-precision weights, quantized.")
 
     # ------------------------------------------------------------ TF steps
     def _step_impl(self):
@@ -488,10 +552,18 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             self.start_quantizing()
         self._last_batch = -1
         self._batches = 0
+        self._prune_step = epoch * int((self.params or {}).get("steps") or 0)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.quantizing:
             self._float_step_fn()
+            if not self._pruned and self.prune_epochs:
+                self._prune_step += batch - self._last_batch
+                self._last_batch = batch
+                total = self._prune_total()
+                every = max(1, min(_PRUNE_EVERY, total // 20))
+                if self._prune_step % every == 0 or self._prune_step >= total:
+                    self._prune(min(1.0, self._prune_step / total))
             return
         self._step_fn()
         done = batch - self._last_batch  # > 1 with steps_per_execution > 1
@@ -505,7 +577,12 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
                 self._refresh_fn()
         self._batches += done
 
+    def _prune_total(self) -> int:
+        return self.prune_epochs * int((self.params or {}).get("steps") or _DEFAULT_REFRESH_EVERY)
+
     def on_epoch_end(self, epoch, logs=None):
+        if not self._pruned and self.prune_epochs and not self.quantizing:
+            self._prune(min(1.0, self._prune_step / self._prune_total()))
         # The last full-precision epoch ends in full precision: its checkpoint is the model
         # it validated; the next epoch (or the end of fit) quantizes.
         if self.quantizing and not self.train_centres:

@@ -79,6 +79,8 @@ class TrainConfig:
     float_epochs: int = 0
     keep_support: bool = False
     train_centres: bool = False
+    prune_to: Optional[Sequence[int]] = None
+    prune_epochs: int = 0
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
@@ -159,6 +161,17 @@ class TrainConfig:
             bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
         if self.keep_support and self.mode != "finetune":
             bad("keep_support", self.keep_support, "False unless --mode=finetune")
+        if self.prune_to is not None:
+            if self.mode != "finetune":
+                bad("prune_to", self.prune_to, "only with --mode=finetune")
+            if not all(isinstance(n, int) and n >= 0 for n in self.prune_to):
+                bad("prune_to", self.prune_to, "a comma list of integers >= 0")
+        if not (isinstance(self.prune_epochs, int) and 0 <= self.prune_epochs <= self.float_epochs):
+            bad("prune_epochs", self.prune_epochs,
+                f"an integer in [0, float_epochs={self.float_epochs}] (pruning is done in full "
+                "precision)")
+        if self.prune_epochs and self.prune_to is None:
+            bad("prune_epochs", self.prune_epochs, "0 without --prune_to")
         if self.train_centres and self.mode != "finetune":
             bad("train_centres", self.train_centres, "False unless --mode=finetune")
         if self.teacher is not None:
@@ -417,7 +430,9 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits,
                                                    float_epochs=cfg.float_epochs,
                                                    reserve_zero=not cfg.keep_support,
-                                                   train_centres=cfg.train_centres))
+                                                   train_centres=cfg.train_centres,
+                                                   prune_to=cfg.prune_to,
+                                                   prune_epochs=cfg.prune_epochs))
     optimizer = _optimizer(cfg, steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:
@@ -530,7 +545,11 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, stra
 
 
 def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
+    import keras
+    import numpy as np
+
     from sqjl_tf.budget import compression_report
+    from sqjl_tf.layers import compressible_kernels
 
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
     if sparse is not None and is_chief:  # pruned, full precision: a float-first fine-tuning's start
@@ -550,6 +569,9 @@ def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
         "budget_bits": budget,
         "within_budget": report.within_budget,
         "allocated_bits": [int(b) for b in admm.state.current_bits] if admm else None,
+        "allocated_nnz": None if sparse is None else [
+            int(np.count_nonzero(keras.ops.convert_to_numpy(k.variable)))
+            for k in compressible_kernels(sparse)],
         "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
                    for s in report.layers],
         "files": files,

@@ -340,3 +340,50 @@ def test_train_centres_in_a_later_fit_still_gets_the_gradients():
     model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft])
     moved = [np.abs(_centres(s) - c).max() for s, c in zip(ft.slots, before)]
     assert min(moved) > 1e-4, moved  # no Lloyd refresh: only the gradient steps move them
+
+
+def _float_model():
+    """The pretrained model, unpruned and in full precision."""
+    _compressed()  # fills the cache's training
+    x, y = _task()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    return model
+
+
+def test_prune_to_shrinks_the_support_gradually_then_quantizes():
+    x, y = _task()
+    model = _float_model()
+    sizes = [k.size for k in _kernels(model)]
+    targets = [n // 10 for n in sizes]
+    ft = QuantizedFinetuneCallback(weightbits=[2, 2], reserve_zero=False, float_epochs=2,
+                                   prune_to=targets, prune_epochs=2)
+    probe = _KernelProbe()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[ft, probe])
+    nnz = [[int(np.count_nonzero(k)) for k in epoch] for epoch in probe.kernels]
+    # Epoch 1: half-way on the cubic schedule (1 - (1 - 1/2)^3 = 7/8 of the way).
+    for n, size, target in zip(nnz[0], sizes, targets):
+        assert n == round(target + (size - target) / 8)
+    assert nnz[1] == targets == nnz[2]  # exactly the allocation from then on
+    # The largest weights are the ones kept, and only they stay nonzero.
+    assert all(np.unique(k[k != 0]).size > 4 for k in probe.kernels[1])  # still full precision
+    for before, after in zip(probe.kernels[1], probe.kernels[2]):
+        np.testing.assert_array_equal(after != 0, before != 0)
+        assert np.unique(after[after != 0]).size <= 4
+
+
+def test_prune_to_is_reached_even_if_fit_stops_early_and_is_checked():
+    x, y = _task(n=128)
+    model = _float_model()
+    targets = [k.size // 20 for k in _kernels(model)]
+    ft = QuantizedFinetuneCallback(weightbits=[2, 2], float_epochs=3, prune_to=targets,
+                                   prune_epochs=3)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft])
+    assert all(int(np.count_nonzero(k)) <= t for k, t in zip(_kernels(model), targets))
+    with pytest.raises(ValueError, match="`prune_to`"):
+        QuantizedFinetuneCallback(prune_to=[10**9, 1]).build(_float_model())
+    with pytest.raises(ValueError, match="`prune_epochs`"):
+        QuantizedFinetuneCallback(prune_to=[1, 1], prune_epochs=2, float_epochs=1)

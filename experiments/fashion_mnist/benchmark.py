@@ -59,9 +59,14 @@ flags.DEFINE_integer("ft_float_epochs", 0, "Fine-tuning epochs in full precision
 flags.DEFINE_bool("ft_keep_support", False, "Fine-tune with codebooks of nonzero centres only (no "
                   "kept weight rounds to zero), as TFMOT's sparsity-preserving clustering.")
 flags.DEFINE_enum("ft_optim", "sgd", ["sgd", "adam"], "Fine-tuning optimizer (sgd: momentum 0.9).")
-flags.DEFINE_enum("ft_start", "finalised", ["finalised", "sparse"], "What fine-tuning starts from: "
-                  "the ADMM model finalised (pruned and quantized), or only pruned to the budget's "
-                  "support, in full precision, with ADMM's widths.")
+flags.DEFINE_enum("ft_start", "finalised", ["finalised", "sparse", "trained"],
+                  "What fine-tuning starts from: the ADMM model finalised (pruned and quantized); "
+                  "only pruned to the budget's support, in full precision, with ADMM's widths "
+                  "(sparse); or ADMM's trained weights unpruned, pruned gradually to ADMM's "
+                  "allocation over --ft_prune_epochs (trained).")
+flags.DEFINE_integer("ft_prune_epochs", 0, "With --ft_start=trained: fine-tuning epochs over which "
+                     "the support shrinks to ADMM's allocation (of --ft_float_epochs).",
+                     lower_bound=0)
 flags.DEFINE_bool("ft_train_centres", False, "Train the centres by gradient in the quantized "
                   "fine-tuning epochs (TFMOT's clustering) instead of Lloyd re-fits.")
 flags.DEFINE_float("ft_kdtemp", 0.0, "Fine-tuning distillation temperature, the dense model the "
@@ -131,7 +136,8 @@ def _dense_npz(dense_path, work):
 # codebook now (sqjl_tf.finetune); not a flag, but it changes the result.
 _SETTINGS_ADDED_LATER = {"rho_growth": 1.0, "ft_refresh": "restart", "ft_lr": "lr / 10",
                          "ft_float_epochs": 0, "ft_optim": "sgd", "ft_keep_support": False,
-                         "ft_start": "finalised", "ft_kdtemp": 0.0, "ft_train_centres": False}
+                         "ft_start": "finalised", "ft_kdtemp": 0.0, "ft_train_centres": False,
+                         "ft_prune_epochs": 0}
 _FT_REFRESH = "warm"
 # The trainer arguments a finished ADMM stage is matched on (config.json), with
 # the defaults of those a config written before them lacks.
@@ -144,7 +150,7 @@ _ADMM_DEFAULTS = {"rho_growth": 1.0, "importance": "magnitude"}
 def _sqjl_settings():
     return {key: getattr(FLAGS, key) for key in (
         "admm_epochs", "ft_epochs", "ft_float_epochs", "ft_optim", "ft_keep_support", "ft_start",
-        "ft_kdtemp", "ft_train_centres", "lr", "rho",
+        "ft_kdtemp", "ft_train_centres", "ft_prune_epochs", "lr", "rho",
         "rho_growth", "projint", "dualint", "importance", "batch_size", "seed", "limit",
     )} | {"ft_refresh": _FT_REFRESH, "ft_lr": _ft_lr_setting()}
 
@@ -210,15 +216,19 @@ def _sqjl(dense_path, nnz, bits, work):
     else:
         record = admm = trainer.run(**admm_args)
     if FLAGS.ft_epochs:
-        start_model, widths = record["files"]["keras"], None
-        if FLAGS.ft_start == "sparse":
+        start_model, widths, prune_to = record["files"]["keras"], None, None
+        if FLAGS.ft_start in ("sparse", "trained"):
             start_model, widths = _sparse_start(logdir, admm)
+        if FLAGS.ft_start == "trained":
+            prune_to = _nonzeros(start_model)
+            start_model = os.path.join(logdir, "latest.ckpt.npz")  # W, unpruned
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
                              float_epochs=FLAGS.ft_float_epochs, optim=FLAGS.ft_optim,
                              keep_support=FLAGS.ft_keep_support,
-                             train_centres=FLAGS.ft_train_centres,
+                             train_centres=FLAGS.ft_train_centres, prune_to=prune_to,
+                             prune_epochs=FLAGS.ft_prune_epochs if prune_to else 0,
                              lr_sched="cos", momentum=0.9, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed, limit=FLAGS.limit, pretrain=start_model,
                              weightbits=widths, kdtemp=FLAGS.ft_kdtemp,
@@ -262,6 +272,17 @@ def _sparse_start(logdir, record):
     finalize_model(model, state, quantize=False).save(path + ".tmp.keras")
     os.replace(path + ".tmp.keras", path)
     return path, [int(b) for b in state.current_bits]
+
+
+def _nonzeros(model_path):
+    """Nonzeros of each compressible kernel of a saved model (ADMM's allocation)."""
+    import keras
+    import numpy as np
+
+    from sqjl_tf import compressible_kernels
+
+    model = keras.models.load_model(model_path, compile=False)
+    return [int(np.count_nonzero(k.variable.numpy())) for k in compressible_kernels(model)]
 
 
 class _TfmotRun:
@@ -348,6 +369,8 @@ def _variant():
             text += ", support kept"
         if FLAGS.ft_start == "sparse":
             text += ", from the float pruned model"
+        if FLAGS.ft_start == "trained":
+            text += f", pruned gradually over {FLAGS.ft_prune_epochs}"
         if FLAGS.ft_train_centres:
             text += ", centres trained"
         if FLAGS.ft_kdtemp:
