@@ -234,7 +234,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             order), at most its nonzeros at the start; None: the start
             support is kept.
         prune_epochs: full-precision epochs over which the support shrinks to
-            ``prune_to`` (cubic schedule, magnitude, every 50 steps); at most
+            ``prune_to`` (cubic schedule, by magnitude; masks updated about 20
+            times over the schedule and at each epoch end); at most
             ``float_epochs``; 0: pruned at once.
         train_centres: train the centres by gradient (Adam at the optimizer's
             learning rate) in the quantized epochs instead of Lloyd

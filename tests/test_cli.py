@@ -212,6 +212,17 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
     assert [layer["nnz"] for layer in tuned["layers"]] == nnz
     assert all(layer["bits"] <= b for layer, b in zip(tuned["layers"], widths))
     assert tuned["size_bits"] <= sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
+    # Or from ADMM's trained weights W (its checkpoint), unpruned, pruned gradually to
+    # ADMM's allocation (allocated_nnz): the same nonzeros per layer at the end.
+    assert first["allocated_nnz"] == nnz
+    gradual = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                          arch="caffelenet", epochs=2, float_epochs=1, prune_epochs=1,
+                          prune_to=first["allocated_nnz"], keep_support=True, weightbits=widths,
+                          logdir=str(tmp_path / "gp"), export=("keras",),
+                          pretrain=str(tmp_path / "c" / "latest.ckpt.npz"),
+                          **dict(COMMON, lr=0.005))
+    assert [layer["nnz"] for layer in gradual["layers"]] == nnz
+    assert gradual["size_bits"] <= first["budget_bits"]
 
 
 def test_distillation_teacher_is_the_given_model(dense_lenet, idx_dir, tmp_path, monkeypatch):
@@ -287,6 +298,9 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(float_epochs=-1, mode="finetune", pretrain=__file__), "`float_epochs`"),
         (dict(keep_support=True), "`keep_support`. Received: True. Expected False unless"),
         (dict(logdir=__file__ + "/run"), "`logdir`"),
+        (dict(prune_to=[5, 5]), "`prune_to`. Received: [5, 5]. Expected only with"),
+        (dict(prune_epochs=2, float_epochs=1, prune_to=[5], mode="finetune", pretrain=__file__),
+         "`prune_epochs`. Received: 2. Expected an integer in [0, float_epochs=1]"),
         (dict(train_centres=True), "`train_centres`. Received: True. Expected False unless"),
         (dict(teacher=__file__), "`teacher`. Received: '%s'. Expected no teacher unless kdtemp"
          % __file__),
