@@ -15,7 +15,12 @@ beside sqjl_tf's runs. Every finished run is kept in the work folder
 interrupted benchmark resumes where it stopped. Budgets or variants run by separate
 invocations into one ``--out_dir`` share a table with ``--table_only``; sqjl_tf
 runs with other settings (say ``--admm_epochs=14 --ft_epochs=18``) go beside the
-others under ``--tag`` and the table shows each as its own row.
+others under ``--tag`` and the table shows each as its own row. ``--ft_start``
+chooses what the fine-tuning starts from: the finalised ADMM model, the ADMM
+weights pruned to the budget's support in full precision (``sparse``), or ADMM's
+trained weights unpruned, pruned gradually to ADMM's allocation over
+``--ft_prune_epochs`` (``trained``). Fashion-MNIST is Debian's
+``dataset-fashion-mnist``, installed if missing (or give ``--data_dir``).
 
 Usage (full run; hours on 2 CPU cores):
     python experiments/fashion_mnist/benchmark.py
