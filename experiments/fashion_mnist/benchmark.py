@@ -451,10 +451,10 @@ def _write(rows, dense_acc, out_dir):
     except ImportError:
         logging.warning("matplotlib is not installed: no plot (pip install -e '.[plot]').")
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (method, variant), marker in zip(
-        sorted({(r["method"], r["variant"]) for r in rows}), itertools.cycle("osd^v<>P*X")
-    ):
+    series = sorted({(r["method"], r["variant"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4 + 0.2 * len(series)))  # room for the legend below
+    # 9 markers against 10 colours: no two series share both
+    for (method, variant), marker in zip(series, itertools.cycle("osd^v<>P*")):
         pts = sorted((r["rate"], r["accuracy"]) for r in rows
                      if r["method"] == method and r["variant"] == variant)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{method} {variant}")
@@ -463,9 +463,8 @@ def _write(rows, dense_acc, out_dir):
     ax.set_xlabel("compression rate (x, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Fashion-MNIST LeNet-5")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "fashion_mnist.png"), dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15))
+    fig.savefig(os.path.join(out_dir, "fashion_mnist.png"), dpi=120, bbox_inches="tight")
 
 
 def _parse_budgets(specs):
