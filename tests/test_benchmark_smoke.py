@@ -125,6 +125,7 @@ def test_benchmark_driver_smoke(tmp_path):
 @pytest.mark.parametrize("flag, needle", [
     ("--budgets=0.02", "`--budgets`. Received: '0.02'"),
     ("--dualint=30", "`--dualint`. Received: 30. Expected a multiple of projint=20"),
+    ("--ft_prune_epochs=3", "`--ft_prune_epochs`. Received: 3. Expected 0 unless --ft_start"),
 ])
 def test_benchmark_rejects_bad_flags_before_any_work(flag, needle, tmp_path):
     out = tmp_path / "results"

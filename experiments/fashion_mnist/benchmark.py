@@ -513,6 +513,12 @@ def main(argv):
         raise app.UsageError(
             f"Invalid value for flag `--dualint`. Received: {FLAGS.dualint}. "
             f"Expected a multiple of projint={FLAGS.projint} (0 if projint is 0).")
+    if FLAGS.ft_prune_epochs and (FLAGS.ft_start != "trained"
+                                  or FLAGS.ft_prune_epochs > FLAGS.ft_float_epochs):
+        raise app.UsageError(
+            f"Invalid value for flag `--ft_prune_epochs`. Received: {FLAGS.ft_prune_epochs}. "
+            f"Expected 0 unless --ft_start=trained, and at most --ft_float_epochs="
+            f"{FLAGS.ft_float_epochs} (pruning is done in full precision).")
     work = os.path.join(FLAGS.out_dir, "fashion_mnist_runs")
     if not FLAGS.table_only:  # a table-only call creates nothing before its checks
         os.makedirs(work, exist_ok=True)
