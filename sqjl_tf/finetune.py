@@ -292,6 +292,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._centre_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="centre_step")
         self._tapped = None  # the optimizer the gradient tap is registered with
         self._centre_fn = None
+        self._slot_of = {}  # kernel path -> its slot, for the gradient tap
         self.refresh_per_epoch = int(refresh_per_epoch)
         self.lloyd_iters = int(lloyd_iters)
         self.reserve_zero = bool(reserve_zero)
@@ -354,11 +355,15 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self.initial_size_bits = compression_report(
             [(k.name, k.variable) for k in kernels]
         ).size_bits
+        # Codebooks are built here only if quantizing starts now; otherwise
+        # start_quantizing builds them from the weights as trained (or pruned) by then.
+        codebooks_now = self.float_epochs == 0 and self.prune_to is None
         slots = []
         for k, b in zip(kernels, bits):
             w = np.asarray(keras.ops.convert_to_numpy(k.variable), np.float32)
             length = 2**b + (1 if self.reserve_zero else 0)
-            centres = projections.codebook(w, b, self.reserve_zero)
+            centres = (projections.codebook(w, b, self.reserve_zero) if codebooks_now
+                       else np.zeros(1, np.float32))
             zeros = np.zeros(length, np.float32)
             extra = {} if not self.train_centres else dict(
                 used=tf.Variable(max(int(np.unique(centres).size), 1), trainable=False,
@@ -393,6 +398,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._refresh_fn = tf.function(self._refresh_impl, autograph=False)
         self._float_step_fn = tf.function(self._float_step_impl, autograph=False)
         self._centre_fn = tf.function(self._centre_step_impl, autograph=False)
+        self._slot_of = {s.kernel.variable.path: s for s in slots}  # for the gradient tap
         planned = sum(s.bits * n for s, n in zip(slots, self.prune_to or [
             int(np.count_nonzero(s.mask.numpy())) for s in slots]))
         logging.info(
@@ -469,17 +475,16 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
     def _tap(self, variable, grad):
         """Adds each centre's loss gradient (summed over its weights) to ``centre_grad``."""
-        for s in self.slots:
-            if variable is not s.kernel.variable and getattr(variable, "path", 1) != getattr(
-                    s.kernel.variable, "path", 2):
-                continue
-            n = tf.shape(s.centres)[0]
-            values = tf.reshape(s.shadow, [-1])  # (size,)
-            mid = 0.5 * (s.centres[1:] + s.centres[:-1])
-            idx = tf.minimum(tf.searchsorted(mid, values, side="left"), s.used - 1)  # padding -> last
-            kept = tf.reshape(s.mask, [-1]) & (values != 0)
-            g = tf.where(kept, tf.reshape(tf.cast(grad, tf.float32), [-1]), 0.0)
-            s.centre_grad.assign_add(tf.math.unsorted_segment_sum(g, tf.cast(idx, tf.int32), n))
+        s = self._slot_of.get(getattr(variable, "path", None))
+        if s is None:  # not a compressible kernel
+            return
+        n = tf.shape(s.centres)[0]
+        values = tf.reshape(s.shadow, [-1])  # (size,)
+        mid = 0.5 * (s.centres[1:] + s.centres[:-1])
+        idx = tf.minimum(tf.searchsorted(mid, values, side="left"), s.used - 1)  # padding -> last
+        kept = tf.reshape(s.mask, [-1]) & (values != 0)
+        g = tf.where(kept, tf.reshape(tf.cast(grad, tf.float32), [-1]), 0.0)
+        s.centre_grad.assign_add(tf.math.unsorted_segment_sum(g, tf.cast(idx, tf.int32), n))
 
     def _centre_step_impl(self, lr):
         """One Adam step on every codebook's real centres, then re-quantization."""
@@ -570,8 +575,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         done = batch - self._last_batch  # > 1 with steps_per_execution > 1
         self._last_batch = batch
         if self.train_centres:
-            lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            self._centre_fn(tf.constant(float(lr), tf.float32))
+            self._centre_fn(tf.cast(self.model.optimizer.learning_rate, tf.float32))
         elif self.refresh_per_epoch > 0:
             every = self._refresh_every()
             if (self._batches + done) // every > self._batches // every:

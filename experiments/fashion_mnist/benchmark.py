@@ -225,7 +225,7 @@ def _sqjl(dense_path, nnz, bits, work):
         if FLAGS.ft_start in ("sparse", "trained"):
             start_model, widths = _sparse_start(logdir, admm)
         if FLAGS.ft_start == "trained":
-            prune_to = _nonzeros(start_model)
+            prune_to = admm.get("allocated_nnz") or _nonzeros(start_model)
             start_model = os.path.join(logdir, "latest.ckpt.npz")  # W, unpruned
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
