@@ -454,6 +454,9 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         best = float(meta.get("best_value", best))
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)
     state_fn = (lambda: admm.state) if admm else (lambda: None)
+    if cfg.mode == "finetune" and cfg.float_epochs and _is_chief(strategy) and "keras" in cfg.export:
+        callbacks.append(_FloatModelSaver(student, cfg.float_epochs,
+                                          os.path.join(cfg.logdir, "model_float.keras")))
     callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
                                is_chief=_is_chief(strategy), best_value=best,
                                extra_eval=_train_eval(cfg, trained, admm, train_ds)))
@@ -476,6 +479,24 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
                         initial_epoch=initial_epoch, callbacks=callbacks,
                         verbose=2 if cfg.log_interval <= 0 else 0)
     return student, admm, callbacks
+
+
+def _FloatModelSaver(student, float_epochs: int, path: str):
+    """A callback saving ``student`` at the end of the last full-precision epoch.
+
+    The fine-tuning callback ends that epoch in full precision (it quantizes at the
+    next epoch's start, or at the end of ``fit``), so the file is the pruned,
+    trained float model: the start of any other quantization of the same support.
+    """
+    import keras
+
+    class _Saver(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == float_epochs:
+                _save_keras(student, path)
+                logging.info("Saved the full-precision fine-tuned model to %s", path)
+
+    return _Saver()
 
 
 def _restorer(cfg, model, optimizer, admm):
@@ -554,6 +575,9 @@ def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
     if sparse is not None and is_chief:  # pruned, full precision: a float-first fine-tuning's start
         files["keras_sparse"] = _save_keras(sparse, os.path.join(cfg.logdir, "model_sparse.keras"))
+    float_path = os.path.join(cfg.logdir, "model_float.keras")
+    if cfg.mode == "finetune" and cfg.float_epochs and os.path.isfile(float_path):
+        files["keras_float"] = float_path  # saved at the end of the full-precision phase
     scores = _accuracy(model, test_ds)
     budget = admm.state.budget_bits if admm else None
     try:

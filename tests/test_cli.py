@@ -212,6 +212,14 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
     assert [layer["nnz"] for layer in tuned["layers"]] == nnz
     assert all(layer["bits"] <= b for layer, b in zip(tuned["layers"], widths))
     assert tuned["size_bits"] <= sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
+    # The float phase's model is kept: the same support, in full precision (more distinct
+    # values than its width holds wherever it has more nonzeros than that).
+    floated = keras.models.load_model(tuned["files"]["keras_float"])
+    for k, n, b in zip(compressible_kernels(floated), nnz, widths):
+        w = k.variable.numpy()
+        assert int(np.count_nonzero(w)) == n
+        assert len(np.unique(w[w != 0])) > 2**b or n <= 2**b
+    assert "keras_float" not in first["files"]  # a compression run has no float phase
     # Or from ADMM's trained weights W (its checkpoint), unpruned, pruned gradually to
     # ADMM's allocation (allocated_nnz): the same nonzeros per layer at the end.
     assert first["allocated_nnz"] == nnz
