@@ -147,3 +147,35 @@ def test_diagnose_rejects_a_folder_that_is_not_an_admm_run(tmp_path):
     proc = subprocess.run([sys.executable, script, f"--runs={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "a run of mode 'pretrain'. Expected a compression" in proc.stderr
+
+
+def _write_seed_folder(folder, seed, sqjl_acc, tfmot_acc):
+    runs = folder / "fashion_mnist_runs"
+    runs.mkdir(parents=True)
+    (runs / "sqjl_0.02_3_gp.row.json").write_text(json.dumps(dict(
+        method="sqjl_tf", variant="gradual", nnz_budget=0.02, bit_budget=3, accuracy=sqjl_acc,
+        rate=533.0 + seed, settings=dict(seed=seed))))
+    (runs / "tfmot_hand_0.02_3.json").write_text(json.dumps(dict(
+        accuracy=tfmot_acc, rate=534.0, seed=seed)))
+    (runs / "tfmot_hand_0.02_3.log").write_text("not a result")
+
+
+def test_seeds_table_gives_each_rows_mean_and_spread_over_seeds(tmp_path):
+    script = os.path.join(ROOT, "experiments", "fashion_mnist", "seeds.py")
+    for seed, ours, peer in ((1, 0.90, 0.91), (2, 0.92, 0.90), (3, 0.91, 0.89)):
+        _write_seed_folder(tmp_path / f"s{seed}", seed, ours, peer)
+    out = tmp_path / "seeds.md"
+    work = ",".join(str(tmp_path / f"s{s}") for s in (1, 2, 3))
+    proc = subprocess.run([sys.executable, script, f"--work={work}", f"--out={out}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            out.read_text().splitlines()[2:]}
+    assert rows["sqjl_tf"][3:6] == ["0.9000", "0.9200", "0.9100"]
+    assert rows["sqjl_tf"][6:8] == ["0.9100", "0.0100"]  # mean, sample std
+    assert rows["sqjl_tf"][8].strip(" |") == "535x"
+    assert rows["TFMOT"][6:8] == ["0.9000", "0.0100"]
+    # the same seed twice is an error naming the flag
+    proc = subprocess.run([sys.executable, script, f"--work={tmp_path / 's1'},{tmp_path / 's1'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "`--work`. Received two runs of seed 1" in proc.stderr
