@@ -409,6 +409,50 @@ def admm_callback(cfg: TrainConfig):
     )
 
 
+def load_admm_run(logdir: str, model=None, checkpoint: str = "latest.ckpt.npz"):
+    """Loads a compression run's checkpoint: the model, its ADMM state and the metadata.
+
+    Args:
+        logdir: the run's folder (``config.json`` of mode "compress", and the checkpoint).
+        model: a built model of the run's architecture to load into (None: the run's
+            ``model_compressed.keras``, written when it finished).
+        checkpoint: the checkpoint's file name in ``logdir``.
+
+    Returns:
+        ``(model, state, meta)``: the model holding the trained weights W, the
+        ``ADMMState`` (duplicates, duals, widths, rho), the checkpoint's metadata
+        (``epoch``, ...).
+
+    Raises:
+        ValueError: if ``logdir`` is not a compression run or lacks the files.
+
+    Example:
+        >>> model, state, meta = load_admm_run("runs/lenet5_533x")
+        >>> pruned = finalize_model(model, state, quantize=False)
+    """
+    import keras
+
+    from sqjl_tf.checkpoint import load_checkpoint
+
+    config_file, ckpt = os.path.join(logdir, "config.json"), os.path.join(logdir, checkpoint)
+    saved = os.path.join(logdir, "model_compressed.keras")
+    needed = [config_file, ckpt] + ([saved] if model is None else [])
+    missing = [f for f in needed if not os.path.isfile(f)]
+    if missing:
+        raise ValueError(f"Invalid value for argument `logdir`. Received: {logdir!r}. Expected "
+                         f"a compression run's folder (missing: {', '.join(missing)}).")
+    with open(config_file) as f:
+        cfg = TrainConfig(**json.load(f))
+    if cfg.mode != "compress":
+        raise ValueError(f"Invalid value for argument `logdir`. Received: {logdir!r}, a run of "
+                         f"mode {cfg.mode!r}. Expected a compression (ADMM) run.")
+    if model is None:
+        model = keras.models.load_model(saved, compile=False)
+    state = admm_callback(cfg).build(model)
+    meta = load_checkpoint(ckpt, model, admm_state=state)
+    return model, state, meta
+
+
 def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, teacher=None):
     import keras
     import tensorflow as tf

@@ -73,18 +73,18 @@ def test_benchmark_driver_smoke(tmp_path):
     assert "| sqjl_tf | ADMM 2 | 0.05, 3 |" in tagged
     assert tagged.index("| ADMM 2 |") < tagged.index("| ADMM 1 + fine-tune 1 |")
     # Fine-tuning from the ADMM stage's pruned float model (--ft_start=sparse) keeps every
-    # weight of the budget's support. The ADMM stage is reused from a copy whose
-    # model_sparse.keras is gone (as in stages written before it existed): rebuilt from
-    # the stage's last checkpoint.
-    shutil.copytree(runs / "sqjl_0.05_3", runs / "sqjl_0.05_3_fromsparse")
-    os.remove(runs / "sqjl_0.05_3_fromsparse" / "model_sparse.keras")
+    # weight of the budget's support. Another tag with the same ADMM settings reuses the
+    # untagged run's stage in place (no ADMM folder of its own); its model_sparse.keras is
+    # gone (as in stages written before it existed): rebuilt from the stage's checkpoint.
+    os.remove(runs / "sqjl_0.05_3" / "model_sparse.keras")
     proc = subprocess.run(cmd + ["--tag=fromsparse", "--ft_start=sparse", "--ft_epochs=2",
                                  "--ft_float_epochs=1", "--ft_keep_support", "--notfmot"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reusing the finished ADMM stage" in proc.stderr
-    sparse = keras.models.load_model(runs / "sqjl_0.05_3_fromsparse" / "model_sparse.keras",
-                                     compile=False)
+    assert f"reusing the finished ADMM stage in {runs / 'sqjl_0.05_3'}\n" in proc.stderr
+    assert not (runs / "sqjl_0.05_3_fromsparse").exists()
+    assert os.path.getmtime(admm_model) == admm_mtime
+    sparse = keras.models.load_model(runs / "sqjl_0.05_3" / "model_sparse.keras", compile=False)
     finalised = keras.models.load_model(admm_model, compile=False)
     from sqjl_tf import compressible_kernels
 

@@ -203,6 +203,14 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
         nnz.append(int(np.count_nonzero(s_w)))
     assert sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
     assert max(len(np.unique(k.variable.numpy())) for k in compressible_kernels(sparse)) > 2**8
+    # The run loads back: its checkpoint's W and ADMM state give the same pruned model.
+    from sqjl_tf import finalize_model
+
+    loaded, state, meta = trainer.load_admm_run(str(tmp_path / "c"))
+    assert meta["epoch"] == 1 and [int(b) for b in state.current_bits] == widths
+    for a, b in zip(compressible_kernels(finalize_model(loaded, state, quantize=False)),
+                    compressible_kernels(sparse)):
+        np.testing.assert_array_equal(a.variable.numpy(), b.variable.numpy())
     # Float first, then quantized to ADMM's widths over nonzero centres: every kept weight
     # stays, so the model is exactly the size the ADMM allocation planned.
     tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
@@ -210,6 +218,10 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
                         weightbits=widths, logdir=str(tmp_path / "ft"), export=("keras",),
                         pretrain=first["files"]["keras_sparse"], **dict(COMMON, lr=0.005))
     assert [layer["nnz"] for layer in tuned["layers"]] == nnz
+    with pytest.raises(ValueError, match="a run of mode 'finetune'. Expected a compression"):
+        trainer.load_admm_run(str(tmp_path / "ft"))
+    with pytest.raises(ValueError, match="`logdir`. Received: .*missing: .*config.json"):
+        trainer.load_admm_run(str(tmp_path / "nothing"))
     assert all(layer["bits"] <= b for layer, b in zip(tuned["layers"], widths))
     assert tuned["size_bits"] <= sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
     # The float phase's model is kept: the same support, in full precision (more distinct

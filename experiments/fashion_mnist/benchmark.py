@@ -213,20 +213,21 @@ def _sqjl(dense_path, nnz, bits, work):
                      importance=FLAGS.importance,
                      seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
                      export=("keras",), logdir=logdir)
-    record = admm = _finished_admm(admm_args)
+    admm_dir, record = _reusable_admm(admm_args, work, nnz, bits)
+    admm = record
     if admm is not None:
-        logging.info("sqjl_tf %s/%s: reusing the finished ADMM stage in %s", nnz, bits, logdir)
-        with open(os.path.join(logdir, "metrics.jsonl")) as f:  # its epochs' wall time
+        logging.info("sqjl_tf %s/%s: reusing the finished ADMM stage in %s", nnz, bits, admm_dir)
+        with open(os.path.join(admm_dir, "metrics.jsonl")) as f:  # its epochs' wall time
             start -= sum(json.loads(line).get("seconds", 0.0) for line in f if line.strip())
     else:
         record = admm = trainer.run(**admm_args)
     if FLAGS.ft_epochs:
         start_model, widths, prune_to = record["files"]["keras"], None, None
         if FLAGS.ft_start in ("sparse", "trained"):
-            start_model, widths = _sparse_start(logdir, admm)
+            start_model, widths = _sparse_start(admm_dir, admm)
         if FLAGS.ft_start == "trained":
             prune_to = admm.get("allocated_nnz") or _nonzeros(start_model)
-            start_model = os.path.join(logdir, "latest.ckpt.npz")  # W, unpruned
+            start_model = os.path.join(admm_dir, "latest.ckpt.npz")  # W, unpruned
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
@@ -254,6 +255,23 @@ def _sqjl(dense_path, nnz, bits, work):
     return row
 
 
+def _reusable_admm(args, work, nnz, bits):
+    """(folder, record) of a finished ADMM stage run with ``args``, else (args' logdir, None).
+
+    Looks in this run's own folder first, then in the other tags' folders of the same
+    budget: rows that differ only in their fine-tuning share one ADMM stage.
+    """
+    own = args["logdir"]
+    others = [path for path in sorted(glob.glob(os.path.join(work, f"sqjl_{nnz}_{bits}*")))
+              if os.path.isdir(path) and not path.endswith("_ft") and path != own
+              and re.fullmatch(rf"sqjl_{re.escape(str(nnz))}_{bits}(_.+)?", os.path.basename(path))]
+    for folder in [own] + others:
+        record = _finished_admm(dict(args, logdir=folder))
+        if record is not None:
+            return folder, record
+    return own, None
+
+
 def _sparse_start(logdir, record):
     """The ADMM stage's model pruned to the budget, in full precision, and its widths.
 
@@ -263,17 +281,10 @@ def _sparse_start(logdir, record):
     path, widths = os.path.join(logdir, "model_sparse.keras"), record.get("allocated_bits")
     if os.path.isfile(path) and widths:
         return path, widths
-    import keras
-
-    from sqjl_tf import trainer
     from sqjl_tf.callback import finalize_model
-    from sqjl_tf.checkpoint import load_checkpoint
+    from sqjl_tf.trainer import load_admm_run
 
-    with open(os.path.join(logdir, "config.json")) as f:
-        cfg = trainer.TrainConfig(**json.load(f))
-    model = keras.models.load_model(record["files"]["keras"], compile=False)
-    state = trainer.admm_callback(cfg).build(model)
-    load_checkpoint(os.path.join(logdir, "latest.ckpt.npz"), model, admm_state=state)
+    model, state, _ = load_admm_run(logdir)
     finalize_model(model, state, quantize=False).save(path + ".tmp.keras")
     os.replace(path + ".tmp.keras", path)
     return path, [int(b) for b in state.current_bits]

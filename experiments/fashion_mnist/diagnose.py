@@ -65,13 +65,11 @@ def _run_row(folder, cfg, test_ds, info):
     import keras
     import numpy as np
 
-    from sqjl_tf import trainer
-    from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.models import build_model
+    from sqjl_tf.trainer import load_admm_run
 
-    model = build_model(cfg["arch"], info.num_classes, info.input_shape)
-    state = trainer.admm_callback(trainer.TrainConfig(**cfg)).build(model)
-    meta = load_checkpoint(os.path.join(folder, "latest.ckpt.npz"), model, admm_state=state)
+    model, state, meta = load_admm_run(
+        folder, build_model(cfg["arch"], info.num_classes, info.input_shape))
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     trained = [np.array(k.variable.numpy()) for k in state.kernels]
