@@ -83,6 +83,9 @@ flags.DEFINE_list("prune_to", None, "finetune: nonzeros each layer ends with (e.
                   "run's allocated_nnz, from its latest.ckpt.npz); the support shrinks to them")
 flags.DEFINE_integer("prune_epochs", 0, "finetune: full-precision epochs over which the support "
                      "shrinks to --prune_to (cubic schedule; 0: at once)", lower_bound=0)
+flags.DEFINE_string("from_run", None, "finetune: a finished compression run's folder; start from "
+                    "its trained weights (latest.ckpt.npz) and end at its allocation (sets "
+                    "--pretrain, --weightbits, --prune_to from its final.json)")
 flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "
                     "from (default: the --pretrain model, as the reference)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
@@ -160,6 +163,7 @@ def main(argv):
             float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
             train_centres=FLAGS.train_centres,
             prune_to=_int_list("prune_to", FLAGS.prune_to), prune_epochs=FLAGS.prune_epochs,
+            from_run=FLAGS.from_run,
             overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,

@@ -81,6 +81,7 @@ class TrainConfig:
     train_centres: bool = False
     prune_to: Optional[Sequence[int]] = None
     prune_epochs: int = 0
+    from_run: Optional[str] = None
     overwrite: bool = False
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
@@ -201,6 +202,40 @@ class TrainConfig:
         if not self.arch.startswith("keras.") and self.arch.lower() not in available_models():
             bad("arch", self.arch, f"one of {', '.join(available_models())} or keras.<Application>")
         _check_logdir(self)
+
+
+def _with_run_allocation(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``from_run``'s trained weights, widths and nonzeros filled in.
+
+    A fine-tuning ``from_run`` (a finished compression run's folder) starts from
+    that run's trained weights W (``latest.ckpt.npz``, unpruned) and ends at its
+    allocation: ``weightbits`` = ``allocated_bits``, ``prune_to`` =
+    ``allocated_nnz`` of its ``final.json``.
+    """
+    if cfg.from_run is None:
+        return cfg
+
+    def bad(expected):
+        raise UsageError(f"Invalid value for argument `from_run`. Received: {cfg.from_run!r}. "
+                         f"Expected {expected}.")
+
+    if cfg.mode != "finetune":
+        bad("no run unless --mode=finetune")
+    given = [name for name in ("pretrain", "weightbits", "prune_to") if getattr(cfg, name)]
+    if given:
+        bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
+    final_file = os.path.join(cfg.from_run, "final.json")
+    ckpt = os.path.join(cfg.from_run, "latest.ckpt.npz")
+    if not (os.path.isfile(final_file) and os.path.isfile(ckpt)):
+        bad("a finished compression run's folder (with final.json and latest.ckpt.npz)")
+    with open(final_file) as f:
+        record = json.load(f)
+    bits, nnz = record.get("allocated_bits"), record.get("allocated_nnz")
+    if record.get("mode") != "compress" or not bits or not nnz:
+        bad("a joint compression run whose final.json has allocated_bits and allocated_nnz "
+            f"(found mode {record.get('mode')!r})")
+    return dataclasses.replace(cfg, pretrain=ckpt, weightbits=[int(b) for b in bits],
+                               prune_to=[int(n) for n in nnz])
 
 
 def _check_logdir(cfg: TrainConfig) -> None:
@@ -336,7 +371,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         FileNotFoundError: if the dataset is missing (the message says which
             files to put where).
     """
-    cfg = TrainConfig(**kwargs)
+    cfg = _with_run_allocation(TrainConfig(**kwargs))
     cfg.validate()
     import keras
     import tensorflow as tf

@@ -243,6 +243,16 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
                           **dict(COMMON, lr=0.005))
     assert [layer["nnz"] for layer in gradual["layers"]] == nnz
     assert gradual["size_bits"] <= first["budget_bits"]
+    # --from_run names the compression run instead: the same start, widths and targets.
+    same = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                       arch="caffelenet", epochs=2, float_epochs=1, prune_epochs=1,
+                       keep_support=True, from_run=str(tmp_path / "c"),
+                       logdir=str(tmp_path / "fr"), export=("keras",), **dict(COMMON, lr=0.005))
+    assert same["layers"] == gradual["layers"] and same["size_bits"] == gradual["size_bits"]
+    config = json.load(open(tmp_path / "fr" / "config.json"))
+    assert config["weightbits"] == widths and config["prune_to"] == nnz
+    with pytest.raises(trainer.UsageError, match="`from_run`. .*found mode 'finetune'"):
+        trainer.run(mode="finetune", from_run=str(tmp_path / "ft"), logdir=str(tmp_path / "x"))
 
 
 def test_distillation_teacher_is_the_given_model(dense_lenet, idx_dir, tmp_path, monkeypatch):
@@ -325,6 +335,11 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(teacher=__file__), "`teacher`. Received: '%s'. Expected no teacher unless kdtemp"
          % __file__),
         (dict(teacher="/does/not/exist.keras", kdtemp=2.0), "`teacher`"),
+        (dict(from_run="/tmp"), "`from_run`. Received: '/tmp'. Expected no run unless --mode=fine"),
+        (dict(from_run="/tmp", mode="finetune", weightbits=[3]),
+         "`from_run`. Received: '/tmp'. Expected no --weightbits beside it"),
+        (dict(from_run=os.path.dirname(__file__), mode="finetune"),
+         "Expected a finished compression run's folder (with final.json and latest.ckpt.npz)"),
     ],
 )
 def test_trainer_usage_errors(kwargs, needle, tmp_path):
