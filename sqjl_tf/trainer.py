@@ -534,7 +534,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)
     state_fn = (lambda: admm.state) if admm else (lambda: None)
     if cfg.mode == "finetune" and cfg.float_epochs and _is_chief(strategy) and "keras" in cfg.export:
-        callbacks.append(_FloatModelSaver(student, cfg.float_epochs,
+        callbacks.append(_float_model_saver(student, cfg.float_epochs,
                                           os.path.join(cfg.logdir, "model_float.keras")))
     callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
                                is_chief=_is_chief(strategy), best_value=best,
@@ -560,7 +560,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
     return student, admm, callbacks
 
 
-def _FloatModelSaver(student, float_epochs: int, path: str):
+def _float_model_saver(student, float_epochs: int, path: str):
     """A callback saving ``student`` at the end of the last full-precision epoch.
 
     The fine-tuning callback ends that epoch in full precision (it quantizes at the
