@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 from typing import Dict, List, Tuple
@@ -41,8 +42,8 @@ def _runs_folder(path: str) -> str:
 
 
 def _tfmot_row(path: str) -> Dict:
-    name = os.path.basename(path)[: -len(".json")]  # tfmot_<variant>_<nnz>_<bits>
-    _, variant, nnz, bits = name.split("_")
+    match = re.fullmatch(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json", os.path.basename(path))
+    variant, nnz, bits = match.groups()
     with open(path) as f:
         result = json.load(f)
     return dict(method="TFMOT", variant=variant, nnz_budget=float(nnz), bit_budget=int(bits),
@@ -68,7 +69,8 @@ def read_rows(folder: str) -> List[Dict]:
                          accuracy=row["accuracy"], rate=row["rate"],
                          seed=row.get("settings", {}).get("seed")))
     for path in sorted(glob.glob(os.path.join(runs, "tfmot_*_*_*.json"))):
-        rows.append(_tfmot_row(path))
+        if re.fullmatch(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json", os.path.basename(path)):
+            rows.append(_tfmot_row(path))
     return rows
 
 
