@@ -213,14 +213,14 @@ def _sqjl(dense_path, nnz, bits, work):
                      importance=FLAGS.importance,
                      seed=FLAGS.seed, limit=FLAGS.limit, pretrain=dense_path,
                      export=("keras",), logdir=logdir)
-    admm_dir, record = _reusable_admm(admm_args, work, nnz, bits)
-    admm = record
+    admm_dir, admm = _reusable_admm(admm_args, work, nnz, bits)
     if admm is not None:
         logging.info("sqjl_tf %s/%s: reusing the finished ADMM stage in %s", nnz, bits, admm_dir)
         with open(os.path.join(admm_dir, "metrics.jsonl")) as f:  # its epochs' wall time
             start -= sum(json.loads(line).get("seconds", 0.0) for line in f if line.strip())
     else:
-        record = admm = trainer.run(**admm_args)
+        admm = trainer.run(**admm_args)
+    record = admm
     if FLAGS.ft_epochs:
         start_model, widths, prune_to = record["files"]["keras"], None, None
         if FLAGS.ft_start in ("sparse", "trained"):
