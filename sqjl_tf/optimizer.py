@@ -169,25 +169,19 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         state = getattr(self.admm, "state", self.admm)
         if state is None or not getattr(state, "fisher", None):
             return
-        replica = tf.distribute.get_replica_context()
         for g, v in zip(grads, variables):
             j = state.index_of(v) if g is not None else None
-            if j is not None:
-                if replica is not None and replica.num_replicas_in_sync > 1:
-                    g = replica.all_reduce(tf.distribute.ReduceOp.SUM, g)  # the global gradient
-                state.accumulate_fisher(j, g)  # the loss gradient, before L2 and penalty
+            if j is not None:  # the loss gradient, before L2 and penalty
+                state.accumulate_fisher(j, _global_gradient(g))
 
     def _call_taps(self, grads, variables):
         if not self._gradient_taps:
             return
-        replica = tf.distribute.get_replica_context()
         for g, v in zip(grads, variables):
-            if g is None:
-                continue
-            if replica is not None and replica.num_replicas_in_sync > 1:
-                g = replica.all_reduce(tf.distribute.ReduceOp.SUM, g)
-            for tap in self._gradient_taps:
-                tap(v, g)
+            if g is not None:
+                g = _global_gradient(g)
+                for tap in self._gradient_taps:
+                    tap(v, g)
 
     def _prox(self, state, variables, beta):
         triples = []
@@ -224,3 +218,11 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
         return cls(inner, **config)
+
+
+def _global_gradient(g):
+    """``g`` summed over the replicas in sync (itself outside a multi-replica step)."""
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        return replica.all_reduce(tf.distribute.ReduceOp.SUM, g)
+    return g

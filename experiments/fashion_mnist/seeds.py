@@ -22,7 +22,6 @@ import json
 import os
 import re
 import statistics
-import sys
 from typing import Dict, List, Tuple
 
 from absl import app, flags, logging
@@ -34,6 +33,7 @@ flags.DEFINE_integer("min_seeds", 2, "Leave out rows run with fewer seeds than t
 flags.DEFINE_string("out", None, "Markdown file to write (default: print only).")
 
 Key = Tuple[str, str, float, int]  # method, variant, nnz_budget, bit_budget
+_TFMOT_RESULT = re.compile(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json")  # tfmot_baseline.py --out
 
 
 def _runs_folder(path: str) -> str:
@@ -42,8 +42,7 @@ def _runs_folder(path: str) -> str:
 
 
 def _tfmot_row(path: str) -> Dict:
-    match = re.fullmatch(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json", os.path.basename(path))
-    variant, nnz, bits = match.groups()
+    variant, nnz, bits = _TFMOT_RESULT.fullmatch(os.path.basename(path)).groups()
     with open(path) as f:
         result = json.load(f)
     return dict(method="TFMOT", variant=variant, nnz_budget=float(nnz), bit_budget=int(bits),
@@ -69,7 +68,7 @@ def read_rows(folder: str) -> List[Dict]:
                          accuracy=row["accuracy"], rate=row["rate"],
                          seed=row.get("settings", {}).get("seed")))
     for path in sorted(glob.glob(os.path.join(runs, "tfmot_*_*_*.json"))):
-        if re.fullmatch(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json", os.path.basename(path)):
+        if _TFMOT_RESULT.fullmatch(os.path.basename(path)):
             rows.append(_tfmot_row(path))
     return rows
 
@@ -143,5 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     app.run(main)
