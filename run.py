@@ -85,7 +85,8 @@ flags.DEFINE_integer("prune_epochs", 0, "finetune: full-precision epochs over wh
                      "shrinks to --prune_to (cubic schedule; 0: at once)", lower_bound=0)
 flags.DEFINE_string("from_run", None, "finetune: a finished compression run's folder; start from "
                     "its trained weights (latest.ckpt.npz) and end at its allocation (sets "
-                    "--pretrain, --weightbits, --prune_to from its final.json)")
+                    "--pretrain, --weightbits, --prune_to from its final.json, and --dataset, "
+                    "--data_dir, --arch not given from its config.json)")
 flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "
                     "from (default: the --pretrain model, as the reference)")
 flags.DEFINE_enum("mode", "compress", ["compress", "pretrain", "finetune", "evaluate"],
@@ -139,6 +140,11 @@ def _int_list(name, values):
             "Expected a comma list of integers.", exitcode=2)
 
 
+def _given(name):
+    """A flag's value, or None when it was not given (``--from_run`` then supplies it)."""
+    return FLAGS[name].value if FLAGS[name].present or not FLAGS.from_run else None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
@@ -147,7 +153,7 @@ def main(argv):
     mode = "evaluate" if FLAGS.evaluate else FLAGS.mode
     try:
         trainer.run(
-            mode=mode, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, arch=FLAGS.arch,
+            mode=mode, dataset=_given("dataset"), data_dir=FLAGS.data_dir, arch=_given("arch"),
             workers=FLAGS.workers, epochs=FLAGS.epochs, warmupT=FLAGS.warmupT,
             start_epoch=FLAGS.start_epoch, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
             lr_sched=FLAGS.lr_sched, bit_budget=FLAGS.bit_budget, nnz_budget=FLAGS.nnz_budget,

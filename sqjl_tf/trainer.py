@@ -36,12 +36,16 @@ class UsageError(ValueError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Arguments of :func:`run`; names and meanings as the reference's flags."""
+    """Arguments of :func:`run`; names and meanings as the reference's flags.
+
+    ``dataset``, ``arch`` and ``data_dir`` left None are taken from ``from_run``'s
+    run when given, else ``dataset="mnist"``, ``arch="caffelenet"``.
+    """
 
     mode: str = "compress"
-    dataset: str = "mnist"
+    dataset: Optional[str] = None
     data_dir: Optional[str] = None
-    arch: str = "caffelenet"
+    arch: Optional[str] = None
     workers: int = 4
     epochs: int = 90
     warmupT: float = 0.0
@@ -204,16 +208,22 @@ class TrainConfig:
         _check_logdir(self)
 
 
+_DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}
+
+
 def _with_run_allocation(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with ``from_run``'s trained weights, widths and nonzeros filled in.
 
     A fine-tuning ``from_run`` (a finished compression run's folder) starts from
     that run's trained weights W (``latest.ckpt.npz``, unpruned) and ends at its
     allocation: ``weightbits`` = ``allocated_bits``, ``prune_to`` =
-    ``allocated_nnz`` of its ``final.json``.
+    ``allocated_nnz`` of its ``final.json``; ``dataset``, ``data_dir`` and
+    ``arch`` not given are the run's (a different ``arch`` is an error). Without
+    ``from_run``, ``dataset`` and ``arch`` not given take their defaults.
     """
     if cfg.from_run is None:
-        return cfg
+        return dataclasses.replace(
+            cfg, **{k: v for k, v in _DEFAULTS.items() if getattr(cfg, k) is None})
 
     def bad(expected):
         raise UsageError(f"Invalid value for argument `from_run`. Received: {cfg.from_run!r}. "
@@ -226,16 +236,26 @@ def _with_run_allocation(cfg: TrainConfig) -> TrainConfig:
         bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
     final_file = os.path.join(cfg.from_run, "final.json")
     ckpt = os.path.join(cfg.from_run, "latest.ckpt.npz")
-    if not (os.path.isfile(final_file) and os.path.isfile(ckpt)):
-        bad("a finished compression run's folder (with final.json and latest.ckpt.npz)")
+    config_file = os.path.join(cfg.from_run, "config.json")
+    if not all(os.path.isfile(f) for f in (config_file, final_file, ckpt)):
+        bad("a finished compression run's folder (with config.json, final.json and "
+            "latest.ckpt.npz)")
     with open(final_file) as f:
         record = json.load(f)
     bits, nnz = record.get("allocated_bits"), record.get("allocated_nnz")
     if record.get("mode") != "compress" or not bits or not nnz:
         bad("a joint compression run whose final.json has allocated_bits and allocated_nnz "
             f"(found mode {record.get('mode')!r})")
+    with open(config_file) as f:
+        run_config = json.load(f)
+    run_arch = run_config.get("arch", _DEFAULTS["arch"])
+    if cfg.arch is not None and cfg.arch.lower() != run_arch.lower():
+        raise UsageError(f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected "
+                         f"the --from_run run's architecture ({run_arch!r}), or no --arch.")
+    taken = {k: run_config.get(k, _DEFAULTS.get(k)) for k in ("dataset", "data_dir", "arch")
+             if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, pretrain=ckpt, weightbits=[int(b) for b in bits],
-                               prune_to=[int(n) for n in nnz])
+                               prune_to=[int(n) for n in nnz], **taken)
 
 
 def _check_logdir(cfg: TrainConfig) -> None:

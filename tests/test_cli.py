@@ -74,6 +74,21 @@ def test_flag_errors_exit_2(args, needle, tmp_path):
     assert not os.path.exists(f"{tmp_path}/run")
 
 
+def test_from_run_flag_takes_the_runs_arch_and_refuses_another(tmp_path):
+    run_dir = tmp_path / "compressed"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"arch": "caffelenet", "dataset": "mnist"}))
+    (run_dir / "final.json").write_text(json.dumps(
+        {"mode": "compress", "allocated_bits": [3], "allocated_nnz": [5]}))
+    (run_dir / "latest.ckpt.npz").write_bytes(b"")
+    proc = _run_cli("--mode=finetune", f"--from_run={run_dir}", "--arch=resnet20",
+                    f"--logdir={tmp_path}/run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("`arch`. Received: 'resnet20'. Expected the --from_run run's architecture "
+            "('caffelenet')") in proc.stderr
+    assert not os.path.exists(f"{tmp_path}/run")
+
+
 # ----------------------------------------------------------- tiny datasets
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory):
@@ -243,14 +258,20 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
                           **dict(COMMON, lr=0.005))
     assert [layer["nnz"] for layer in gradual["layers"]] == nnz
     assert gradual["size_bits"] <= first["budget_bits"]
-    # --from_run names the compression run instead: the same start, widths and targets.
-    same = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
-                       arch="caffelenet", epochs=2, float_epochs=1, prune_epochs=1,
+    # --from_run names the compression run instead: the same start, widths and targets,
+    # and the run's dataset, data folder and architecture.
+    same = trainer.run(mode="finetune", epochs=2, float_epochs=1, prune_epochs=1,
                        keep_support=True, from_run=str(tmp_path / "c"),
                        logdir=str(tmp_path / "fr"), export=("keras",), **dict(COMMON, lr=0.005))
     assert same["layers"] == gradual["layers"] and same["size_bits"] == gradual["size_bits"]
     config = json.load(open(tmp_path / "fr" / "config.json"))
     assert config["weightbits"] == widths and config["prune_to"] == nnz
+    assert (config["arch"], config["dataset"], config["data_dir"]) == (
+        "caffelenet", "fashion_mnist", idx_dir)
+    with pytest.raises(trainer.UsageError, match="`arch`. Received: 'resnet20'. Expected the "
+                                                 "--from_run run's architecture \\('caffelenet'\\)"):
+        trainer.run(mode="finetune", arch="resnet20", from_run=str(tmp_path / "c"),
+                    logdir=str(tmp_path / "y"))
     with pytest.raises(trainer.UsageError, match="`from_run`. .*found mode 'finetune'"):
         trainer.run(mode="finetune", from_run=str(tmp_path / "ft"), logdir=str(tmp_path / "x"))
 
@@ -339,7 +360,7 @@ def test_compress_image_folder_tree(folder_tree, tmp_path):
         (dict(from_run="/tmp", mode="finetune", weightbits=[3]),
          "`from_run`. Received: '/tmp'. Expected no --weightbits beside it"),
         (dict(from_run=os.path.dirname(__file__), mode="finetune"),
-         "Expected a finished compression run's folder (with final.json and latest.ckpt.npz)"),
+         "Expected a finished compression run's folder (with config.json, final.json and "),
     ],
 )
 def test_trainer_usage_errors(kwargs, needle, tmp_path):
