@@ -287,6 +287,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self.prune_epochs = int(prune_epochs)
         self._prune_from: List[int] = []
         self._pruned = prune_to is None
+        self._resume_checked = True  # set False by build when a schedule starts
         self._prune_step = 0
         self.train_centres = bool(train_centres)
         self._centre_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="centre_step")
@@ -391,6 +392,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
                 raise _bad("prune_to", self.prune_to,
                            f"{len(slots)} counts, each at most the kernel's nonzeros {starts}")
             self._prune_from, self._pruned = starts, False
+            self._resume_checked = False
             if self.prune_epochs == 0:
                 self._prune(1.0)
                 self._set_codebooks()
@@ -553,7 +555,27 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             if getattr(self.model, "train_function", None) is not None:
                 self.model.make_train_function(force=True)  # a step traced before has no tap
 
+    def _resume_schedule(self, epoch: int) -> None:
+        """On resuming mid-schedule, the start counts the loaded (partly pruned) support had.
+
+        The model saved after epoch ``e`` holds ``n = t + (s - t) (1 - e/E)**3``
+        nonzeros per kernel (E = ``prune_epochs``, t = ``prune_to``), so the
+        start ``s`` is recovered from ``n`` and the schedule goes on where it was.
+        """
+        self._resume_checked = True
+        fraction = epoch / self.prune_epochs if self.prune_epochs else 1.0
+        if self._pruned or epoch == 0 or fraction >= 1.0:
+            return
+        self._prune_from = [
+            min(int(s.mask.shape.num_elements()),
+                int(round(t + (n - t) / (1.0 - fraction) ** 3)))
+            for s, n, t in zip(self.slots, self._prune_from, self.prune_to)]
+        logging.info("Fine-tuning resumed at epoch %d of the pruning schedule: started from %s "
+                     "nonzeros.", epoch, self._prune_from)
+
     def on_epoch_begin(self, epoch, logs=None):
+        if self.prune_to is not None and not self._resume_checked:
+            self._resume_schedule(epoch)
         if epoch >= self.float_epochs:  # also on resuming past the full-precision phase
             self.start_quantizing()
         self._last_batch = -1

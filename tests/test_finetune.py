@@ -387,3 +387,40 @@ def test_prune_to_is_reached_even_if_fit_stops_early_and_is_checked():
         QuantizedFinetuneCallback(prune_to=[10**9, 1]).build(_float_model())
     with pytest.raises(ValueError, match="`prune_epochs`"):
         QuantizedFinetuneCallback(prune_to=[1, 1], prune_epochs=2, float_epochs=1)
+
+
+def test_resumed_gradual_pruning_goes_on_with_the_same_schedule():
+    x, y = _task()
+    targets = [k.size // 10 for k in _kernels(_float_model())]
+
+    def counts(model, epochs, initial_epoch=0):
+        ft = QuantizedFinetuneCallback(weightbits=[2, 2], float_epochs=3, prune_to=targets,
+                                       prune_epochs=3)
+        probe = _KernelProbe()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
+        model.fit(x, y, epochs=epochs, initial_epoch=initial_epoch, batch_size=64, verbose=0,
+                  callbacks=[ft, probe])
+        return [[int(np.count_nonzero(k)) for k in kernels] for kernels in probe.kernels]
+
+    class _Checkpoint(keras.callbacks.Callback):  # what the trainer saves at an epoch end
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights = self.model.get_weights()
+
+    whole = counts(_float_model(), 3)
+    checkpoint = _Checkpoint()
+    ft = QuantizedFinetuneCallback(weightbits=[2, 2], float_epochs=3, prune_to=targets,
+                                   prune_epochs=3)
+    interrupted = _float_model()
+    interrupted.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
+    interrupted.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft, checkpoint])
+    restarted = _model()  # a new process: the epoch-1 checkpoint, a fresh callback
+    restarted.set_weights(checkpoint.weights)
+    assert [int(np.count_nonzero(k)) for k in _kernels(restarted)] == whole[0]
+    resumed = counts(restarted, 3, initial_epoch=1)
+    # Epoch 2 of the cubic schedule: 1 - (1/3)^3 of the way from the original start.
+    sizes = [k.size for k in _kernels(_float_model())]
+    expected = [round(t + (s - t) / 27) for s, t in zip(sizes, targets)]
+    assert whole[1] == expected
+    for got, want in zip(resumed[0], expected):
+        assert abs(got - want) <= 1
+    assert resumed[1] == whole[2] == targets
