@@ -201,9 +201,10 @@ class TrainConfig:
         from sqjl_tf.data import available_datasets
         from sqjl_tf.models import available_models
 
-        if self.dataset.lower().replace("-", "_") not in available_datasets() + ("fmnist",):
+        dataset, arch = self.dataset or "", self.arch or ""  # None: resolved by run()
+        if dataset.lower().replace("-", "_") not in available_datasets() + ("fmnist",):
             bad("dataset", self.dataset, f"one of {', '.join(available_datasets())}")
-        if not self.arch.startswith("keras.") and self.arch.lower() not in available_models():
+        if not arch.startswith("keras.") and arch.lower() not in available_models():
             bad("arch", self.arch, f"one of {', '.join(available_models())} or keras.<Application>")
         _check_logdir(self)
 
