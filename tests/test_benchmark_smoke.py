@@ -169,12 +169,15 @@ def test_seeds_table_gives_each_rows_mean_and_spread_over_seeds(tmp_path):
     proc = subprocess.run([sys.executable, script, f"--work={work}", f"--out={out}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    table, compared = out.read_text().split("\n\n")
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
-            out.read_text().splitlines()[2:]}
+            table.splitlines()[2:]}
     assert rows["sqjl_tf"][3:6] == ["0.9000", "0.9200", "0.9100"]
     assert rows["sqjl_tf"][6:8] == ["0.9100", "0.0100"]  # mean, sample std
     assert rows["sqjl_tf"][8].strip(" |") == "535x"
     assert rows["TFMOT"][6:8] == ["0.9000", "0.0100"]
+    # sqjl_tf against TFMOT by hand: +1.00 points, standard error sqrt(2 * 1^2 / 3) = 0.82
+    assert compared.splitlines()[2] == "| 0.02, 3 | gradual | 3 / 3 | +1.00 | 0.82 |"
     # the same seed twice is an error naming the flag
     proc = subprocess.run([sys.executable, script, f"--work={tmp_path / 's1'},{tmp_path / 's1'}"],
                           capture_output=True, text=True, timeout=120)

@@ -5,7 +5,10 @@ point between two rows is within what another seed (another data order, another
 ADMM allocation) moves. This script reads the work folders of benchmark calls
 run with different ``--seed`` values (same ``--dense`` model, one ``--out_dir``
 each) and writes a table with each row's accuracy per seed, its mean and
-standard deviation, and the mean rate.
+standard deviation, and the mean rate; then each sqjl_tf row against the peer
+row at the same budget (``--against``, default TFMOT's hand-tuned variant): the
+difference of the means in points and its standard error,
+``sqrt(s1^2/n1 + s2^2/n2)`` (the runs of the two rows are independent).
 
 Usage (three seeds of the ~533x gradual-pruning row and TFMOT's hand-tuned peer;
 ``<common>`` is the benchmark command of the row, e.g. from fashion_mnist_full.md):
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -31,6 +35,8 @@ flags.DEFINE_list("work", None, "Benchmark --out_dir folders (or their fashion_m
 flags.DEFINE_list("budgets", None, "nnz_budget:bit_budget pairs to show (default: every one found).")
 flags.DEFINE_integer("min_seeds", 2, "Leave out rows run with fewer seeds than this.", lower_bound=1)
 flags.DEFINE_string("out", None, "Markdown file to write (default: print only).")
+flags.DEFINE_string("against", "TFMOT:hand", "method:variant each sqjl_tf row is compared with at "
+                    "the same budget (difference of the means, its standard error); '': none.")
 
 Key = Tuple[str, str, float, int]  # method, variant, nnz_budget, bit_budget
 _TFMOT_RESULT = re.compile(r"tfmot_(.+)_([0-9.]+)_(\d+)\.json")  # tfmot_baseline.py --out
@@ -119,6 +125,39 @@ def table(groups: Dict[Key, Dict], budgets=None, min_seeds: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def differences(groups: Dict[Key, Dict], against: Tuple[str, str], budgets=None,
+                min_seeds: int = 2) -> str:
+    """A Markdown table: each sqjl_tf row's mean minus the ``against`` row's, same budget.
+
+    Args:
+        groups: the output of :func:`summarize`.
+        against: (method, variant) of the peer row.
+        budgets: "nnz:bits" strings to keep (None: every budget).
+        min_seeds: leave out pairs where either row has fewer seeds (at least 2: the
+            standard error needs a spread).
+
+    Returns:
+        The table (difference and standard error in accuracy points), or "" if no
+        pair has the seeds.
+    """
+    lines = []
+    for (method, variant, nnz, bits), g in sorted(groups.items(), key=lambda kv: -kv[0][2]):
+        peer = groups.get((*against, nnz, bits))
+        if method != "sqjl_tf" or peer is None or (budgets and f"{nnz:g}:{bits}" not in budgets):
+            continue
+        n1, n2 = len(g["by_seed"]), len(peer["by_seed"])
+        if min(n1, n2) < max(min_seeds, 2):
+            continue
+        diff = 100 * (g["mean"] - peer["mean"])
+        se = 100 * math.sqrt(g["stdev"] ** 2 / n1 + peer["stdev"] ** 2 / n2)
+        lines.append(f"| {nnz:g}, {bits} | {variant} | {n1} / {n2} | {diff:+.2f} | {se:.2f} |")
+    if not lines:
+        return ""
+    head = (f"| budget | sqjl_tf variant | seeds (sqjl_tf / {' '.join(against)}) | "
+            f"difference of the means (points) | standard error |")
+    return "\n".join([head, "| --- | --- | ---: | ---: | ---: |"] + lines) + "\n"
+
+
 def main(argv):
     del argv
     if not FLAGS.work:
@@ -130,9 +169,18 @@ def main(argv):
                              f"existing folders (missing: {missing}).")
     rows = [row for folder in FLAGS.work for row in read_rows(folder)]
     try:
-        text = table(summarize(rows), FLAGS.budgets, FLAGS.min_seeds)
+        groups = summarize(rows)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
+    text = table(groups, FLAGS.budgets, FLAGS.min_seeds)
+    if FLAGS.against:
+        against = tuple(FLAGS.against.split(":", 1))
+        if len(against) != 2:
+            raise app.UsageError(f"Invalid value for flag `--against`. Received: "
+                                 f"{FLAGS.against!r}. Expected method:variant, e.g. TFMOT:hand.")
+        compared = differences(groups, against, FLAGS.budgets, FLAGS.min_seeds)
+        if compared:
+            text += "\n" + compared
     logging.info("over %d folders:\n%s", len(FLAGS.work), text)
     if FLAGS.out:
         tmp = FLAGS.out + ".tmp"
