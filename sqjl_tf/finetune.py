@@ -53,7 +53,10 @@ learned) the support is not frozen at the start but shrinks to those counts by
 magnitude during the first ``prune_epochs`` full-precision epochs, on the cubic
 schedule of gradual pruning (Zhu & Gupta 2017; TFMOT's ``PolynomialDecay``):
 start from ADMM's trained weights W, unpruned, and the allocation ADMM chose is
-trained for as TFMOT trains its own. ``prune_epochs=0`` prunes at once.
+trained for as TFMOT trains its own. ``prune_epochs=0`` prunes at once. A ``fit``
+resumed mid-schedule (``initial_epoch`` > 0, from a checkpoint's partly pruned
+weights) goes on with the schedule it started: the start counts are recovered
+from the loaded counts.
 
 Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
 without callbacks and the N-1 later ones would see unquantized kernels.
