@@ -391,7 +391,8 @@ def test_prune_to_is_reached_even_if_fit_stops_early_and_is_checked():
 
 def test_resumed_gradual_pruning_goes_on_with_the_same_schedule():
     x, y = _task()
-    targets = [k.size // 10 for k in _kernels(_float_model())]
+    sizes = [k.size for k in _kernels(_model())]
+    targets = [n // 10 for n in sizes]
 
     def counts(model, epochs, initial_epoch=0):
         ft = QuantizedFinetuneCallback(weightbits=[2, 2], float_epochs=3, prune_to=targets,
@@ -418,7 +419,6 @@ def test_resumed_gradual_pruning_goes_on_with_the_same_schedule():
     assert [int(np.count_nonzero(k)) for k in _kernels(restarted)] == whole[0]
     resumed = counts(restarted, 3, initial_epoch=1)
     # Epoch 2 of the cubic schedule: 1 - (1/3)^3 of the way from the original start.
-    sizes = [k.size for k in _kernels(_float_model())]
     expected = [round(t + (s - t) / 27) for s, t in zip(sizes, targets)]
     assert whole[1] == expected
     for got, want in zip(resumed[0], expected):
