@@ -212,8 +212,8 @@ class TrainConfig:
 _DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}
 
 
-def _with_run_allocation(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``from_run``'s trained weights, widths and nonzeros filled in.
+def _resolved(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with what it leaves to be worked out filled in (``from_run``, defaults).
 
     A fine-tuning ``from_run`` (a finished compression run's folder) starts from
     that run's trained weights W (``latest.ckpt.npz``, unpruned) and ends at its
@@ -392,7 +392,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         FileNotFoundError: if the dataset is missing (the message says which
             files to put where).
     """
-    cfg = _with_run_allocation(TrainConfig(**kwargs))
+    cfg = _resolved(TrainConfig(**kwargs))
     cfg.validate()
     import keras
     import tensorflow as tf

@@ -103,6 +103,10 @@ def summarize(rows: List[Dict]) -> Dict[Key, Dict]:
     return groups
 
 
+def _shown(nnz: float, bits: int, budgets) -> bool:
+    return not budgets or f"{nnz:g}:{bits}" in budgets
+
+
 def table(groups: Dict[Key, Dict], budgets=None, min_seeds: int = 1) -> str:
     """A Markdown table of :func:`summarize`'s groups, largest nnz budget first, sqjl_tf first.
 
@@ -117,7 +121,7 @@ def table(groups: Dict[Key, Dict], budgets=None, min_seeds: int = 1) -> str:
             + " | mean | std | mean rate |")
     lines = [head, "| --- | --- | --- |" + " ---: |" * (len(seeds) + 3)]
     for (method, variant, nnz, bits), g in sorted(groups.items(), key=lambda kv: (-kv[0][2], kv[0][0] != "sqjl_tf", kv[0][1])):
-        if budgets and f"{nnz:g}:{bits}" not in budgets:
+        if not _shown(nnz, bits, budgets):
             continue
         cells = [f"{g['by_seed'][s]:.4f}" if s in g["by_seed"] else "" for s in seeds]
         lines.append(f"| {method} | {variant} | {nnz:g}, {bits} | " + " | ".join(cells)
@@ -143,7 +147,7 @@ def differences(groups: Dict[Key, Dict], against: Tuple[str, str], budgets=None,
     lines = []
     for (method, variant, nnz, bits), g in sorted(groups.items(), key=lambda kv: -kv[0][2]):
         peer = groups.get((*against, nnz, bits))
-        if method != "sqjl_tf" or peer is None or (budgets and f"{nnz:g}:{bits}" not in budgets):
+        if method != "sqjl_tf" or peer is None or not _shown(nnz, bits, budgets):
             continue
         n1, n2 = len(g["by_seed"]), len(peer["by_seed"])
         if min(n1, n2) < max(min_seeds, 2):
