@@ -21,7 +21,8 @@ _NUM_BINS = 1 << _HI_BITS
 
 def _scores(w: np.ndarray, bits: float) -> np.ndarray:
     w = np.asarray(w, dtype=np.float32).ravel()
-    return (w * w) / np.float32(bits)  # [n], >= 0
+    with np.errstate(over="ignore"):  # |w| > 1.8e19 scores inf: ranked first, still exact
+        return (w * w) / np.float32(bits)  # [n], >= 0
 
 
 def select_global(weights: Sequence[np.ndarray], bits: Sequence[float], budget: float):

@@ -29,6 +29,7 @@ from absl import logging
 
 from sqjl_tf import projections
 from sqjl_tf.budget import MAX_BITS, budget_bits
+from sqjl_tf.guards import NonFiniteError
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
 MODES = ("joint", "prune", "quant")
@@ -218,7 +219,17 @@ class ADMMState(tf.Module):
         return found
 
     def _w(self) -> List[np.ndarray]:
-        return [np.asarray(k.variable.numpy(), np.float32) for k in self._kernels]
+        """The kernels W as NumPy arrays.
+
+        Raises:
+            NonFiniteError: if a kernel holds NaN or inf (training diverged):
+                the projections are never run on it.
+        """
+        weights = [np.asarray(k.variable.numpy(), np.float32) for k in self._kernels]
+        for k, w in zip(self._kernels, weights):
+            if not np.all(np.isfinite(w)):
+                raise NonFiniteError(f"the weight `{k.name}` holds NaN/inf")
+        return weights
 
     @property
     def current_bits(self) -> List[int]:

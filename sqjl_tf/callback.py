@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from sqjl_tf.admm import ADMMConfig, ADMMState
+from sqjl_tf.guards import NonFiniteError, non_finite_message
 
 
 class ADMMCallback(keras.callbacks.Callback):
@@ -92,6 +93,7 @@ class ADMMCallback(keras.callbacks.Callback):
         self._epoch_done = False
         self._saved: Optional[List[np.ndarray]] = None
         self._last_batch = -1
+        self._epoch = 0
 
     def build(self, model) -> ADMMState:
         """Creates the ADMM state for ``model`` (done by ``fit``; call it to restore state first)."""
@@ -110,15 +112,24 @@ class ADMMCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_done = False
         self._last_batch = -1
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1 this fires every N batches: advance by N.
-        self.state.after_batches(batch - self._last_batch)
+        try:
+            self.state.after_batches(batch - self._last_batch)
+        except NonFiniteError as err:  # a NonFiniteGuard placed after this callback
+            self.model.stop_training = True
+            raise NonFiniteError(non_finite_message(str(err), self._epoch + 1, batch + 1)) from None
         self._last_batch = batch
 
     def _finish_epoch(self):
         if not self._epoch_done:
-            self._epoch_logs = self.state.end_epoch()
+            try:
+                self._epoch_logs = self.state.end_epoch()
+            except NonFiniteError as err:
+                self.model.stop_training = True
+                raise NonFiniteError(non_finite_message(str(err), self._epoch + 1)) from None
             self._epoch_done = True
 
     def on_test_begin(self, logs=None):

@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from sqjl_tf import guards
+
 
 def train_loop(
     model: keras.Model,
@@ -45,6 +47,10 @@ def train_loop(
 
     Returns:
         The list of per-epoch logs (mean loss and the ADMM logs).
+
+    Raises:
+        NonFiniteError: when the loss, a gradient or a weight becomes NaN/inf
+            (the message names the epoch and batch).
     """
     strategy = strategy or tf.distribute.get_strategy()
     per_example = loss.__class__.from_config({**loss.get_config(), "reduction": "none"})
@@ -73,11 +79,18 @@ def train_loop(
     if state is not None:
         state.start()
     history = []
+    seen_gradient_steps = guards.non_finite_gradient_steps(optimizer)
     for epoch in range(initial_epoch, epochs):
         total, count = 0.0, 0
         for batch in distributed:
-            total += float(train_step(batch))
+            loss_value = float(train_step(batch))
             count += 1
+            # As NonFiniteGuard in fit: the loss, the gradients and the weights, before
+            # the projections can meet a NaN.
+            what = guards.find_non_finite(model, optimizer, loss_value, seen_gradient_steps)
+            if what is not None:
+                raise guards.NonFiniteError(guards.non_finite_message(what, epoch + 1, count))
+            total += loss_value
             if state is not None:
                 state.after_batches(1)
         logs = {"loss": total / max(count, 1)}

@@ -12,7 +12,10 @@ and adds, per compressible kernel W with duplicate V and dual U (owned by an
 * ``weight_decay``: the reference's L2 (``grad += wd * W``) on kernels and
   BatchNorm scales, not on biases (not decoupled decay);
 * with ``importance="fisher"``: the moving average of each kernel's squared
-  loss gradient, for the sparse projection.
+  loss gradient, for the sparse projection;
+* ``non_finite_steps``: a count of the steps whose gradients held NaN/inf (the
+  check ``LossScaleOptimizer`` makes), read by ``guards.NonFiniteGuard`` after
+  each batch, so that a NaN gradient is caught even while the loss is finite.
 
 Terms added to gradients are divided by the number of replicas in sync: the
 inner optimizer all-reduces (sums) the replicas' gradients, and each replica
@@ -106,6 +109,19 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
     def build(self, var_list):
         self.inner_optimizer.build(var_list)
         super().build(var_list)
+        # A plain tf.Variable, outside ``variables``: a diagnostic counter that
+        # the guard compares between batches, not state a checkpoint restores.
+        with tf.init_scope():
+            self._non_finite_steps = tf.Variable(
+                0.0, trainable=False, name="non_finite_steps",
+                synchronization=tf.VariableSynchronization.ON_WRITE,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+    @property
+    def non_finite_steps(self):
+        """Steps whose gradients held NaN/inf (a ``tf.Variable``; None before ``build``)."""
+        return getattr(self, "_non_finite_steps", None)
 
     @property
     def variables(self):
@@ -143,6 +159,10 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
             self.built = True
         variables = list(trainable_variables or self._trainable_variables)
         grads = list(grads)
+        finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        if finite:
+            self._non_finite_steps.assign_add(
+                tf.cast(tf.logical_not(tf.reduce_all(tf.stack(finite))), tf.float32))
         self._accumulate_fisher(grads, variables)
         self._call_taps(grads, variables)
         state = self._state()

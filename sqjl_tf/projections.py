@@ -41,16 +41,29 @@ def _is_tf(x) -> bool:
     )
 
 
-def _to_numpy(weights) -> Tuple[List[np.ndarray], bool]:
+def _to_numpy(weights, name: str = "weights") -> Tuple[List[np.ndarray], bool]:
     if isinstance(weights, np.ndarray) or _is_tf(weights):
         raise ValueError(
-            "Invalid value for argument `weights`. Received: a single array. "
+            f"Invalid value for argument `{name}`. Received: a single array. "
             "Expected a list of per-layer arrays."
         )
     weights = list(weights)
     as_tf = any(_is_tf(w) for w in weights)
     arrays = [np.asarray(w.numpy() if hasattr(w, "numpy") else w, dtype=np.float32) for w in weights]
+    _check_finite(arrays, name)
     return arrays, as_tf
+
+
+def _check_finite(arrays: List[np.ndarray], name: str = "weights") -> None:
+    """NaN/inf would make k-means and the knapsack fail obscurely: refuse them here."""
+    for i, a in enumerate(arrays):
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise ValueError(
+                f"Invalid value for argument `{name}`. Received: layer {i} (shape {a.shape}) "
+                f"holding {bad} NaN or infinite values. Expected finite values (training "
+                "became non-finite: lower the learning rate)."
+            )
 
 
 def _from_numpy(arrays: List[np.ndarray], as_tf: bool):
@@ -139,8 +152,8 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float, import
         nonzeros kept (list of int).
 
     Raises:
-        ValueError: on a negative or non-finite budget, a bit width <= 0, or
-            ``bits`` of the wrong length.
+        ValueError: on a negative or non-finite budget, a bit width <= 0,
+            ``bits`` of the wrong length, or weights holding NaN or inf.
     """
     arrays, as_tf = _to_numpy(weights)
     budget = _check_budget(budget_bits)
@@ -155,7 +168,7 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float, import
         return _from_numpy([], as_tf), []
     ranked = arrays
     if importance is not None:
-        factors, _ = _to_numpy(importance)
+        factors, _ = _to_numpy(importance, "importance")
         _check_importance(factors, arrays)
         ranked = [a * np.sqrt(f, dtype=np.float32) for a, f in zip(arrays, factors)]
     masks = _knapsack.select_global(ranked, bits, budget)
@@ -188,6 +201,7 @@ def codebook(x, bits: int, reserve_zero: bool = True) -> np.ndarray:
     """
     _check_bits_range(bits, bits)
     arr = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+    _check_finite([arr], "x")
     sv = _kmeans.SortedValues.from_array(arr)
     [[(free, _)]] = _kmeans.kmeans_widths([sv], [bits], reserve_zero)
     centres = np.concatenate([free, [0.0]]) if reserve_zero else free
@@ -253,8 +267,8 @@ def quantization_projection(
         and the chosen widths (list of int).
 
     Raises:
-        ValueError: if even ``min_bits`` everywhere exceeds the budget, or on
-            invalid arguments.
+        ValueError: if even ``min_bits`` everywhere exceeds the budget, on
+            weights holding NaN or inf, or on invalid arguments.
     """
     arrays, as_tf = _to_numpy(weights)
     budget = _check_budget(budget_bits)

@@ -390,3 +390,15 @@ def test_wrong_architecture_pretrain_is_a_usage_error(dense_lenet, cifar_dir, tm
                     pretrain=os.path.join(dense_dir, "model_dense.keras"),
                     logdir=str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_divergence_is_one_clear_line_and_exit_1_then_the_resume_too(idx_dir, tmp_path):
+    logdir = f"--logdir={tmp_path}/run"
+    common = ["--dataset=fashion_mnist", f"--data_dir={idx_dir}", "--arch=caffelenet", "-b", "32"]
+    first = _run_cli(*common, "--epochs=1", logdir)  # a good epoch, then a diverging resume
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = _run_cli(*common, "--epochs=2", "--lr=1e6", "--projint=2", "--dualint=2", logdir)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert re.search(r"Training became non-finite at epoch 2, batch \d+ \(", proc.stderr)
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
+    assert json.loads(open(f"{tmp_path}/run/metrics.jsonl").readline())["epoch"] == 1

@@ -244,3 +244,18 @@ def test_sparse_projection_rejects_bad_importance(importance):
     weights = [np.ones((2, 2), np.float32), np.ones((3,), np.float32)]
     with pytest.raises(ValueError, match="Invalid value for argument `importance`"):
         projections.sparse_projection(weights, [2, 2], 8, importance=importance)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("projection", ["sparse", "quantization", "with_bits", "codebook"])
+def test_projections_reject_non_finite_weights(projection, bad):
+    w = [np.ones((4, 5), np.float32), np.linspace(-1, 1, 30, dtype=np.float32)]
+    w[1][7] = bad
+    call = {
+        "sparse": lambda: projections.sparse_projection(w, [4, 4], 100),
+        "quantization": lambda: projections.quantization_projection(w, [20, 30], 400),
+        "with_bits": lambda: projections.quantize_with_bits(w, [2, 2]),
+        "codebook": lambda: projections.codebook(w[1], 2),
+    }[projection]
+    with pytest.raises(ValueError, match="NaN or infinite.*Expected finite values"):
+        call()

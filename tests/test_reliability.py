@@ -1,5 +1,6 @@
 """Reliability: NaN faults, crash-resume, atomic checkpoints, determinism, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from fakedata import write_fashion_mnist
 
 import sqjl_tf
 from sqjl_tf import checkpoint, trainer
-from sqjl_tf.guards import NonFiniteGuard, NonFiniteLossError
+from sqjl_tf.guards import NonFiniteError, NonFiniteGuard
 from sqjl_tf.run_logger import LATEST, RunLogger
 from sqjl_tf.schedules import ConstantSchedule, ScaledSchedule
 
@@ -54,18 +55,105 @@ def _admm_model():
     return model, cb, opt, schedule
 
 
-def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path):
-    model, cb, opt, _ = _admm_model()
+class _Poison(keras.layers.Layer):
+    """Identity forward; its backward pass gives NaN while ``armed`` (loss stays finite)."""
+
+    def build(self, input_shape):
+        self.armed = tf.Variable(False, trainable=False)
+
+    def call(self, x):
+        armed = self.armed
+
+        @tf.custom_gradient
+        def identity(t):
+            def grad(upstream):
+                return tf.where(armed, tf.fill(tf.shape(upstream), np.nan), upstream)
+            return tf.identity(t), grad
+
+        return identity(x)
+
+
+def _poisoned_admm_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              _Poison(), keras.layers.Dense(2)])
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.5, bit_budget=4, rho=0.05)
+    opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(ScaledSchedule(ConstantSchedule(0.05))), cb)
+    model.compile(optimizer=opt, loss=LOSS)
+    return model, cb, opt
+
+
+class _At(keras.callbacks.Callback):
+    """Calls ``action(model)`` at one (epoch, batch): ``when`` is "begin" or "end" of it."""
+
+    def __init__(self, epoch, batch, when, action):
+        super().__init__()
+        self.target, self.when, self.action, self.epoch = (epoch, batch), when, action, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.when == "begin" and (self.epoch, batch) == self.target:
+            self.action(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.when == "end" and (self.epoch, batch) == self.target:
+            self.action(self.model)
+
+
+def _nan_into_kernel(model):
+    kernel = model.layers[0].kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0]], [np.nan]))
+
+
+def _injection(kind):
+    """(model, cb, opt, data, injector callbacks placed before the guard) for one fault."""
+    clean = _nan_dataset(lambda epoch, batch: False)
+    if kind == "input":
+        model, cb, opt, _ = _admm_model()
+        return model, cb, opt, _nan_dataset(lambda e, b: (e, b) == (1, 2)), []
+    if kind == "kernel":  # after the step of epoch 2, batch 3: the logged loss is finite
+        model, cb, opt, _ = _admm_model()
+        return model, cb, opt, clean, [_At(1, 2, "end", _nan_into_kernel)]
+    model, cb, opt = _poisoned_admm_model()  # "gradient": the forward pass stays finite
+    arm = _At(1, 2, "begin", lambda m: m.layers[1].armed.assign(True))
+    return model, cb, opt, clean, [arm]
+
+
+@pytest.mark.parametrize("kind, what", [("input", "the loss is nan"),
+                                        ("kernel", "holds NaN/inf"),
+                                        ("gradient", "a gradient held NaN/inf")])
+def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(kind, what, tmp_path):
+    model, cb, opt, data, injectors = _injection(kind)
     logger = RunLogger(str(tmp_path), opt, lambda: cb.state)
-    data = _nan_dataset(lambda epoch, batch: epoch == 1 and batch == 2)
-    with pytest.raises(NonFiniteLossError, match="epoch 2, batch 3"):
-        model.fit(data, epochs=3, verbose=0, callbacks=[NonFiniteGuard(), cb, logger])
+    callbacks = injectors + [NonFiniteGuard(), cb, logger]
+    with pytest.raises(NonFiniteError, match=f"epoch 2, batch 3 .*{what}.*last good checkpoint"):
+        model.fit(data, epochs=3, verbose=0, callbacks=callbacks)
     meta = checkpoint.read_metadata(os.path.join(tmp_path, LATEST))
     assert meta["epoch"] == 1
-    fresh, cb2, opt2, _ = _admm_model()
+    fresh, cb2, opt2 = _poisoned_admm_model() if kind == "gradient" else _admm_model()[:3]
     checkpoint.load_checkpoint(os.path.join(tmp_path, LATEST), fresh, opt2, cb2.build(fresh))
     assert all(np.all(np.isfinite(w.numpy())) for w in fresh.weights)
     assert len(open(os.path.join(tmp_path, "metrics.jsonl")).readlines()) == 1
+
+
+def test_nan_kernel_met_by_the_admm_callback_first_is_the_same_clear_error():
+    model, cb, opt, _ = _admm_model()
+    cb.config = dataclasses.replace(cb.config, projint=1, dualint=1)  # a projection every batch
+    with pytest.raises(NonFiniteError, match="epoch 1, batch 2 .*dense.*kernel` holds NaN"):
+        model.fit(_nan_dataset(lambda e, b: False), epochs=1, verbose=0,
+                  callbacks=[_At(0, 1, "end", _nan_into_kernel), cb, NonFiniteGuard()])
+
+
+def test_custom_loop_stops_on_a_nan_gradient():
+    model, cb, opt = _poisoned_admm_model()
+    state = cb.build(model)
+    data = _nan_dataset(lambda e, b: False)
+    model.layers[1].armed.assign(True)
+    with pytest.raises(NonFiniteError, match="epoch 1, batch 1 .*a gradient held NaN/inf"):
+        sqjl_tf.train_loop(model, opt, data, epochs=1, loss=LOSS, global_batch_size=16,
+                           state=state)
 
 
 def test_nan_recovery_restores_and_lowers_learning_rate(tmp_path):
