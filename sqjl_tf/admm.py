@@ -65,6 +65,11 @@ class ADMMConfig:
             (the "increasing penalty" of ADMM pruning papers): W ends nearer V
             (a smaller residual). On Fashion-MNIST it did not raise the
             finalised accuracy (README).
+        unit_floor: the sparse projection keeps, whatever the budget's
+            ranking, the largest weight feeding each output unit of every
+            layer, so the network is never disconnected (an extension; False
+            gives the reference's plain global ranking, which can prune whole
+            layers to zero).
     """
 
     nnz_budget: float = 1.0
@@ -78,7 +83,8 @@ class ADMMConfig:
     bits_epoch: Optional[int] = None
     prox: bool = True
     importance: str = "magnitude"
-    rho_growth: float = 1.0  # last: positional construction keeps working
+    rho_growth: float = 1.0  # after the reference's fields: positional construction keeps working
+    unit_floor: bool = True
 
     def __post_init__(self):
         def bad(name, value, expected):
@@ -156,13 +162,8 @@ class ADMMState(tf.Module):
             )
         sizes = [k.size for k in self._kernels]
         self.budget_bits = config.budget(sizes)
-        floor = config.bwlb * len(sizes) if config.mode == "joint" else 0
-        if config.mode == "joint" and self.budget_bits < floor:
-            raise ValueError(
-                f"Invalid value for argument `nnz_budget`. Received: {config.nnz_budget}. "
-                f"Expected a budget of at least one weight per layer at bwlb={config.bwlb} bits "
-                f"({floor} bits); this model's budget is {self.budget_bits:.0f} bits."
-            )
+        self._check_floor_fits(sizes)
+        self._normalization = _following_normalization(model, self._kernels)
         strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         self.strategy = strategy
         num = len(sizes)
@@ -201,6 +202,27 @@ class ADMMState(tf.Module):
             self.started = tf.Variable(False, trainable=False, name="started")
         self._index = {id(k.variable): i for i, k in enumerate(self._kernels)}
         self._index_by_path = {k.variable.path: i for i, k in enumerate(self._kernels)}
+
+    def _check_floor_fits(self, sizes: List[int]) -> None:
+        """The budget must pay for the floor at the cheapest width, else no training starts."""
+        config = self.config
+        if config.mode == "quant":
+            return
+        cheapest = config.bwlb if config.mode == "joint" else PRUNE_BITS
+        if config.unit_floor:
+            weights = sum(min(k.num_units, k.size) for k in self._kernels)
+            what = "one weight per output unit of every layer"
+        else:
+            weights, what = len(sizes), "one weight per layer"
+        floor = weights * cheapest
+        if self.budget_bits < floor:
+            needed = floor / (self.budget_bits / float(config.nnz_budget))
+            raise ValueError(
+                f"Invalid value for argument `nnz_budget`. Received: {config.nnz_budget}. "
+                f"Expected a budget that keeps {what} ({weights} weights at {cheapest} bits "
+                f"= {floor} bits); this model's budget is {self.budget_bits:.0f} bits. Use "
+                f"nnz_budget >= {needed:.4g}, or compress fewer layers (predicate)."
+            )
 
     # ---------------------------------------------------------------- queries
     @property
@@ -244,18 +266,44 @@ class ADMMState(tf.Module):
         c = self.config
         return c.fixedbits or (c.bits_epoch is not None and int(self.epoch.numpy()) >= c.bits_epoch)
 
-    def _importance(self) -> Optional[List[np.ndarray]]:
-        """The sparse projection's importance: None (w^2) until gradients are seen.
+    def _importance(self, weights: List[np.ndarray]) -> Optional[List[np.ndarray]]:
+        """The sparse projection's importance factors (None: plain w^2).
 
-        A small floor (1e-6 of the mean) keeps weights whose gradient vanished
-        (dead units) rankable: they go last, but fill the budget if it allows.
+        * A kernel followed by a BatchNormalization layer is ranked by its
+          effective weights. The normalization divides each output unit by its
+          standard deviation, ``||w_unit|| * s`` for inputs of scale ``s`` (BN
+          and activation outputs, alike across such layers), and multiplies it
+          by ``gamma``: so w^2 is multiplied by ``gamma^2 / ||w_unit||^2``, and
+          the kernel's own scale, which does not change what the pair
+          computes, no longer decides how many weights it keeps. The estimate
+          needs no trained running statistics, so it holds from the first
+          projection.
+        * With ``importance="fisher"``, once gradients were seen, the moving
+          average of the squared gradient multiplies it too; a small floor
+          (1e-6 of the mean) keeps weights whose gradient vanished (dead units)
+          rankable: they go last, but fill the budget if it allows.
         """
+        factors = None
+        if self._normalization:
+            factors = [np.ones(w.shape, np.float32) for w in weights]
+            for i, norm in self._normalization.items():
+                factors[i] = _normalized_unit_factor(weights[i], self._kernels[i], norm)
         if not self.fisher or int(self.step.numpy()) == 0:
-            return None
+            return factors
         fisher = [f.numpy() for f in self.fisher]
         mean = sum(float(np.sum(f, dtype=np.float64)) for f in fisher) / sum(f.size for f in fisher)
         floor = np.float32(1e-6 * mean if mean > 0 else 1.0)
-        return [f + floor for f in fisher]
+        fisher = [f + floor for f in fisher]
+        return fisher if factors is None else [f * g for f, g in zip(fisher, factors)]
+
+    def _project_sparse(self, weights: List[np.ndarray]):
+        importance = self._importance(weights)
+        keep = None
+        if self.config.unit_floor:
+            keep = projections.unit_floor_masks(
+                weights, [k.unit_axes for k in self._kernels], importance)
+        return projections.sparse_projection(
+            weights, self.current_bits, self.budget_bits, importance=importance, keep=keep)
 
     def accumulate_fisher(self, index: int, grad) -> None:
         """F <- d F + (1 - d) grad^2 for kernel ``index`` (called by the optimizer)."""
@@ -269,9 +317,7 @@ class ADMMState(tf.Module):
         if self.config.mode == "quant":
             self.nnz.assign([w.size for w in weights])
             return
-        projected, nnz = projections.sparse_projection(
-            weights, self.current_bits, self.budget_bits, importance=self._importance()
-        )
+        projected, nnz = self._project_sparse(weights)
         for k, p in zip(self._kernels, projected):
             k.variable.assign(p)
         self.nnz.assign(nnz)
@@ -358,23 +404,24 @@ class ADMMState(tf.Module):
         weights = self._w()
         if self.config.mode == "quant":
             return weights
-        weights, _ = projections.sparse_projection(
-            weights, self.current_bits, self.budget_bits, importance=self._importance()
-        )
+        weights, _ = self._project_sparse(weights)
         return weights
 
     def finalized_weights(self) -> List[np.ndarray]:
         """The kernels as they would ship: sparse-projected, then quantized.
 
         Each W_l is pruned by the sparse projection with the current bits (so
-        the budget holds) and quantized with its own b_l by the codebook step
-        (zeros stay zero). The variables are not changed.
+        the budget holds) and its nonzeros quantized to ``2**b_l`` centres by
+        the codebook step (zeros stay zero, and no kept weight becomes zero).
+        The variables are not changed.
         """
         weights = self.sparse_weights()
-        mode = self.config.mode
-        if mode == "prune":
+        if self.config.mode == "prune":
             return weights
-        quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")
+        # Codebooks over the kept nonzeros only (no zero centre): a kept weight is
+        # never rounded to zero, so the nonzeros the budget paid for all stay.
+        quantized, _ = projections.quantize_with_bits(weights, self.current_bits,
+                                                       reserve_zero=False)
         return quantized
 
     def finalize_in_place(self) -> None:
@@ -432,3 +479,58 @@ class ADMMState(tf.Module):
         for i, f in enumerate(self.fisher):
             if f"F{i}" in state:  # absent from checkpoints of magnitude runs
                 f.assign(state[f"F{i}"])
+
+
+# ------------------------------------------------------ normalization folding
+_NORMALIZATIONS = ("BatchNormalization",)
+_FOLDABLE = ("kernel", "pointwise_kernel", "depthwise_kernel")
+
+
+def _following_normalization(model, kernels: List[CompressibleKernel]) -> Dict[int, object]:
+    """``{kernel index: the BatchNormalization layer fed by its layer}`` (graph models).
+
+    Found through the normalization layers' inbound nodes, so it covers
+    Functional and Sequential models, nested ones included; a subclassed
+    model's call graph is not known and gets no folding.
+    """
+    from sqjl_tf.layers import _iter_layers
+
+    by_layer: Dict[int, List[int]] = {}
+    for i, k in enumerate(kernels):
+        if k.name.split("/")[-1] in _FOLDABLE:
+            by_layer.setdefault(id(k.layer), []).append(i)
+    found: Dict[int, object] = {}
+    for layer in _iter_layers(model):
+        if type(layer).__name__ not in _NORMALIZATIONS or not getattr(layer, "built", False):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in getattr(node, "input_tensors", []):
+                history = getattr(tensor, "_keras_history", None)
+                producer = getattr(history, "operation", None)
+                for i in by_layer.get(id(producer), []):
+                    channels = int(layer.moving_variance.shape[0])
+                    if kernels[i].num_units == channels:
+                        found[i] = layer
+    return found
+
+
+def _normalized_unit_factor(w: np.ndarray, kernel: CompressibleKernel, norm) -> np.ndarray:
+    """``gamma^2 / ||w_unit||^2`` per output unit of ``kernel``, broadcast to its shape."""
+    axes = tuple(a for a in range(w.ndim) if a not in kernel.unit_axes)
+    energy = np.sum(np.square(w, dtype=np.float64), axis=axes, keepdims=True)  # per unit
+    gamma_sq = np.ones(kernel.num_units)
+    if getattr(norm, "gamma", None) is not None:
+        gamma_sq = np.square(np.asarray(norm.gamma.numpy(), np.float64))
+    gamma_sq = _unit_broadcast(gamma_sq.astype(np.float32), kernel)
+    tiny = 1e-12 * max(float(np.mean(energy)), 1e-30)
+    factor = gamma_sq / np.maximum(energy, tiny)
+    return np.where(np.isfinite(factor), factor, 0.0).astype(np.float32)
+
+
+def _unit_broadcast(per_unit: np.ndarray, kernel: CompressibleKernel) -> np.ndarray:
+    """A [units] vector laid out along ``kernel``'s unit axes, broadcast to its shape."""
+    shape = [int(d) for d in kernel.variable.shape]
+    layout = [1] * len(shape)
+    for ax in kernel.unit_axes:
+        layout[ax] = shape[ax]
+    return np.broadcast_to(per_unit.reshape(layout), shape).astype(np.float32)

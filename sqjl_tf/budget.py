@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -177,6 +177,18 @@ class CompressionReport:
     layers: List[LayerStats]
     budget_bits: Optional[float] = None
     file: Optional[object] = None  # export.FileSizeBreakdown, when asked for
+    left_out: Tuple[Tuple[str, int], ...] = ()  # (path, size) of weights outside the budget
+
+    @property
+    def left_out_weights(self) -> int:
+        """Parameters outside the budget (biases, normalization, unselected weights)."""
+        return sum(n for _, n in self.left_out)
+
+    @property
+    def budget_coverage(self) -> float:
+        """The share of all parameters that the budget covers (1.0 if none is left out)."""
+        total = self.total_weights + self.left_out_weights
+        return self.total_weights / total if total else 1.0
 
     @property
     def total_weights(self) -> int:
@@ -212,6 +224,8 @@ class CompressionReport:
             "nnz": self.total_nnz,
             "weights": self.total_weights,
             "layers": [dataclasses.asdict(s) for s in self.layers],
+            "left_out_weights": self.left_out_weights,
+            "budget_coverage": self.budget_coverage,
             "file": self.file.as_dict() if self.file is not None else None,
         }
 
@@ -230,6 +244,19 @@ class CompressionReport:
             verdict = "within" if self.within_budget else "OVER"
             line += f" ({verdict} budget of {self.budget_bits:.0f} bits)"
         rows.append(line)
+        if self.left_out:
+            largest = sorted(self.left_out, key=lambda item: -item[1])[:3]
+            rows.append(
+                f"left out of the budget (float32): {self.left_out_weights} parameters in "
+                f"{len(self.left_out)} weights ({100 * (1 - self.budget_coverage):.1f}% of the "
+                f"model), largest: " + ", ".join(f"{n} ({c})" for n, c in largest))
+            if self.budget_coverage < 0.5:
+                rows.append(f"WARNING: the budget covers only {100 * self.budget_coverage:.1f}% "
+                            "of the parameters: the rate above is not the model's.")
+        empty = [s.name for s in self.layers if s.nnz == 0]
+        if empty:
+            rows.append(f"WARNING: {len(empty)} compressed weights are all zero: "
+                        + ", ".join(empty[:5]))
         if self.file is not None:
             rows.append(str(self.file))
         return "\n".join(rows)
@@ -242,7 +269,8 @@ def compression_report(
 
     Args:
         model: a built Keras model (or a list of (name, array) pairs).
-        budget_bits: optional budget S; the report then says whether it holds.
+        budget_bits: optional budget S; the report then says whether it holds
+            (default: the budget a finalised model carries, ``sqjl_budget_bits``).
         predicate: optional layer predicate, as in ``compressible_kernels``.
         file_sizes: also measure the bit-packed file of ``save_compressed``
             (bytes by part, the real rate against dense float32 beside the
@@ -255,15 +283,19 @@ def compression_report(
         >>> report = compression_report(model)
         >>> report.compression_rate, report.size_bits
     """
+    left_out = ()
     if isinstance(model, (list, tuple)):
         pairs = list(model)
     else:
-        from sqjl_tf.layers import compressible_kernels
+        from sqjl_tf.layers import compressible_kernels, left_out_weights
 
         pairs = [(k.name, k.variable) for k in compressible_kernels(model, predicate)]
+        left_out = tuple(left_out_weights(model, predicate))
+        if budget_bits is None:
+            budget_bits = getattr(model, "sqjl_budget_bits", None)
     file = None
     if file_sizes:
         from sqjl_tf.export import file_size_breakdown
 
         file = file_size_breakdown(model)
-    return CompressionReport([measure(n, a) for n, a in pairs], budget_bits, file)
+    return CompressionReport([measure(n, a) for n, a in pairs], budget_bits, file, left_out)

@@ -7,6 +7,9 @@ from typing import Callable, List, Optional
 import keras
 import numpy as np
 
+from absl import logging
+
+from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf.admm import ADMMConfig, ADMMState
 from sqjl_tf.guards import NonFiniteError, non_finite_message
 
@@ -40,7 +43,11 @@ class ADMMCallback(keras.callbacks.Callback):
         importance: "magnitude" (the paper's w^2) or "fisher" (w^2 times the
             moving average of the squared gradient) in the sparse projection.
         rho_growth: factor on rho at each epoch end (1: constant, the reference).
-        predicate: ``f(layer, variable) -> bool`` choosing the kernels.
+        unit_floor: keep the largest weight feeding each output unit of every
+            layer, whatever the budget's ranking, so no layer is disconnected
+            (False: the reference's plain global ranking).
+        predicate: ``f(layer, variable) -> bool | None`` choosing the kernels:
+            True adds a weight, False leaves it out, None keeps the default.
         validate_finalized: evaluate the finalised model during ``fit``.
         per_layer_logs: add bits/nnz/residual of every layer to the logs.
 
@@ -66,6 +73,7 @@ class ADMMCallback(keras.callbacks.Callback):
         prox: bool = True,
         importance: str = "magnitude",
         rho_growth: float = 1.0,
+        unit_floor: bool = True,
         predicate: Optional[Callable] = None,
         validate_finalized: bool = True,
         per_layer_logs: bool = True,
@@ -84,6 +92,7 @@ class ADMMCallback(keras.callbacks.Callback):
             bits_epoch=bits_epoch,
             prox=prox,
             importance=importance,
+            unit_floor=unit_floor,
         )
         self.predicate = predicate
         self.validate_finalized = validate_finalized
@@ -94,6 +103,7 @@ class ADMMCallback(keras.callbacks.Callback):
         self._saved: Optional[List[np.ndarray]] = None
         self._last_batch = -1
         self._epoch = 0
+        self._deferred = False
 
     def build(self, model) -> ADMMState:
         """Creates the ADMM state for ``model`` (done by ``fit``; call it to restore state first)."""
@@ -103,8 +113,12 @@ class ADMMCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ fit hooks
     def on_train_begin(self, logs=None):
-        self.build(self.model).start()
         self._in_fit = True
+        self._deferred = not self.model.weights
+        if not self._deferred:
+            self.build(self.model).start()
+        # else: a model that fit() builds in its first step (subclassed, or Sequential
+        # without Input): the state starts after that step, which trains it densely.
 
     def on_train_end(self, logs=None):
         self._in_fit = False
@@ -114,7 +128,17 @@ class ADMMCallback(keras.callbacks.Callback):
         self._last_batch = -1
         self._epoch = epoch
 
+    def _start_deferred(self, batch: int) -> None:
+        self.build(self.model).start()
+        self._deferred = False
+        self._last_batch = batch
+        # The step was traced before the state existed: trace it again with the ADMM terms.
+        self.model.make_train_function(force=True)
+
     def on_train_batch_end(self, batch, logs=None):
+        if self._deferred:
+            self._start_deferred(batch)
+            return
         # With steps_per_execution > 1 this fires every N batches: advance by N.
         try:
             self.state.after_batches(batch - self._last_batch)
@@ -167,9 +191,11 @@ class ADMMCallback(keras.callbacks.Callback):
                 weightbits=callback.state.current_bits)``) starts.
 
         Returns:
-            A new Keras model (same architecture) whose compressible kernels
-            are sparse-projected and quantized with their bit widths; it holds
-            the budget: ``sum_l b_l * nnz_l <= budget_bits``. With
+            A new, uncompiled Keras model (same architecture) whose
+            compressible kernels are sparse-projected and quantized with their
+            bit widths; it holds the budget: ``sum_l b_l * nnz_l <=
+            budget_bits`` (see :func:`finalize_model` for models that cannot
+            be copied). With
             ``quantize=False`` the kernels hold more distinct values than
             their widths allow, and the size holds once quantized to them.
 
@@ -182,7 +208,7 @@ class ADMMCallback(keras.callbacks.Callback):
 
 
 def finalize_model(model: keras.Model, state: ADMMState, quantize: bool = True) -> keras.Model:
-    """Returns a copy of ``model`` with its kernels replaced by their finalised values.
+    """Returns ``model`` with its kernels replaced by their finalised values.
 
     Args:
         model: the trained model.
@@ -190,15 +216,26 @@ def finalize_model(model: keras.Model, state: ADMMState, quantize: bool = True) 
         quantize: False: pruned to the budget only, kernels in full precision.
 
     Returns:
-        A new model with the same architecture and weights, except that each
-        compressible kernel is pruned to the budget and (``quantize``) quantized.
+        An uncompiled copy of the model (same architecture and weights) with
+        each compressible kernel pruned to the budget and (``quantize``)
+        quantized; its ``sqjl_budget_bits`` is the budget, which
+        ``compression_report`` then checks. A model that cannot be rebuilt
+        from its config (subclassed, without ``get_config``) is not copied: the
+        finalised kernels are written into it and its ADMM optimizer is
+        replaced by the inner one (a warning says so).
     """
     finalized = state.finalized_weights() if quantize else state.sparse_weights()
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    target = uncompiled_copy(model)
+    if target is None:
+        logging.warning(
+            "%s cannot be rebuilt from its config (no get_config): finalize() wrote the "
+            "compressed kernels into the trained model itself and replaced its ADMM optimizer "
+            "by the inner one.", model.name)
+        target = model
+        detach_optimizer(model)
     by_path = {k.variable.path: w for k, w in zip(state.kernels, finalized)}
-    src_paths = [w.path for w in model.weights]
-    for src_path, dst in zip(src_paths, clone.weights):
-        if src_path in by_path:
-            dst.assign(by_path[src_path])
-    return clone
+    for src, dst in zip(model.weights, target.weights):
+        if src.path in by_path:
+            dst.assign(by_path[src.path])
+    target.sqjl_budget_bits = float(state.budget_bits)
+    return target

@@ -81,6 +81,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf import projections
+from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
@@ -651,8 +652,12 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
 
 def _copy_model(model: keras.Model) -> keras.Model:
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    clone = uncompiled_copy(model)
+    if clone is None:
+        logging.warning("%s cannot be rebuilt from its config (no get_config): the quantized "
+                        "kernels are the trained model's own.", model.name)
+        detach_optimizer(model)
+        return model
     return clone
 
 

@@ -1,15 +1,22 @@
 """Which weights of a Keras model are compressed.
 
 A *compressible kernel* is the weight matrix of a Dense, convolution (1/2/3-D,
-transposed, depthwise, separable) or EinsumDense layer. Biases, BatchNorm
-parameters and other small tensors stay float32 and are not counted in the
-size budget (ALGORITHM.md section 1).
+transposed, depthwise, separable), EinsumDense (attention included) or
+Embedding layer, or the input and recurrent kernels of an LSTM, GRU,
+SimpleRNN or ConvLSTM cell. Biases, normalization parameters and other small
+tensors stay float32 and are not counted in the size budget (docs/ALGORITHM.md
+section 1); :func:`left_out_weights` lists them. A ``predicate`` can add any
+weight of two or more dimensions, or remove a built-in kernel.
+
+Each kernel also knows its *output units* (:attr:`CompressibleKernel.unit_axes`):
+the sparse projection keeps at least one weight per unit, so no layer, and no
+unit of a layer, is ever disconnected.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import keras
 
@@ -27,9 +34,19 @@ _KERNEL_ATTRIBUTES = {
     "DepthwiseConv2D": ("kernel", "depthwise_kernel"),
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+    "Embedding": ("embeddings",),
+    "LSTMCell": ("kernel", "recurrent_kernel"),
+    "GRUCell": ("kernel", "recurrent_kernel"),
+    "SimpleRNNCell": ("kernel", "recurrent_kernel"),
+    "ConvLSTMCell": ("kernel", "recurrent_kernel"),
 }
 
-LayerPredicate = Callable[[keras.layers.Layer, keras.Variable], bool]
+# Axes of a kernel that index the layer's output units, where not the last one.
+_TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")  # (..., out, in)
+_DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
+
+# f(layer, variable) -> True (compress it), False (leave it float32) or None (the default).
+LayerPredicate = Callable[[keras.layers.Layer, keras.Variable], Optional[bool]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +62,41 @@ class CompressibleKernel:
     name: str
     layer: keras.layers.Layer
     variable: keras.Variable
+
+    @property
+    def unit_axes(self) -> Tuple[int, ...]:
+        """The axes (non-negative) of the kernel that index its layer's output units.
+
+        The last axis for Dense, convolutions, Embedding (its feature axis) and
+        RNN cells; the output-channel axis for transposed convolutions; the
+        channel and multiplier axes of a depthwise kernel; for EinsumDense, the
+        kernel axes whose subscripts appear in the output.
+        """
+        rank = len(self.variable.shape)
+        if rank <= 1:
+            return tuple(range(rank))
+        attr = self.name.split("/")[-1].split(":")[0]
+        names = [cls.__name__ for cls in type(self.layer).__mro__]
+        if any(n in _TRANSPOSED for n in names) and attr == "kernel":
+            return (rank - 2,)
+        if any(n in _DEPTHWISE for n in names) and attr in ("depthwise_kernel", "kernel"):
+            return (rank - 2, rank - 1)
+        equation = getattr(self.layer, "equation", None)
+        if "EinsumDense" in names and isinstance(equation, str) and "->" in equation:
+            inputs, output = equation.split("->")
+            kernel_subscripts = inputs.split(",")[-1].strip()
+            axes = tuple(i for i, c in enumerate(kernel_subscripts) if c in output)
+            if axes and len(kernel_subscripts) == rank:
+                return axes
+        return (rank - 1,)
+
+    @property
+    def num_units(self) -> int:
+        """How many output units the kernel feeds (the product of ``unit_axes``)."""
+        n = 1
+        for a in self.unit_axes:
+            n *= int(self.variable.shape[a])
+        return n
 
     @property
     def size(self) -> int:
@@ -77,40 +129,77 @@ def _default_kernels(layer: keras.layers.Layer):
     return []
 
 
+def _candidates(layer: keras.layers.Layer):
+    """The layer's own weights of two or more dimensions (what a predicate may add)."""
+    own = getattr(layer, "_trainable_variables", None)
+    if own is None:
+        return []
+    return [v for v in list(own) + list(getattr(layer, "_non_trainable_variables", []))
+            if len(v.shape) >= 2]
+
+
 def compressible_kernels(
     model: keras.layers.Layer, predicate: Optional[LayerPredicate] = None
 ) -> List[CompressibleKernel]:
     """Lists the kernels of ``model`` that the size budget covers, in model order.
 
     Args:
-        model: a built Keras model or layer (nested models are walked).
-        predicate: optional ``f(layer, variable) -> bool``; when given, only the
-            default-compressible kernels for which it returns True are kept.
+        model: a Keras model or layer whose weights exist (built, or traced by
+            ``fit``); nested models are walked, a shared layer counts once.
+        predicate: optional ``f(layer, variable)`` asked about every weight of
+            two or more dimensions: True compresses it (so a custom layer's
+            matrix can be added), False leaves it in float32, None keeps the
+            default (the built-in kernels of the module docstring).
 
     Returns:
         A list of :class:`CompressibleKernel`, one per kernel variable.
 
     Raises:
-        ValueError: if the model is not built (its weights do not exist yet).
+        ValueError: if the model has no weights yet.
 
     Example:
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         >>> [k.name for k in compressible_kernels(model)]
         ['dense/kernel']
     """
-    if not model.built:
+    if not model.built and not model.weights:
         raise ValueError(
             "Invalid value for argument `model`. Received: an unbuilt model "
-            f"{model.name!r}. Expected a built model: call it on data or give it an Input."
+            f"{model.name!r}. Expected a model whose weights exist: call it on data, give it "
+            "an Input, or let fit() build it before the callback starts."
         )
     found = []
     seen = set()
     for layer in _iter_layers(model):
-        for var in _default_kernels(layer):
+        defaults = _default_kernels(layer)
+        default_ids = {id(v) for v in defaults}
+        candidates = defaults + [v for v in _candidates(layer) if id(v) not in default_ids]
+        for var in candidates:
             if id(var) in seen:
                 continue
             seen.add(id(var))
-            if predicate is not None and not predicate(layer, var):
-                continue
-            found.append(CompressibleKernel(name=var.path, layer=layer, variable=var))
+            chosen = predicate(layer, var) if predicate is not None else None
+            if chosen is None:
+                chosen = id(var) in default_ids
+            if chosen:
+                found.append(CompressibleKernel(name=var.path, layer=layer, variable=var))
     return found
+
+
+def left_out_weights(model: keras.layers.Layer, predicate: Optional[LayerPredicate] = None):
+    """The weights of ``model`` outside the size budget: ``[(path, size), ...]``.
+
+    Biases, normalization parameters and statistics, and any weight neither a
+    built-in kernel nor added by ``predicate``; they are stored in float32.
+    """
+    chosen = {id(k.variable) for k in compressible_kernels(model, predicate)}
+    out, seen = [], set()
+    for w in model.weights:
+        if id(w) in chosen or id(w) in seen:
+            continue
+        seen.add(id(w))
+        size = 1
+        for d in w.shape:
+            size *= int(d)
+        out.append((getattr(w, "path", w.name), size))
+    return out

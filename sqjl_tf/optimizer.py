@@ -88,6 +88,7 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         super().__init__(learning_rate=0.0, name=name, **kwargs)
         self.inner_optimizer = inner_optimizer
         self.admm = admm
+        self._admm_lost = False  # set by from_config when the saved optimizer had a state
         self.l2 = float(weight_decay)
         self.gclip = float(gclip)
         self._gradient_taps = []
@@ -153,6 +154,14 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         return state
 
     def apply(self, grads, trainable_variables=None):
+        if self._admm_lost and self.admm is None:
+            raise RuntimeError(
+                "This ADMMOptimizer was saved while bound to an ADMM run, and a saved model "
+                "does not carry the run's ADMM state (duplicates, duals, bit widths), so it "
+                "cannot resume ADMM by itself. Attach the run's callback "
+                "(`model.optimizer.admm = callback`, restored from the run's checkpoint, and "
+                "pass it to fit), or compile the model with a plain optimizer to train it "
+                "without ADMM.")
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
@@ -229,6 +238,7 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "weight_decay": self.l2,
             "gclip": self.gclip,
+            "bound_to_admm": self.admm is not None or self._admm_lost,
         }
 
     @classmethod
@@ -237,7 +247,10 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
-        return cls(inner, **config)
+        bound = config.pop("bound_to_admm", False)
+        optimizer = cls(inner, **config)
+        optimizer._admm_lost = bool(bound)
+        return optimizer
 
 
 def _global_gradient(g):

@@ -125,7 +125,9 @@ def _check_bits_range(min_bits: int, max_bits: int) -> None:
         )
 
 
-def sparse_projection(weights, bits: Sequence[float], budget_bits: float, importance=None):
+def sparse_projection(
+    weights, bits: Sequence[float], budget_bits: float, importance=None, keep=None
+):
     """Zeroes the weights that do not fit the size budget (ALGORITHM.md 3.1).
 
     Every nonzero weight w of layer l is an item of value w^2 and cost b_l bits.
@@ -139,12 +141,19 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float, import
     increase when the weight is removed (Optimal Brain Damage), and the
     ranking indifferent to how the network's scale is spread over its layers.
 
+    With ``keep`` (an extension) the marked nonzero weights are kept first,
+    whatever their rank, and the rest of the budget goes by the ranking: the
+    floor that keeps every layer connected (``unit_floor_masks``).
+
     Args:
         weights: list of per-layer arrays (NumPy or TF), any shapes.
         bits: per-layer bit width b_l (cost of one kept weight), each > 0.
         budget_bits: the budget S in bits.
         importance: optional list of non-negative arrays shaped as
             ``weights``; a weight of importance 0 is dropped.
+        keep: optional list of boolean arrays shaped as ``weights``: nonzero
+            weights always kept (each still costs ``b_l``; the budget may be
+            exceeded only if they alone exceed it).
 
     Returns:
         (projected_weights, nnz): the weights with the dropped ones set to 0
@@ -171,10 +180,54 @@ def sparse_projection(weights, bits: Sequence[float], budget_bits: float, import
         factors, _ = _to_numpy(importance, "importance")
         _check_importance(factors, arrays)
         ranked = [a * np.sqrt(f, dtype=np.float32) for a, f in zip(arrays, factors)]
-    masks = _knapsack.select_global(ranked, bits, budget)
+    if keep is not None:
+        forced = [np.asarray(k, bool).reshape(a.shape) & (a != 0) for k, a in zip(keep, arrays)]
+        _check_one_per_layer(forced, arrays)
+        budget = max(0.0, budget - sum(float(np.count_nonzero(f)) * b
+                                       for f, b in zip(forced, bits)))
+        ranked = [np.where(f, np.float32(0), r) for f, r in zip(forced, ranked)]
+        masks = _knapsack.select_global(ranked, bits, budget)
+        masks = [m | f.ravel() for m, f in zip(masks, forced)]
+    else:
+        masks = _knapsack.select_global(ranked, bits, budget)
     projected = [np.where(m.reshape(a.shape), a, np.float32(0)) for a, m in zip(arrays, masks)]
     nnz = [int(np.count_nonzero(p)) for p in projected]
     return _from_numpy(projected, as_tf), nnz
+
+
+def unit_floor_masks(weights, unit_axes: Sequence[Sequence[int]], importance=None):
+    """Marks, per layer, the largest weight feeding each output unit (the floor).
+
+    Kept by :func:`sparse_projection` (``keep=``) whatever the budget's ranking,
+    these weights give every output unit of every layer at least one input, so
+    the compressed network stays connected: no layer is pruned to zero and the
+    output always depends on the input.
+
+    Args:
+        weights: list of per-layer arrays.
+        unit_axes: per layer, the axes that index output units.
+        importance: optional per-layer factors, as in :func:`sparse_projection`.
+
+    Returns:
+        A list of boolean arrays shaped as ``weights``; a unit whose weights are
+        all zero gets none.
+    """
+    arrays, _ = _to_numpy(weights)
+    factors = _to_numpy(importance, "importance")[0] if importance is not None else None
+    masks = []
+    for i, a in enumerate(arrays):
+        score = np.abs(a) if factors is None else np.abs(a) * np.sqrt(factors[i])
+        axes = [ax % a.ndim for ax in unit_axes[i]] if a.ndim else []
+        rest = [ax for ax in range(a.ndim) if ax not in axes]
+        moved = np.transpose(score, rest + axes).reshape(-1, int(np.prod(
+            [a.shape[ax] for ax in axes], dtype=np.int64)) if axes else 1)  # [fan_in, units]
+        best = np.argmax(moved, axis=0)  # [units]
+        flat = np.zeros(moved.shape, bool)
+        cols = np.arange(moved.shape[1])
+        flat[best, cols] = moved[best, cols] > 0
+        shaped = flat.reshape([a.shape[ax] for ax in rest + axes])
+        masks.append(np.transpose(shaped, np.argsort(rest + axes)))
+    return masks
 
 
 def codebook(x, bits: int, reserve_zero: bool = True) -> np.ndarray:

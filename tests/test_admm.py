@@ -286,7 +286,7 @@ def test_schedule_with_steps_per_execution(pretrained_weights):
 def test_fisher_importance_tracks_squared_gradients_and_holds_budget(pretrained_weights):
     model = _fresh(pretrained_weights)
     cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=3, rho=0.05, projint=4, dualint=4,
-                              importance="fisher")
+                              importance="fisher", unit_floor=False)
     _compress(model, cb, epochs=2)
     state = cb.state
     fisher = [f.numpy() for f in state.fisher]

@@ -214,6 +214,11 @@ class FileSizeBreakdown:
 
 
 def _architecture_json(model: keras.Model) -> str:
+    """The model's Keras config as JSON; ``null`` for a model that cannot be rebuilt from one."""
+    from sqjl_tf._copy import uncompiled_copy
+
+    if uncompiled_copy(model) is None:  # e.g. subclassed without get_config
+        return "null"
     config = keras.saving.serialize_keras_object(model)
     if isinstance(config, dict):
         # Only the architecture: compiling needs the losses/metrics at load time.
@@ -538,12 +543,15 @@ def load_compressed(
     path: PathLike,
     custom_objects: Optional[Mapping[str, Any]] = None,
     safe_mode: bool = True,
+    model: Optional[keras.Model] = None,
 ) -> keras.Model:
     """Loads a model written by :func:`save_compressed`.
 
     The model is rebuilt from its stored Keras config and every weight is set;
     kernels equal the saved ones bit for bit (``-0.0`` reads as ``+0.0``). The
-    model is not compiled.
+    model is not compiled. A model that could not be rebuilt from a config
+    (subclassed, without ``get_config``) is stored without one: its weights
+    are then loaded into ``model``, an instance of the same architecture.
 
     Args:
         path: the compressed model file.
@@ -551,9 +559,12 @@ def load_compressed(
             layers, as for ``keras.saving.deserialize_keras_object``.
         safe_mode: passed to ``keras.saving.deserialize_keras_object``
             (False allows ``Lambda`` layers).
+        model: optional built model of the same architecture to load the
+            weights into (the stored architecture is then not used); needed
+            for a file stored without one.
 
     Returns:
-        The rebuilt ``keras.Model``.
+        The rebuilt ``keras.Model`` (``model`` itself when given).
 
     Raises:
         ValueError: if the file is foreign (bad magic), of an unsupported
@@ -576,10 +587,16 @@ def load_compressed(
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise reader.error(f"corrupted architecture ({exc})") from None
 
-    model = keras.saving.deserialize_keras_object(
-        config, custom_objects=dict(custom_objects or {}), safe_mode=safe_mode
-    )
-    if not getattr(model, "built", False):
+    if model is None and config is None:
+        raise ValueError(
+            f"Invalid value for argument `model`. Received: None. Expected a model of the "
+            f"architecture of '{path}', which stores none (it was saved from a model without "
+            "get_config): pass model=an instance of that architecture, built.")
+    if model is None:
+        model = keras.saving.deserialize_keras_object(
+            config, custom_objects=dict(custom_objects or {}), safe_mode=safe_mode
+        )
+    if not getattr(model, "built", False) and not model.weights:
         raise reader.error("the stored architecture rebuilds an unbuilt model")
     kernels = compressible_kernels(model)
 
