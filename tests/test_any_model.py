@@ -225,3 +225,75 @@ def test_budget_too_small_for_the_floor_is_an_error_before_training():
     cb = sqjl_tf.ADMMCallback(nnz_budget=0.01, bit_budget=1, rho=0.05)
     with pytest.raises(ValueError, match="one weight per output unit.*nnz_budget >="):
         cb.build(model)
+
+
+# ------------------------------------------------------------- what comes back
+def test_finalized_model_has_no_optimizer_and_loads_with_plain_keras(tmp_path):
+    x = _images((28, 28, 1))
+    cb, compressed = _compress(_small_cnn(), x, 0.1, 4)
+    assert not getattr(compressed, "compiled", False)
+    path = str(tmp_path / "model.keras")
+    compressed.save(path)
+    reloaded = keras.models.load_model(path)  # no custom_objects, no sqjl_tf class needed
+    assert getattr(reloaded, "optimizer", None) is None
+    np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(compressed(x)), atol=1e-6)
+    assert "within budget" in str(sqjl_tf.compression_report(compressed))
+
+
+def test_reloaded_training_model_says_why_it_cannot_resume_admm(tmp_path):
+    x = _images((28, 28, 1))
+    model = _small_cnn()
+    cb, _ = _compress(model, x, 0.1, 4)
+    path = str(tmp_path / "training.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert isinstance(reloaded.optimizer, sqjl_tf.ADMMOptimizer)
+    with pytest.raises(RuntimeError, match="cannot resume ADMM by itself"):
+        reloaded.fit(x, np.zeros(len(x)), epochs=1, verbose=0)
+    cb2 = sqjl_tf.ADMMCallback(nnz_budget=0.1, bit_budget=4, rho=0.05)
+    reloaded.optimizer.admm = cb2  # attached: it trains under ADMM again
+    reloaded.fit(x, np.zeros(len(x)), epochs=1, verbose=0, callbacks=[cb2])
+    assert sqjl_tf.compression_report(cb2.finalize()).within_budget
+
+
+def test_one_bit_layers_keep_every_weight_the_budget_paid_for():
+    x = _images((28, 28, 1))
+    keras.utils.set_random_seed(0)
+    model = _small_cnn()
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.05, bit_budget=1, rho=0.05, fixedbits=True)
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.01), cb), loss=LOSS)
+    model.fit(x, np.zeros(len(x)), batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    kept = [int(np.count_nonzero(w)) for w in cb.state.sparse_weights()]
+    report = sqjl_tf.compression_report(cb.finalize())
+    assert [s.nnz for s in report.layers] == kept  # none rounded to a zero centre
+    assert all(s.bits == 1 for s in report.layers)
+    assert report.size_bits >= 0.99 * cb.state.budget_bits  # the budget is used
+
+
+class _Table(keras.layers.Layer):
+    """A custom layer with a 2-D weight: not a built-in kernel."""
+
+    def build(self, input_shape):
+        self.table = self.add_weight(shape=(int(input_shape[-1]), 64), name="table")
+
+    def call(self, x):
+        return x @ self.table
+
+
+def test_predicate_adds_a_custom_weight_and_the_report_lists_what_is_left_out():
+    model = keras.Sequential([keras.Input((32,)), _Table(name="lookup"),
+                              keras.layers.Dense(4, name="head")])
+    default = sqjl_tf.compression_report(model)
+    assert [s.name.split("/")[-2:] for s in default.layers] == [["head", "kernel"]]
+    assert any(n.endswith("lookup/table") and c == 32 * 64 for n, c in default.left_out)
+    assert "left out of the budget" in str(default) and "covers only" in str(default)
+
+    def predicate(layer, variable):
+        return True if layer.name == "lookup" else None  # add it, keep the defaults
+
+    names = [k.name.split("/")[-2] for k in sqjl_tf.compressible_kernels(model, predicate)]
+    assert names == ["lookup", "head"]
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.1, bit_budget=4, rho=0.05, predicate=predicate)
+    assert [k.name.split("/")[-2] for k in cb.build(model).kernels] == ["lookup", "head"]
+    report = sqjl_tf.compression_report(model, predicate=predicate)
+    assert report.budget_coverage > 0.95

@@ -259,3 +259,29 @@ def test_projections_reject_non_finite_weights(projection, bad):
     }[projection]
     with pytest.raises(ValueError, match="NaN or infinite.*Expected finite values"):
         call()
+
+
+def test_unit_floor_marks_the_largest_weight_of_every_unit():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((6, 4)).astype(np.float32)       # units: last axis
+    transposed = rng.standard_normal((3, 3, 5, 2)).astype(np.float32)  # units: axis 2
+    dense[:, 3] = 0  # a unit with no weight left gets none
+    masks = projections.unit_floor_masks([dense, transposed], [(1,), (2,)])
+    assert masks[0].sum(axis=0).tolist() == [1, 1, 1, 0]
+    rows, cols = np.nonzero(masks[0])
+    assert np.array_equal(rows[np.argsort(cols)], np.abs(dense[:, :3]).argmax(axis=0))
+    per_unit = np.moveaxis(masks[1], 2, -1).reshape(-1, 5)
+    assert per_unit.sum(axis=0).tolist() == [1] * 5
+
+
+def test_sparse_projection_keeps_the_floor_and_holds_the_budget():
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((50, 20)).astype(np.float32) * 10
+    small = rng.standard_normal((40, 8)).astype(np.float32) * 0.01  # the ranking drops it all
+    weights, bits = [big, small], [4, 4]
+    plain, nnz = projections.sparse_projection(weights, bits, budget_bits=4 * 100)
+    assert nnz[1] == 0
+    keep = projections.unit_floor_masks(weights, [(1,), (1,)])
+    kept, nnz = projections.sparse_projection(weights, bits, budget_bits=4 * 100, keep=keep)
+    assert nnz[1] == 8 and np.all(kept[1][keep[1]] == small[keep[1]])
+    assert 4 * sum(nnz) <= 4 * 100
