@@ -1,6 +1,6 @@
 """Knapsack solvers behind the projections (NumPy).
 
-* ``select_global``: the 0-1 knapsack of the sparse projection (ALGORITHM.md 3.1),
+* ``select_global``: the 0-1 knapsack of the sparse projection (docs/ALGORITHM.md 3.1),
   solved as the reference does (longest prefix of the ranking by w^2 / b_l that
   fits), but by a two-pass radix select on the float bit patterns instead of a
   full sort: O(n) passes plus a sort of one histogram bin.

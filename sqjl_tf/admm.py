@@ -1,4 +1,4 @@
-"""ADMM state of a compression run (ALGORITHM.md section 2), independent of Keras's hooks.
+"""ADMM state of a compression run (docs/ALGORITHM.md section 2), independent of Keras's hooks.
 
 :class:`ADMMState` owns, for every compressible kernel W of a model, the
 duplicate V and the scaled dual U (``tf.Variable``s created under the model's

@@ -1,6 +1,6 @@
 """Size accounting: the budget in bits and the compression measured from weights.
 
-ALGORITHM.md section 1. A compressed layer costs ``b_l * nnz_l`` bits (the
+docs/ALGORITHM.md section 1. A compressed layer costs ``b_l * nnz_l`` bits (the
 paper's metric); the budget from flags is ``S = sum_l bit_budget *
 ceil(nnz_budget * n_l)``, and the compression rate reported is
 ``32 * sum_l n_l / sum_l b_l * nnz_l`` with b_l and nnz_l measured on the final

@@ -1,4 +1,4 @@
-"""Knowledge distillation from the uncompressed model (ALGORITHM.md section 5).
+"""Knowledge distillation from the uncompressed model (docs/ALGORITHM.md section 5).
 
 With ``kdtemp = T > 0`` the training loss is
 

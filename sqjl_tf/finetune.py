@@ -1,4 +1,4 @@
-"""Fine-tuning of an already-compressed model (ALGORITHM.md section 4).
+"""Fine-tuning of an already-compressed model (docs/ALGORITHM.md section 4).
 
 The sparsity mask (``W != 0``) and the bit widths are frozen; each layer keeps a
 codebook (:func:`sqjl_tf.projections.codebook` on its nonzeros). Training runs

@@ -1,4 +1,4 @@
-"""The three projections of the method (ALGORITHM.md section 3), as pure functions.
+"""The three projections of the method (docs/ALGORITHM.md section 3), as pure functions.
 
 * :func:`sparse_projection` — the global 0-1 knapsack that decides which weights
   survive (per-layer sparsity is learned here);
@@ -128,7 +128,7 @@ def _check_bits_range(min_bits: int, max_bits: int) -> None:
 def sparse_projection(
     weights, bits: Sequence[float], budget_bits: float, importance=None, keep=None
 ):
-    """Zeroes the weights that do not fit the size budget (ALGORITHM.md 3.1).
+    """Zeroes the weights that do not fit the size budget (docs/ALGORITHM.md 3.1).
 
     Every nonzero weight w of layer l is an item of value w^2 and cost b_l bits.
     The weights are ranked globally by ``w^2 / b_l`` and the longest prefix of

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the reference (ALGORITHM.md section 6).
+"""Learning-rate schedules of the reference (docs/ALGORITHM.md section 6).
 
 :func:`parse_lr_schedule` turns the reference's ``lr_sched`` strings into Keras 3
 ``LearningRateSchedule`` objects, evaluated at every optimizer iteration
