@@ -365,6 +365,34 @@ def _metrics():
     ]
 
 
+# What a run writes into its folder: all that --overwrite may delete.
+_RUN_FILES = frozenset({
+    "config.json", "final.json", "metrics.jsonl", "latest.ckpt.npz", "best.ckpt.npz",
+    "tensorboard", "saved_model", "model_dense.keras", "model_compressed.keras",
+    "model_sparse.keras", "model_float.keras", "model_dense.sqjl", "model_compressed.sqjl",
+    "model_dense.tflite", "model_compressed.tflite",
+})
+
+
+def _run_owned(name: str) -> bool:
+    temporary = (name.startswith(".tmp-") or name.endswith((".tmp.keras", ".tflite.tmp"))
+                 or (name.startswith(".model_") and name.endswith(".tmp")))  # interrupted saves
+    return name in _RUN_FILES or temporary
+
+
+def _check_overwrite(cfg: TrainConfig) -> None:
+    """``--overwrite`` deletes only a run's own files: a folder holding others is refused."""
+    if not cfg.overwrite or not os.path.isdir(cfg.logdir):
+        return
+    foreign = sorted(n for n in os.listdir(cfg.logdir) if not _run_owned(n))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise UsageError(
+            f"Invalid value for argument `overwrite`. Received: True for logdir={cfg.logdir!r}, "
+            f"which holds files no run writes ({shown}). Expected a run folder; nothing was "
+            "deleted. Choose another --logdir, or move those files out.")
+
+
 def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
     """Creates the log folder; returns the checkpoint to resume from, if any."""
     from sqjl_tf.run_logger import LATEST
@@ -372,9 +400,11 @@ def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
     os.makedirs(cfg.logdir, exist_ok=True)
     latest = os.path.join(cfg.logdir, LATEST)
     if cfg.overwrite:
+        _check_overwrite(cfg)  # again: the folder may have changed since the start
         for name in os.listdir(cfg.logdir):
-            path = os.path.join(cfg.logdir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if _run_owned(name):
+                path = os.path.join(cfg.logdir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         return None
     return latest if os.path.isfile(latest) else None
 
@@ -394,6 +424,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     """
     cfg = _resolved(TrainConfig(**kwargs))
     cfg.validate()
+    _check_overwrite(cfg)
     import keras
     import tensorflow as tf
 

@@ -278,3 +278,23 @@ def test_more_usage_errors_before_any_work(kwargs, needle, tmp_path):
     with pytest.raises(trainer.UsageError, match=needle):
         trainer.run(logdir=str(tmp_path / "never"), **kwargs)
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files_and_deletes_nothing(tmp_path):
+    logdir = tmp_path / "d"
+    (logdir / "my_thesis").mkdir(parents=True)
+    (logdir / "notes.txt").write_text("x")
+    (logdir / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(trainer.UsageError, match="`overwrite`.*notes.txt.*nothing was deleted"):
+        trainer.run(logdir=str(logdir), overwrite=True, data_dir=str(tmp_path / "none"))
+    assert sorted(os.listdir(logdir)) == ["metrics.jsonl", "my_thesis", "notes.txt"]
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
+    logdir = tmp_path / "run"
+    (logdir / "tensorboard").mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "latest.ckpt.npz", ".tmp-abc.npz"):
+        (logdir / name).write_text("old")
+    cfg = trainer.TrainConfig(logdir=str(logdir), overwrite=True)
+    assert trainer._prepare_logdir(cfg) is None
+    assert os.listdir(logdir) == []
