@@ -393,6 +393,37 @@ def _check_overwrite(cfg: TrainConfig) -> None:
             "deleted. Choose another --logdir, or move those files out.")
 
 
+# What a run is: resuming with another value of one of these is a different run.
+_RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune")
+
+
+def _check_resume(cfg: TrainConfig) -> None:
+    """Resuming a run (its checkpoint exists) with another budget, mode, data or model is refused."""
+    from sqjl_tf.run_logger import LATEST
+
+    config_file = os.path.join(cfg.logdir, "config.json")
+    if cfg.overwrite or not os.path.isfile(os.path.join(cfg.logdir, LATEST)):
+        return
+    try:
+        with open(config_file) as f:
+            started = json.load(f)
+        assert isinstance(started, dict)
+    except (OSError, ValueError, AssertionError):
+        raise UsageError(
+            f"Invalid value for argument `logdir`. Received: {cfg.logdir!r}, which holds a "
+            "checkpoint but no readable config.json. Expected a run folder to resume; pass "
+            "--overwrite to start it again.") from None
+    for name in _RUN_IDENTITY:
+        before, now = started.get(name), getattr(cfg, name)
+        if name in started and before != now and not (
+                isinstance(before, (int, float)) and isinstance(now, (int, float))
+                and math.isclose(before, now)):
+            raise UsageError(
+                f"Invalid value for argument `{name}`. Received: {now!r} on resuming the run in "
+                f"{cfg.logdir!r}, which was started with {before!r}. Expected the run's own "
+                "value; pass --overwrite to start it again, or another --logdir.")
+
+
 def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
     """Creates the log folder; returns the checkpoint to resume from, if any."""
     from sqjl_tf.run_logger import LATEST
@@ -425,6 +456,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     cfg = _resolved(TrainConfig(**kwargs))
     cfg.validate()
     _check_overwrite(cfg)
+    _check_resume(cfg)
     import keras
     import tensorflow as tf
 

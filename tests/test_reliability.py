@@ -298,3 +298,19 @@ def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
     cfg = trainer.TrainConfig(logdir=str(logdir), overwrite=True)
     assert trainer._prepare_logdir(cfg) is None
     assert os.listdir(logdir) == []
+
+
+def test_resuming_with_another_budget_is_a_usage_error_and_nothing_is_rewritten(tmp_path):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    config = {"mode": "compress", "dataset": "fashion_mnist", "arch": "caffelenet",
+              "nnz_budget": 0.02, "bit_budget": 3.0, "quant": False, "prune": False}
+    (logdir / "config.json").write_text(json.dumps(config))
+    (logdir / LATEST).write_bytes(b"checkpoint")
+    with pytest.raises(trainer.UsageError, match="`nnz_budget`. Received: 0.05 on resuming"):
+        trainer.run(mode="compress", dataset="fashion_mnist", arch="caffelenet",
+                    nnz_budget=0.05, bit_budget=3, logdir=str(logdir))
+    assert json.loads((logdir / "config.json").read_text()) == config
+    with pytest.raises(trainer.UsageError, match="`mode`"):
+        trainer.run(mode="pretrain", dataset="fashion_mnist", arch="caffelenet",
+                    logdir=str(logdir))
