@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -370,7 +371,7 @@ _RUN_FILES = frozenset({
     "config.json", "final.json", "metrics.jsonl", "latest.ckpt.npz", "best.ckpt.npz",
     "tensorboard", "saved_model", "model_dense.keras", "model_compressed.keras",
     "model_sparse.keras", "model_float.keras", "model_dense.sqjl", "model_compressed.sqjl",
-    "model_dense.tflite", "model_compressed.tflite",
+    "model_dense.tflite", "model_compressed.tflite", ".lock",
 })
 
 
@@ -433,7 +434,7 @@ def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
     if cfg.overwrite:
         _check_overwrite(cfg)  # again: the folder may have changed since the start
         for name in os.listdir(cfg.logdir):
-            if _run_owned(name):
+            if _run_owned(name) and name != _LOCK:  # the lock is this run's own
                 path = os.path.join(cfg.logdir, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         return None
@@ -476,10 +477,68 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         cfg.dataset, cfg.data_dir, cfg.batch_size, "train", seed=cfg.seed, limit=cfg.limit,
         num_parallel_calls=workers, **sizes,
     )
-    steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     with strategy.scope():
         model = _checked_load(cfg, info) if cfg.pretrain else None
         teacher = _checked_load(cfg, info, "teacher") if cfg.teacher else None
+    if not _is_chief(strategy):
+        return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
+    os.makedirs(cfg.logdir, exist_ok=True)
+    with _locked(cfg.logdir):
+        return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
+
+
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _locked(logdir: str):
+    """Holds ``logdir/.lock`` (this process's id) while a run writes there.
+
+    A second run on the same folder is a usage error; a lock left by a process
+    that no longer exists (a killed run) is taken over.
+    """
+    path = os.path.join(logdir, _LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder > 0 and holder != os.getpid() and _alive(holder):
+                raise UsageError(
+                    f"Invalid value for argument `logdir`. Received: {logdir!r}, where another "
+                    f"run (process {holder}) is writing. Expected a folder no other run uses; "
+                    "wait for it to end, or choose another --logdir.") from None
+            os.remove(path)  # stale: its process is gone
+    else:  # pragma: no cover - another process took the stale lock between our two tries
+        raise UsageError(f"Invalid value for argument `logdir`. Received: {logdir!r}, which "
+                         "another run has just locked. Expected a folder no other run uses.")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
+    """Trains and finishes the run in its folder (the chief holds the folder's lock)."""
+    steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
     if _is_chief(strategy):
         resume = _prepare_logdir(cfg)
         with open(os.path.join(cfg.logdir, "config.json"), "w") as f:

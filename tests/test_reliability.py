@@ -314,3 +314,23 @@ def test_resuming_with_another_budget_is_a_usage_error_and_nothing_is_rewritten(
     with pytest.raises(trainer.UsageError, match="`mode`"):
         trainer.run(mode="pretrain", dataset="fashion_mnist", arch="caffelenet",
                     logdir=str(logdir))
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    data = write_fashion_mnist(str(tmp_path / "data"), train=64, test=32)
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (logdir / ".lock").write_text(str(holder.pid))
+        with pytest.raises(trainer.UsageError, match=f"another run \\(process {holder.pid}\\)"):
+            trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=data, epochs=1,
+                        batch_size=32, export=("keras",), logdir=str(logdir))
+        assert sorted(os.listdir(logdir)) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the lock is stale, the run goes on and releases it at the end
+    record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=data, epochs=1,
+                         batch_size=32, export=("keras",), logdir=str(logdir))
+    assert record["test_accuracy"] >= 0 and not (logdir / ".lock").exists()
