@@ -297,13 +297,35 @@ class ADMMState(tf.Module):
         return fisher if factors is None else [f * g for f, g in zip(fisher, factors)]
 
     def _project_sparse(self, weights: List[np.ndarray]):
+        """The sparse projection, with the unit floor where a layer needs it.
+
+        The floor binds only on layers that the plain ranking leaves with
+        fewer nonzeros than output units: those keep the largest weight of
+        each unit, and the rest of the budget is ranked again (until no other
+        layer falls below its unit count). A layer the ranking already gives
+        enough weights is left as the ranking chose, so where no layer starves
+        the projection is exactly the reference's.
+        """
         importance = self._importance(weights)
-        keep = None
-        if self.config.unit_floor:
-            keep = projections.unit_floor_masks(
-                weights, [k.unit_axes for k in self._kernels], importance)
-        return projections.sparse_projection(
-            weights, self.current_bits, self.budget_bits, importance=importance, keep=keep)
+        bits, budget = self.current_bits, self.budget_bits
+        projected, nnz = projections.sparse_projection(weights, bits, budget, importance)
+        if not self.config.unit_floor:
+            return projected, nnz
+        units = [k.num_units for k in self._kernels]
+        floors = None
+        forced = set()
+        while True:
+            starving = {i for i, (n, u) in enumerate(zip(nnz, units))
+                        if n < u and i not in forced}
+            if not starving:
+                return projected, nnz
+            forced |= starving
+            if floors is None:
+                floors = projections.unit_floor_masks(
+                    weights, [k.unit_axes for k in self._kernels], importance)
+            keep = [f if i in forced else np.zeros(f.shape, bool) for i, f in enumerate(floors)]
+            projected, nnz = projections.sparse_projection(
+                weights, bits, budget, importance=importance, keep=keep)
 
     def accumulate_fisher(self, index: int, grad) -> None:
         """F <- d F + (1 - d) grad^2 for kernel ``index`` (called by the optimizer)."""
