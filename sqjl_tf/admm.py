@@ -65,11 +65,10 @@ class ADMMConfig:
             (the "increasing penalty" of ADMM pruning papers): W ends nearer V
             (a smaller residual). On Fashion-MNIST it did not raise the
             finalised accuracy (README).
-        unit_floor: the sparse projection keeps, whatever the budget's
-            ranking, the largest weight feeding each output unit of every
-            layer, so the network is never disconnected (an extension; False
-            gives the reference's plain global ranking, which can prune whole
-            layers to zero).
+        unit_floor: a layer that the sparse projection's ranking leaves with
+            fewer nonzeros than output units keeps the largest weight feeding
+            each unit, so no layer is ever pruned to zero (an extension; False
+            gives the reference's plain global ranking, which can).
     """
 
     nnz_budget: float = 1.0

@@ -43,9 +43,9 @@ class ADMMCallback(keras.callbacks.Callback):
         importance: "magnitude" (the paper's w^2) or "fisher" (w^2 times the
             moving average of the squared gradient) in the sparse projection.
         rho_growth: factor on rho at each epoch end (1: constant, the reference).
-        unit_floor: keep the largest weight feeding each output unit of every
-            layer, whatever the budget's ranking, so no layer is disconnected
-            (False: the reference's plain global ranking).
+        unit_floor: a layer the budget's ranking leaves with fewer nonzeros
+            than output units keeps the largest weight feeding each unit, so
+            no layer is pruned to zero (False: the reference's plain ranking).
         predicate: ``f(layer, variable) -> bool | None`` choosing the kernels:
             True adds a weight, False leaves it out, None keeps the default.
         validate_finalized: evaluate the finalised model during ``fit``.
