@@ -9,8 +9,8 @@ section 1); :func:`left_out_weights` lists them. A ``predicate`` can add any
 weight of two or more dimensions, or remove a built-in kernel.
 
 Each kernel also knows its *output units* (:attr:`CompressibleKernel.unit_axes`):
-the sparse projection keeps at least one weight per unit, so no layer, and no
-unit of a layer, is ever disconnected.
+a layer the sparse projection would starve keeps at least one weight per unit,
+so no layer is ever pruned to zero.
 """
 
 from __future__ import annotations
