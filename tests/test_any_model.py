@@ -31,13 +31,16 @@ def _tokens(length, vocab, n=8, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, (n, length)).astype("int32")
 
 
-def _compress(model, x, nnz_budget, bit_budget, classes=10, batch_size=4, loss=LOSS):
+def _compress(model, x, nnz_budget, bit_budget, classes=10, batch_size=4, loss=LOSS,
+              eager=True):
     """Trains ``model`` one epoch (2 steps) under ADMM; returns (callback, finalized model)."""
     n = len(x[0]) if isinstance(x, list) else len(x)
     y = np.random.default_rng(1).integers(0, classes, n)
     cb = sqjl_tf.ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=0.05,
                               projint=1, dualint=1, validate_finalized=False)
-    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.01), cb), loss=loss)
+    # Eagerly: two steps cost less than tracing (and XLA-compiling) a large network's step.
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.01), cb), loss=loss,
+                  run_eagerly=eager)
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=[cb])
     return cb, cb.finalize()
 
@@ -176,7 +179,7 @@ def test_subclassed_model_never_called_and_without_get_config(tmp_path):
     model = NoConfigNet(8, 10)
     assert not model.built
     x, x_other = _images((12, 12, 3)), _images((12, 12, 3), seed=5)
-    cb, compressed = _compress(model, x, 0.2, 4)  # 40x
+    cb, compressed = _compress(model, x, 0.2, 4, eager=False)  # 40x; the step traced unbuilt
     template = NoConfigNet(8, 10)
     template(x[:1])
     _check(cb, compressed, x, x_other, tmp_path, template=template)
@@ -187,8 +190,28 @@ def test_subclassed_model_never_called_and_without_get_config(tmp_path):
 def test_sequential_without_input_never_called(tmp_path):
     model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     x, x_other = _images((20,)), _images((20,), seed=5)
-    cb, compressed = _compress(model, x, 0.1, 4)
+    cb, compressed = _compress(model, x, 0.1, 4, eager=False)
     _check(cb, compressed, x, x_other, tmp_path)
+
+
+def test_a_model_fit_builds_gets_the_admm_step_from_its_second_batch():
+    """The first step builds the model (no state yet, so no ADMM term is traced into it); the
+    state starts after it and the step is traced again: the second step's prox (beta = 100)
+    puts W at V - U."""
+    model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.1, bit_budget=4, rho=1e4, validate_finalized=False)
+    model.compile(optimizer=sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.01), cb), loss=LOSS)
+    gaps = []
+
+    class Gap(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            w, v, u = (np.asarray(t.numpy()) for t in (
+                model.layers[0].kernel, cb.state.duplicates[0], cb.state.duals[0]))
+            gaps.append(float(np.abs(w - (v - u)).max()))
+
+    x = _images((20,))
+    model.fit(x, np.zeros(len(x)), batch_size=4, epochs=1, verbose=0, callbacks=[cb, Gap()])
+    assert gaps[1] < 1e-3
 
 
 # --------------------------------------------------------------------- text models
