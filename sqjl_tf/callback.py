@@ -6,7 +6,6 @@ from typing import Callable, List, Optional
 
 import keras
 import numpy as np
-
 from absl import logging
 
 from sqjl_tf._copy import detach_optimizer, uncompiled_copy
