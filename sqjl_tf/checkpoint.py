@@ -78,10 +78,42 @@ def read_metadata(path: str) -> Dict[str, Any]:
         return json.loads(bytes(data["metadata"]).decode())
 
 
+def _check_sizes(path: str) -> None:
+    """Every member's declared array fits the bytes the file holds (before any allocation).
+
+    ``save_checkpoint`` stores members uncompressed, so a member never unpacks
+    to more than the file's size, and an array header never declares more
+    bytes than its member holds; a crafted file that does is refused here
+    instead of making NumPy allocate what the header claims.
+    """
+    limit = os.path.getsize(path)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > limit:
+                raise ValueError(f"member {info.filename!r} unpacks to {info.file_size} bytes, "
+                                 f"more than the file's {limit}")
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(member)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename!r} holds Python objects")
+            count = 1
+            for d in shape:
+                count *= int(d)
+            if count * dtype.itemsize > info.file_size:
+                raise ValueError(f"member {info.filename!r} declares shape {shape} "
+                                 f"({count * dtype.itemsize} bytes) in {info.file_size} bytes")
+
+
 def _open(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
     try:
+        _check_sizes(path)
         data = np.load(path, allow_pickle=False)
         if "metadata" not in data.files:
             raise ValueError("no metadata entry")

@@ -452,3 +452,22 @@ def test_file_size_breakdown_without_writing(lenet, lenet_file):
     for row in breakdown.layers:
         assert row.name in text
     assert "positions" in text and "total" in text
+
+
+def test_an_architecture_zlib_bomb_is_refused_before_it_unpacks(tmp_path):
+    import resource
+    import zlib
+
+    from sqjl_tf.export import compressed as fmt
+
+    packer, chunk = zlib.compressobj(9), b" " * (1 << 20)
+    bomb = b"".join(packer.compress(chunk) for _ in range(256)) + packer.flush()  # 256 MiB
+    body = struct.pack("<I", len(bomb)) + bomb + struct.pack("<I", 0)
+    prefix = fmt._PREFIX.pack(fmt.MAGIC, fmt.FORMAT_VERSION, 0, len(body))
+    crc = zlib.crc32(body, zlib.crc32(prefix)) & 0xFFFFFFFF
+    path = tmp_path / "bomb.sqjl"
+    path.write_bytes(prefix + body + fmt._CHECKSUM.pack(crc))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="unpacks to over"):
+        load_compressed(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # KiB

@@ -1,6 +1,7 @@
 """Reliability: NaN faults, crash-resume, atomic checkpoints, determinism, bad input."""
 
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -334,3 +335,28 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(
     record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=data, epochs=1,
                          batch_size=32, export=("keras",), logdir=str(logdir))
     assert record["test_accuracy"] >= 0 and not (logdir / ".lock").exists()
+
+
+def test_a_checkpoint_declaring_a_huge_array_is_refused_without_allocating(tmp_path):
+    import resource
+    import zipfile
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)}
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 64)
+    path = str(tmp_path / "crafted.ckpt.npz")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.npy", _npy(np.frombuffer(b'{"epoch": 1}', np.uint8)))
+        archive.writestr("model/0.npy", member.getvalue())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="declares shape"):
+        checkpoint.load_checkpoint(path, keras.Sequential([keras.Input((4,)),
+                                                           keras.layers.Dense(3)]))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: < 1 GiB
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

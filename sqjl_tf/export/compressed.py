@@ -213,6 +213,9 @@ class FileSizeBreakdown:
 # ---------------------------------------------------------------------------
 
 
+_MAX_ARCHITECTURE = 64 << 20  # bytes of config JSON a load inflates at most (ResNet-50: ~0.2 MB)
+
+
 def _architecture_json(model: keras.Model) -> str:
     """The model's Keras config as JSON; ``null`` for a model that cannot be rebuilt from one."""
     from sqjl_tf._copy import uncompiled_copy
@@ -583,7 +586,11 @@ def load_compressed(
 
     (arch_len,) = reader.unpack(struct.Struct("<I"), "architecture length")
     try:
-        config = json.loads(zlib.decompress(reader.take(arch_len, "architecture")))
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(reader.take(arch_len, "architecture"), _MAX_ARCHITECTURE)
+        if inflater.unconsumed_tail:  # a bomb, not a model's config
+            raise reader.error(f"its architecture unpacks to over {_MAX_ARCHITECTURE} bytes")
+        config = json.loads(text)
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise reader.error(f"corrupted architecture ({exc})") from None
 
