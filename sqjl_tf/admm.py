@@ -432,17 +432,18 @@ class ADMMState(tf.Module):
         """The kernels as they would ship: sparse-projected, then quantized.
 
         Each W_l is pruned by the sparse projection with the current bits (so
-        the budget holds) and its nonzeros quantized to ``2**b_l`` centres by
-        the codebook step (zeros stay zero, and no kept weight becomes zero).
+        the budget holds) and quantized with its own b_l by the codebook step
+        (zeros stay zero; a kept weight nearest the zero centre becomes zero).
         The variables are not changed.
         """
         weights = self.sparse_weights()
-        if self.config.mode == "prune":
+        mode = self.config.mode
+        if mode == "prune":
             return weights
-        # Codebooks over the kept nonzeros only (no zero centre): a kept weight is
-        # never rounded to zero, so the nonzeros the budget paid for all stay.
-        quantized, _ = projections.quantize_with_bits(weights, self.current_bits,
-                                                       reserve_zero=False)
+        # The zero centre stays (2^b nonzero centres and a free zero): codebooks over
+        # the nonzeros only keep every weight the budget paid for, but were measured
+        # worse (LeNet-5 at ~533x: 87.66% against 88.90%, docs/ALGORITHM.md 8.6).
+        quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")
         return quantized
 
     def finalize_in_place(self) -> None:
