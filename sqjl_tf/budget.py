@@ -215,12 +215,20 @@ class CompressionReport:
             return None
         return self.size_bits <= self.budget_bits
 
+    @property
+    def budget_used(self) -> Optional[float]:
+        """``size_bits / budget_bits``: the share of the budget the weights use."""
+        if not self.budget_bits:
+            return None
+        return self.size_bits / self.budget_bits
+
     def as_dict(self) -> Dict:
         return {
             "compression_rate": self.compression_rate,
             "size_bits": self.size_bits,
             "budget_bits": self.budget_bits,
             "within_budget": self.within_budget,
+            "budget_used": self.budget_used,
             "nnz": self.total_nnz,
             "weights": self.total_weights,
             "layers": [dataclasses.asdict(s) for s in self.layers],
@@ -242,7 +250,8 @@ class CompressionReport:
         )
         if self.budget_bits is not None:
             verdict = "within" if self.within_budget else "OVER"
-            line += f" ({verdict} budget of {self.budget_bits:.0f} bits)"
+            line += (f" ({verdict} budget of {self.budget_bits:.0f} bits, "
+                     f"{100 * self.budget_used:.0f}% of it used)")
         rows.append(line)
         if self.left_out:
             largest = sorted(self.left_out, key=lambda item: -item[1])[:3]

@@ -237,4 +237,25 @@ def finalize_model(model: keras.Model, state: ADMMState, quantize: bool = True) 
         if src.path in by_path:
             dst.assign(by_path[src.path])
     target.sqjl_budget_bits = float(state.budget_bits)
+    if quantize:
+        _log_budget_use(state, finalized)
     return target
+
+
+def _log_budget_use(state: ADMMState, finalized) -> None:
+    """Says how much of the budget the finalised kernels use, when not nearly all of it.
+
+    Quantizing with a zero centre rounds the kept weights nearest zero to zero
+    (most at 1-2 bits), so the shipped model can be smaller than its budget.
+    """
+    bits = state.current_bits
+    kept = sum(int(np.count_nonzero(w)) for w in finalized)
+    used = sum(b * int(np.count_nonzero(w)) for b, w in zip(bits, finalized))
+    planned = sum(b * n for b, n in zip(bits, state.current_nnz))
+    if state.budget_bits and used < 0.9 * state.budget_bits:
+        logging.info(
+            "finalize: the compressed kernels use %.0f%% of the budget (%d nonzeros; %d kept "
+            "weights were rounded to the zero centre): the real rate is %.1fx, not %.1fx.",
+            100.0 * used / state.budget_bits, kept,
+            sum(state.current_nnz) - kept, 32.0 * sum(state.sizes) / max(used, 1),
+            32.0 * sum(state.sizes) / max(planned, 1))

@@ -53,3 +53,5 @@ def test_compression_report_measures_weights():
     assert budget.compression_report(model, budget_bits=8).within_budget is False
     assert "OVER" in str(budget.compression_report(model, budget_bits=8))
     assert report.as_dict()["layers"][0]["nnz"] == 4
+    assert report.budget_used == 1.0 and "100% of it used" in str(report)
+    assert budget.compression_report(model, budget_bits=18).budget_used == 0.5
