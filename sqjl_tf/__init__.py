@@ -31,6 +31,7 @@ from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 from sqjl_tf.models import available_models, build_model
 from sqjl_tf.loop import train_loop
 from sqjl_tf.optimizer import ADMMOptimizer
+from sqjl_tf.pipeline import CompressionResult, Recipe, compress, split_budget
 from sqjl_tf.schedules import parse_lr_schedule
 
 __all__ = [
@@ -40,15 +41,18 @@ __all__ = [
     "ADMMState",
     "CompressibleKernel",
     "CompressionReport",
+    "CompressionResult",
     "DatasetInfo",
     "Distiller",
     "FileSizeBreakdown",
     "LayerStats",
     "QuantizedFinetuneCallback",
+    "Recipe",
     "available_datasets",
     "available_models",
     "budget_bits",
     "build_model",
+    "compress",
     "compressible_kernels",
     "compression_report",
     "file_size_breakdown",
@@ -61,6 +65,7 @@ __all__ = [
     "parse_lr_schedule",
     "projections",
     "save_compressed",
+    "split_budget",
     "train_loop",
 ]
 

@@ -1,0 +1,365 @@
+"""One call, the whole recipe: :func:`compress` a Keras model to a target size.
+
+The stages are the library's public pieces, in the order the Fashion-MNIST
+benchmark found best (``experiments/results/fashion_mnist_full.md``, ``gp14l``):
+
+1. ADMM (:class:`~sqjl_tf.ADMMCallback` + :class:`~sqjl_tf.ADMMOptimizer`)
+   learns how many nonzeros and bits each layer gets;
+2. the trained weights are pruned gradually, in full precision, to the learned
+   nonzeros (:class:`~sqjl_tf.QuantizedFinetuneCallback` with ``prune_to``);
+3. the kernels are quantized to the learned widths and fine-tuned (same
+   callback, codebooks over the nonzeros).
+
+A total epoch budget is split between the stages as in that recipe (14 : 14 : 4
+of 32); projection intervals are scaled to the number of batches per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from sqjl_tf._copy import uncompiled_copy
+from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
+from sqjl_tf.callback import ADMMCallback
+from sqjl_tf.finetune import QuantizedFinetuneCallback
+from sqjl_tf.layers import compressible_kernels
+from sqjl_tf.optimizer import ADMMOptimizer
+
+# The benchmark's best recipe (gp14l), as shares of 32 epochs and per-epoch intervals.
+_ADMM_SHARE, _PRUNE_SHARE, _QUANT_SHARE = 14 / 32, 8 / 32, 4 / 32
+_PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
+_MIN_EPOCHS = 3  # one per stage
+_UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How :func:`compress` trains: every setting of the three stages.
+
+    The defaults are the Fashion-MNIST benchmark's best settings; the epoch
+    split is derived from ``epochs`` by :meth:`split`.
+
+    Attributes:
+        admm_lr: peak learning rate of the ADMM stage (SGD, cosine to 0).
+        admm_momentum: its momentum.
+        admm_weight_decay: its L2 weight decay.
+        rho: ADMM penalty at the start.
+        rho_growth: factor on rho after each ADMM epoch.
+        finetune_lr: peak learning rate of stages 2-3 (Adam, cosine to 0).
+        projections_per_epoch: sparse projections per ADMM epoch; the dual
+            update runs about once per epoch.
+    """
+
+    admm_lr: float = 0.03
+    admm_momentum: float = 0.93
+    admm_weight_decay: float = 5e-4
+    rho: float = 0.05
+    rho_growth: float = 1.1
+    finetune_lr: float = 1e-3
+    projections_per_epoch: int = _PROJECTIONS_PER_EPOCH
+
+    def split(self, epochs: int) -> Dict[str, int]:
+        """Epochs per stage for a total of ``epochs`` (>= 3).
+
+        Returns:
+            ``{"admm", "float", "prune", "quant"}``: ADMM epochs, full-precision
+            fine-tuning epochs (of which ``prune`` shrink the support), and
+            quantized fine-tuning epochs; ``admm + float + quant == epochs``.
+        """
+        admm = max(1, round(epochs * _ADMM_SHARE))
+        quant = max(1, round(epochs * _QUANT_SHARE))
+        full = max(1, epochs - admm - quant)
+        admm = epochs - quant - full
+        prune = min(full, max(1, round(epochs * _PRUNE_SHARE)))
+        return {"admm": admm, "float": full, "prune": prune, "quant": quant}
+
+    def intervals(self, steps_per_epoch: int) -> Tuple[int, int]:
+        """(projint, dualint) in batches: ~``projections_per_epoch`` and ~1 per epoch."""
+        projint = max(1, round(steps_per_epoch / self.projections_per_epoch))
+        return projint, projint * max(1, round(steps_per_epoch / projint))
+
+
+@dataclasses.dataclass
+class CompressionResult:
+    """What :func:`compress` returns.
+
+    Attributes:
+        model: the compressed Keras model (uncompiled; kernels sparse and
+            quantized; it loads and runs with plain Keras).
+        report: its :class:`~sqjl_tf.CompressionReport`, measured from the
+            weights, with the budget verdict.
+        bits: the learned bit width of each compressible kernel.
+        nnz: the learned nonzeros of each compressible kernel.
+        layers: the kernels' names, in the order of ``bits`` and ``nnz``.
+        history: each stage's Keras ``History.history`` ("dense", "admm",
+            "finetune").
+        budget_bits: the budget S in bits.
+        epochs: the epochs each stage ran.
+    """
+
+    model: keras.Model
+    report: CompressionReport
+    bits: List[int]
+    nnz: List[int]
+    layers: List[str]
+    history: Dict[str, Dict[str, List[float]]]
+    budget_bits: float
+    epochs: Dict[str, int]
+
+
+def _bad(name: str, value, expected: str) -> ValueError:
+    return ValueError(f"Invalid value for argument `{name}`. Received: {value!r}. "
+                      f"Expected {expected}.")
+
+
+def split_budget(target_rate: float) -> Tuple[float, float]:
+    """The (nnz_budget, bit_budget) :func:`compress` uses for a target rate alone.
+
+    ADMM learns each layer's bits and nonzeros within the budget
+    ``S = 32 * weights / target_rate`` bits whatever the split; the split sets
+    the starting widths: 3 bits above 150x, 4 bits below, more when a rate
+    near 4x needs every weight.
+
+    Args:
+        target_rate: compression rate of the kernels against float32, >= 4.
+
+    Returns:
+        ``(nnz_budget, bit_budget)`` with ``32 / (nnz_budget * bit_budget) == target_rate``.
+
+    Raises:
+        ValueError: if ``target_rate`` is not a finite number >= 4.
+
+    Example:
+        >>> split_budget(533.3)
+        (0.02..., 3.0)
+    """
+    rate = float(target_rate) if isinstance(target_rate, (int, float, np.number)) else math.nan
+    if not (math.isfinite(rate) and rate >= 32.0 / MAX_BITS):
+        raise _bad("target_rate", target_rate, f"a number >= {32 // MAX_BITS} (32 / {MAX_BITS} "
+                   "bits with every weight kept)")
+    bits = max(3.0 if rate > 150 else 4.0, float(math.ceil(32.0 / rate)))
+    bits = min(bits, float(MAX_BITS))
+    return 32.0 / (rate * bits), bits
+
+
+def _resolve_budget(target_rate, nnz_budget, bit_budget) -> Tuple[float, float]:
+    if target_rate is not None:
+        if nnz_budget is not None or bit_budget is not None:
+            raise _bad("target_rate", target_rate, "None when nnz_budget or bit_budget is given "
+                       "(give the rate alone, or both budgets)")
+        return split_budget(target_rate)
+    if nnz_budget is None or bit_budget is None:
+        raise _bad("target_rate", None, "a compression rate (e.g. 533), or both nnz_budget and "
+                   "bit_budget")
+    return float(nnz_budget), float(bit_budget)
+
+
+def _as_dataset(data, name: str, batch_size: int, shuffle: bool, seed: Optional[int]):
+    """A batched ``tf.data.Dataset`` of (x, y) from a dataset or an (x, y) tuple of arrays."""
+    if data is None:
+        return None
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        if len(x) != len(y):
+            raise _bad(name, f"(x with {len(x)} rows, y with {len(y)} rows)",
+                       "x and y with the same number of rows")
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    raise _bad(name, type(data).__name__, "a tf.data.Dataset of (x, y) batches or an (x, y) "
+               "tuple of arrays")
+
+
+def _steps(dataset, steps_per_epoch: Optional[int]) -> int:
+    if steps_per_epoch is not None:
+        if not (isinstance(steps_per_epoch, (int, np.integer)) and steps_per_epoch >= 1):
+            raise _bad("steps_per_epoch", steps_per_epoch, "an integer >= 1")
+        return int(steps_per_epoch)
+    count = int(dataset.cardinality())
+    if count < 1:  # infinite or unknown
+        raise _bad("steps_per_epoch", None, "the number of batches per epoch: the training "
+                   "dataset's length is unknown or infinite")
+    return count
+
+
+def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
+    """Whether the model's loss on a few training batches is near chance.
+
+    Only decided for (sparse) categorical cross-entropy on a multi-class
+    output: a loss above 0.9 ln(classes) is what an untrained classifier gets.
+    None where it cannot tell.
+    """
+    loss_fn = keras.losses.get(loss)
+    name = getattr(loss_fn, "name", None) or getattr(loss_fn, "__name__", "")
+    if "categorical_crossentropy" not in str(name):
+        return None
+    total, count, classes = 0.0, 0, None
+    for x, y in dataset.take(8):
+        pred = model(x, training=False)
+        classes = int(pred.shape[-1])
+        total += float(keras.ops.mean(loss_fn(y, pred)))
+        count += 1
+    if not count or not classes or classes < 2:
+        return None
+    return total / count > _UNTRAINED_LOSS_SHARE * math.log(classes)
+
+
+def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, callbacks, verbose):
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+    history = model.fit(train, validation_data=validation, epochs=epochs,
+                        steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)  # the dataset shuffles itself
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def compress(
+    model: keras.Model,
+    train_data,
+    validation_data=None,
+    *,
+    target_rate: Optional[float] = None,
+    nnz_budget: Optional[float] = None,
+    bit_budget: Optional[float] = None,
+    epochs: int = 32,
+    loss: Any = None,
+    metrics: Sequence[Any] = ("accuracy",),
+    batch_size: int = 256,
+    steps_per_epoch: Optional[int] = None,
+    dense_epochs: Optional[int] = None,
+    recipe: Optional[Recipe] = None,
+    predicate=None,
+    seed: Optional[int] = None,
+    verbose: Union[str, int] = "auto",
+) -> CompressionResult:
+    """Compresses ``model`` to a size budget: ADMM, gradual pruning, quantized fine-tuning.
+
+    Args:
+        model: a Keras model (Sequential, Functional or subclassed), ideally
+            trained. It is not changed where it can be copied from its config;
+            a subclassed model without ``get_config`` is trained in place.
+        train_data: a ``tf.data.Dataset`` of (x, y) batches, or an (x, y)
+            tuple of arrays (batched by ``batch_size``, shuffled).
+        validation_data: the same kinds, or None; each epoch is validated on
+            the model as it would ship (finalised, or quantized).
+        target_rate: compression rate of the kernels against float32 (e.g.
+            533 for 533x); the split into nonzeros and bits is chosen
+            (:func:`split_budget`). Give it, or both budgets below.
+        nnz_budget: fraction of nonzeros, in (0, 1] (with ``bit_budget``).
+        bit_budget: average bits per nonzero, in [1, 8] (with ``nnz_budget``).
+        epochs: total epochs of all stages, >= 3, split by
+            :meth:`Recipe.split` (32: the benchmark's 14 + 14 + 4).
+        loss: the loss (default: the one ``model`` is compiled with).
+        metrics: metrics to report.
+        batch_size: batch size for array data.
+        steps_per_epoch: batches per epoch (default: the dataset's length).
+        dense_epochs: epochs of dense training first, taken from ``epochs``;
+            None: ``epochs // 4`` if the model's loss is near chance (an
+            untrained classifier), else 0.
+        recipe: the stages' settings (default: :class:`Recipe`'s).
+        predicate: ``f(layer, variable) -> bool | None`` choosing the
+            compressed weights, as in ``compressible_kernels``.
+        seed: seeds Keras, NumPy and TF (and the shuffling) when given.
+        verbose: Keras ``fit`` verbosity ("auto": progress bars).
+
+    Returns:
+        A :class:`CompressionResult`; ``result.report.within_budget`` is True.
+
+    Raises:
+        ValueError: on invalid arguments (before any training), or if the
+            budget cannot give every compressed layer one weight per output.
+
+    Example:
+        >>> result = sqjl_tf.compress(model, (x_train, y_train), (x_test, y_test),
+        ...                           target_rate=533, epochs=32)
+        >>> print(result.report)
+        >>> result.model.save("compressed.keras")
+    """
+    nnz_budget, bit_budget = _resolve_budget(target_rate, nnz_budget, bit_budget)
+    if not (isinstance(epochs, (int, np.integer)) and epochs >= _MIN_EPOCHS):
+        raise _bad("epochs", epochs, f"an integer >= {_MIN_EPOCHS} (one per stage)")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise _bad("batch_size", batch_size, "an integer >= 1")
+    if dense_epochs is not None and not (
+            isinstance(dense_epochs, (int, np.integer)) and 0 <= dense_epochs <= epochs - _MIN_EPOCHS):
+        raise _bad("dense_epochs", dense_epochs, f"None or an integer in [0, epochs - "
+                   f"{_MIN_EPOCHS}] = [0, {epochs - _MIN_EPOCHS}]")
+    if loss is None:
+        loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+        if loss is None:
+            raise _bad("loss", None, "a Keras loss (the model is not compiled with one)")
+    recipe = recipe or Recipe()
+    ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget)  # validates the budget now
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
+    train = _as_dataset(train_data, "train_data", batch_size, True, seed)
+    validation = _as_dataset(validation_data, "validation_data", batch_size, False, None)
+    steps = _steps(train, steps_per_epoch)
+
+    working = uncompiled_copy(model) if model.weights else None
+    if working is None:  # unbuilt (fit builds it), or not copyable: trained in place
+        working = model
+        if model.weights:
+            logging.warning("%s cannot be copied from its config: compress() trains it in place.",
+                            model.name)
+    history: Dict[str, Dict[str, List[float]]] = {}
+
+    if dense_epochs is None:
+        untrained = _is_untrained(working, train, loss)
+        dense_epochs = epochs // 4 if untrained else 0
+        if untrained:
+            logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
+                            "train it densely first.", dense_epochs, epochs)
+        elif untrained is None:
+            logging.info("compress(): cannot tell whether the model is trained (not a "
+                         "cross-entropy classifier); pass dense_epochs to train it first.")
+    if dense_epochs:
+        history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss, metrics,
+                                train, validation, dense_epochs, steps, [], verbose)
+    split = recipe.split(epochs - dense_epochs)
+    split["dense"] = int(dense_epochs)
+    projint, dualint = recipe.intervals(steps)
+    logging.info("compress(): budget nnz %.4g x %.3g bits (%.1fx); epochs %s; projections every "
+                 "%d batches, dual updates every %d.", nnz_budget, bit_budget,
+                 32.0 / (nnz_budget * bit_budget), split, projint, dualint)
+
+    # 1. ADMM learns the allocation.
+    admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
+                        rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
+                        predicate=predicate, per_layer_logs=False)
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
+    optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum), admm,
+                              weight_decay=recipe.admm_weight_decay)
+    history["admm"] = _fit(working, optimizer, loss, metrics, train, validation, split["admm"],
+                           steps, [admm, keras.callbacks.TerminateOnNaN()], verbose)
+    state = admm.state
+    bits = [int(b) for b in state.current_bits]
+    nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
+    logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
+
+    # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
+    finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False, predicate=predicate,
+                                         float_epochs=split["float"], prune_to=nnz,
+                                         prune_epochs=split["prune"])
+    stages = split["float"] + split["quant"]
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, stages * steps)
+    history["finetune"] = _fit(working, keras.optimizers.Adam(schedule), loss, metrics, train,
+                               validation, stages, steps,
+                               [finetune, keras.callbacks.TerminateOnNaN()], verbose)
+    compressed = finetune.finalize()
+    compressed.sqjl_budget_bits = float(state.budget_bits)
+    report = compression_report(compressed, predicate=predicate)
+    if not report.within_budget:  # an invariant of the fine-tuning callback
+        raise RuntimeError(f"compress() produced a model over its budget:\n{report}")
+    names = [k.name for k in compressible_kernels(compressed, predicate)]
+    return CompressionResult(model=compressed, report=report, bits=bits, nnz=nnz, layers=names,
+                             history=history, budget_bits=float(state.budget_bits), epochs=split)

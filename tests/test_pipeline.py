@@ -1,0 +1,123 @@
+"""sqjl_tf.compress: one call from a target rate to a working compressed model."""
+
+import keras
+import numpy as np
+import pytest
+
+import fakedata
+import sqjl_tf
+from sqjl_tf.pipeline import Recipe
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def task():
+    x, y = fakedata.linear_task(512, seed=0)
+    return x, y
+
+
+def _trained_mlp(x, y):
+    model = fakedata.mlp(48, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSS, metrics=["accuracy"])
+    model.fit(x, y, epochs=6, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("rate, bits", [(4, 8.0), (16, 4.0), (100, 4.0), (533, 3.0), (2000, 3.0)])
+def test_split_budget_gives_the_rate(rate, bits):
+    nnz, got_bits = sqjl_tf.split_budget(rate)
+    assert got_bits == bits
+    assert 0 < nnz <= 1
+    assert 32 / (nnz * got_bits) == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("rate", [3.9, 0, -5, float("nan"), float("inf"), "533"])
+def test_split_budget_rejects_bad_rates(rate):
+    with pytest.raises(ValueError, match="`target_rate`"):
+        sqjl_tf.split_budget(rate)
+
+
+@pytest.mark.parametrize("epochs", [3, 6, 10, 32, 100])
+def test_recipe_split_covers_the_epochs(epochs):
+    split = Recipe().split(epochs)
+    assert split["admm"] + split["float"] + split["quant"] == epochs
+    assert min(split["admm"], split["float"], split["quant"], split["prune"]) >= 1
+    assert split["prune"] <= split["float"]
+    if epochs == 32:  # the benchmark's recipe
+        assert split == {"admm": 14, "float": 14, "prune": 8, "quant": 4}
+
+
+def test_recipe_intervals_scale_with_the_epoch():
+    assert Recipe().intervals(235) == (20, 240)  # the benchmark's projint / dualint
+    projint, dualint = Recipe().intervals(7)
+    assert projint == 1 and dualint == 7
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({}, "target_rate"),
+    ({"target_rate": 100, "nnz_budget": 0.1}, "target_rate"),
+    ({"nnz_budget": 0.1}, "target_rate"),
+    ({"target_rate": 100, "epochs": 2}, "epochs"),
+    ({"target_rate": 100, "dense_epochs": 9, "epochs": 10}, "dense_epochs"),
+    ({"target_rate": 100, "loss": None}, "loss"),
+    ({"nnz_budget": 1.5, "bit_budget": 4}, "nnz_budget"),
+])
+def test_bad_arguments_fail_before_training(task, kwargs, name):
+    model = fakedata.mlp(8)  # not compiled: no loss unless given
+    kwargs = {"loss": LOSS, **kwargs}
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sqjl_tf.compress(model, task, **kwargs)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compress_holds_the_budget_and_keeps_the_model_working(task):
+    x, y = task
+    model = _trained_mlp(x, y)
+    dense_acc = model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    original = [w.copy() for w in model.get_weights()]
+    result = sqjl_tf.compress(model, (x, y), (x, y), target_rate=40, epochs=4, batch_size=64,
+                              seed=0, verbose=0)
+    report = sqjl_tf.compression_report(result.model)  # measured again from the weights
+    assert report.within_budget and report.size_bits <= result.budget_bits
+    assert result.budget_bits == pytest.approx(32 * report.total_weights / 40, rel=0.01)
+    assert all(s.nnz > 0 for s in report.layers)
+    assert [s.nnz for s in report.layers] == result.nnz
+    assert all(s.bits <= b for s, b in zip(report.layers, result.bits))
+    assert result.epochs["dense"] == 0  # a trained model gets no dense warm-up
+    assert set(result.history) == {"admm", "finetune"}
+    result.model.compile(loss=LOSS, metrics=["accuracy"])
+    accuracy = result.model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy > 0.5 * dense_acc + 0.125  # well above chance (0.25)
+    for a, b in zip(original, model.get_weights()):  # the user's model is left alone
+        np.testing.assert_array_equal(a, b)
+    assert not getattr(result.model, "compiled", False) or result.model.optimizer is not None
+
+
+def test_untrained_model_gets_a_dense_warm_up(task):
+    x, y = task
+    model = fakedata.mlp(32, seed=1)
+    result = sqjl_tf.compress(model, (x, y), target_rate=20, epochs=8, loss=LOSS, batch_size=64,
+                              seed=0, verbose=0)
+    assert result.epochs["dense"] == 2 and "dense" in result.history
+    assert result.report.within_budget
+
+
+def test_subclassed_unbuilt_model_without_get_config(task):
+    x, y = task
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(32, activation="relu")
+            self.out = keras.layers.Dense(4)
+
+        def call(self, inputs):
+            return self.out(self.hidden(inputs))
+
+    result = sqjl_tf.compress(Net(), (x, y), target_rate=20, epochs=3, loss=LOSS,
+                              dense_epochs=0, batch_size=64, seed=0, verbose=0)
+    assert result.report.within_budget
+    assert all(s.nnz > 0 for s in result.report.layers) and len(result.report.layers) == 2
