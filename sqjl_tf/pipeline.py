@@ -17,7 +17,9 @@ of 32); projection intervals are scaled to the number of batches per epoch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
@@ -214,6 +216,56 @@ def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
     return total / count > _UNTRAINED_LOSS_SHARE * math.log(classes)
 
 
+class _Stages:
+    """The finished stages of a :func:`compress` call in ``workdir`` (none without one)."""
+
+    def __init__(self, workdir: Optional[str], model: keras.Model, signature: Dict[str, Any]):
+        self.workdir = workdir
+        self.model = model
+        self.signature = json.loads(json.dumps(signature))  # as it reads back
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+
+    def _paths(self, stage: str) -> Tuple[str, str]:
+        stem = os.path.join(self.workdir, f"stage_{stage}")
+        return stem + ".weights.h5", stem + ".json"
+
+    def done(self, stage: str) -> bool:
+        """Whether the stage finished in ``workdir`` (of a call with the same arguments).
+
+        Raises:
+            ValueError: if it finished there for a call with other arguments.
+        """
+        if not (self.workdir and all(os.path.isfile(p) for p in self._paths(stage))):
+            return False
+        found = self.record(stage).get("signature")
+        if found != self.signature:
+            raise _bad("workdir", self.workdir, f"a folder without stages of other compress() "
+                       f"arguments (its {stage} stage ran with {found}, this call has "
+                       f"{self.signature}); use another folder")
+        return True
+
+    def record(self, stage: str) -> Dict[str, Any]:
+        with open(self._paths(stage)[1]) as f:
+            return json.load(f)
+
+    def restore(self, stage: str) -> Dict[str, Any]:
+        """Loads the stage's weights into the model; returns its record."""
+        self.model.load_weights(self._paths(stage)[0])
+        return self.record(stage)
+
+    def save(self, stage: str, record: Dict[str, Any]) -> None:
+        """Saves the model's weights and ``record``, each atomically (weights first)."""
+        if not self.workdir:
+            return
+        weights, meta = self._paths(stage)
+        self.model.save_weights(weights + ".tmp.weights.h5")
+        os.replace(weights + ".tmp.weights.h5", weights)
+        with open(meta + ".tmp", "w") as f:
+            json.dump({**record, "signature": self.signature}, f)
+        os.replace(meta + ".tmp", meta)
+
+
 def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, callbacks, verbose):
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     history = model.fit(train, validation_data=validation, epochs=epochs,
@@ -239,6 +291,8 @@ def compress(
     recipe: Optional[Recipe] = None,
     predicate=None,
     seed: Optional[int] = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    workdir: Optional[str] = None,
     verbose: Union[str, int] = "auto",
 ) -> CompressionResult:
     """Compresses ``model`` to a size budget: ADMM, gradual pruning, quantized fine-tuning.
@@ -263,12 +317,19 @@ def compress(
         batch_size: batch size for array data.
         steps_per_epoch: batches per epoch (default: the dataset's length).
         dense_epochs: epochs of dense training first, taken from ``epochs``;
-            None: ``epochs // 4`` if the model's loss is near chance (an
-            untrained classifier), else 0.
+            None: ``epochs // 4`` (at least 1, leaving 3) if the model's
+            loss is near chance (an untrained classifier), else 0.
         recipe: the stages' settings (default: :class:`Recipe`'s).
         predicate: ``f(layer, variable) -> bool | None`` choosing the
             compressed weights, as in ``compressible_kernels``.
         seed: seeds Keras, NumPy and TF (and the shuffling) when given.
+        callbacks: more Keras callbacks for every stage's ``fit`` (e.g.
+            ``TensorBoard``, ``CSVLogger(append=True)``).
+        workdir: a folder where each finished stage leaves its weights
+            (``stage_dense.weights.h5``, ``stage_admm.weights.h5`` and
+            ``stage_admm.json``, the learned allocation); a call with the same
+            folder and arguments skips the stages found there (an interrupted
+            stage runs again from its start). None: nothing is written.
         verbose: Keras ``fit`` verbosity ("auto": progress bars).
 
     Returns:
@@ -305,26 +366,39 @@ def compress(
     validation = _as_dataset(validation_data, "validation_data", batch_size, False, None)
     steps = _steps(train, steps_per_epoch)
 
-    working = uncompiled_copy(model) if model.weights else None
-    if working is None:  # unbuilt (fit builds it), or not copyable: trained in place
+    if not model.weights:  # unbuilt: built on one batch, as fit would
+        model(next(iter(train))[0])
+    working = uncompiled_copy(model)
+    if working is None:  # not rebuildable from its config: trained in place
         working = model
-        if model.weights:
-            logging.warning("%s cannot be copied from its config: compress() trains it in place.",
-                            model.name)
+        logging.warning("%s cannot be copied from its config: compress() trains it in place.",
+                        model.name)
     history: Dict[str, Dict[str, List[float]]] = {}
-
+    signature = {"nnz_budget": nnz_budget, "bit_budget": bit_budget, "epochs": int(epochs),
+                 "recipe": dataclasses.asdict(recipe), "seed": seed}
+    stages = _Stages(workdir, working, signature)
+    if dense_epochs is None and stages.done("dense"):
+        dense_epochs = stages.record("dense")["epochs"]
     if dense_epochs is None:
         untrained = _is_untrained(working, train, loss)
-        dense_epochs = epochs // 4 if untrained else 0
-        if untrained:
+        dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
+        if untrained and dense_epochs:
             logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
                             "train it densely first.", dense_epochs, epochs)
+        elif untrained:
+            logging.warning("The model's loss is near chance (untrained) and %d epochs leave "
+                            "none to train it first: expect a poor model; give more epochs, or "
+                            "a trained model.", epochs)
         elif untrained is None:
             logging.info("compress(): cannot tell whether the model is trained (not a "
                          "cross-entropy classifier); pass dense_epochs to train it first.")
-    if dense_epochs:
+    callbacks = list(callbacks)
+    if dense_epochs and stages.done("dense"):
+        history["dense"] = stages.restore("dense")["history"]
+    elif dense_epochs:
         history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss, metrics,
-                                train, validation, dense_epochs, steps, [], verbose)
+                                train, validation, dense_epochs, steps, callbacks, verbose)
+        stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
     split = recipe.split(epochs - dense_epochs)
     split["dense"] = int(dense_epochs)
     projint, dualint = recipe.intervals(steps)
@@ -333,33 +407,51 @@ def compress(
                  32.0 / (nnz_budget * bit_budget), split, projint, dualint)
 
     # 1. ADMM learns the allocation.
-    admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
-                        rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
-                        predicate=predicate, per_layer_logs=False)
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
-    optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum), admm,
-                              weight_decay=recipe.admm_weight_decay)
-    history["admm"] = _fit(working, optimizer, loss, metrics, train, validation, split["admm"],
-                           steps, [admm, keras.callbacks.TerminateOnNaN()], verbose)
-    state = admm.state
-    bits = [int(b) for b in state.current_bits]
-    nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
-    logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
+    if stages.done("admm"):
+        record = stages.restore("admm")
+        bits, nnz, budget = record["bits"], record["nnz"], record["budget_bits"]
+        history["admm"] = record["history"]
+        logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, nonzeros %s",
+                     workdir, bits, nnz)
+    else:
+        admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
+                            rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
+                            predicate=predicate, per_layer_logs=False)
+        schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
+        optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
+                                  admm, weight_decay=recipe.admm_weight_decay)
+        history["admm"] = _fit(working, optimizer, loss, metrics, train, validation,
+                               split["admm"], steps,
+                               [admm, keras.callbacks.TerminateOnNaN()] + callbacks, verbose)
+        state = admm.state
+        bits = [int(b) for b in state.current_bits]
+        nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
+        budget = float(state.budget_bits)
+        stages.save("admm", {"bits": bits, "nnz": nnz, "budget_bits": budget,
+                             "history": history["admm"]})
+        logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
 
     # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
-    finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False, predicate=predicate,
-                                         float_epochs=split["float"], prune_to=nnz,
-                                         prune_epochs=split["prune"])
-    stages = split["float"] + split["quant"]
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, stages * steps)
-    history["finetune"] = _fit(working, keras.optimizers.Adam(schedule), loss, metrics, train,
-                               validation, stages, steps,
-                               [finetune, keras.callbacks.TerminateOnNaN()], verbose)
-    compressed = finetune.finalize()
-    compressed.sqjl_budget_bits = float(state.budget_bits)
+    if stages.done("finetune"):
+        history["finetune"] = stages.restore("finetune")["history"]
+        compressed = uncompiled_copy(working) or working
+        logging.info("compress(): the fine-tuning stage is done in %s.", workdir)
+    else:
+        finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False,
+                                             predicate=predicate, float_epochs=split["float"],
+                                             prune_to=nnz, prune_epochs=split["prune"])
+        epochs_left = split["float"] + split["quant"]
+        schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs_left * steps)
+        history["finetune"] = _fit(working, keras.optimizers.Adam(schedule), loss, metrics, train,
+                                   validation, epochs_left, steps,
+                                   [finetune, keras.callbacks.TerminateOnNaN()] + callbacks,
+                                   verbose)
+        compressed = finetune.finalize()
+        stages.save("finetune", {"history": history["finetune"]})
+    compressed.sqjl_budget_bits = budget
     report = compression_report(compressed, predicate=predicate)
     if not report.within_budget:  # an invariant of the fine-tuning callback
         raise RuntimeError(f"compress() produced a model over its budget:\n{report}")
     names = [k.name for k in compressible_kernels(compressed, predicate)]
     return CompressionResult(model=compressed, report=report, bits=bits, nnz=nnz, layers=names,
-                             history=history, budget_bits=float(state.budget_bits), epochs=split)
+                             history=history, budget_bits=budget, epochs=split)

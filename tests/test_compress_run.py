@@ -1,0 +1,79 @@
+"""run.py --target_rate: the one-call pipeline in a run folder (files, re-run, usage errors)."""
+
+import json
+import os
+
+import pytest
+
+from fakedata import write_fashion_mnist
+from sqjl_tf import trainer
+
+ARGS = dict(mode="compress", dataset="fashion_mnist", arch="caffelenet", target_rate=100.0,
+            epochs=3, batch_size=64, seed=1, export=("keras", "compressed"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_fashion_mnist(str(tmp_path_factory.mktemp("fm")), train=512, test=128)
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp("runs") / "run")
+    record = trainer.run(data_dir=data, logdir=logdir, **ARGS)
+    return logdir, record
+
+
+def test_the_run_folder_holds_a_model_within_budget(finished):
+    logdir, record = finished
+    with open(os.path.join(logdir, "final.json")) as f:
+        final = json.load(f)
+    assert final == json.loads(json.dumps(record))
+    assert final["within_budget"] and final["size_bits"] <= final["budget_bits"]
+    assert final["compression_rate"] >= 100 * 0.99
+    assert all(layer["nnz"] > 0 for layer in final["layers"])
+    assert [layer["nnz"] for layer in final["layers"]] == final["allocated_nnz"]
+    assert final["file_rate"] < final["compression_rate"]  # positions and codebooks cost bytes
+    assert final["epochs_by_stage"]["admm"] + final["epochs_by_stage"]["float"] + \
+        final["epochs_by_stage"]["quant"] + final["epochs_by_stage"]["dense"] == 3
+    for name in ("model_compressed.keras", "model_compressed.sqjl", "allocation.md",
+                 "config.json", "metrics.jsonl"):
+        assert os.path.isfile(os.path.join(logdir, name)), name
+    with open(os.path.join(logdir, "metrics.jsonl")) as f:
+        epochs = [json.loads(line)["epoch"] for line in f]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 3
+    with open(os.path.join(logdir, "allocation.md")) as f:
+        assert f.read().count("/kernel") == 4  # one row per LeNet-5 kernel
+
+
+def test_the_same_command_again_skips_the_finished_stages(finished, data):
+    logdir, record = finished
+    before = os.path.getsize(os.path.join(logdir, "metrics.jsonl"))
+    again = trainer.run(data_dir=data, logdir=logdir, **ARGS)
+    assert os.path.getsize(os.path.join(logdir, "metrics.jsonl")) == before  # nothing trained
+    assert again["test_accuracy"] == record["test_accuracy"]
+    assert again["allocated_bits"] == record["allocated_bits"]
+
+
+def test_a_changed_rate_on_resume_is_refused(finished, data):
+    logdir, _ = finished
+    with open(os.path.join(logdir, "config.json"), "rb") as f:
+        config = f.read()
+    with pytest.raises(trainer.UsageError, match="`target_rate`"):
+        trainer.run(data_dir=data, logdir=logdir, **{**ARGS, "target_rate": 200.0})
+    with open(os.path.join(logdir, "config.json"), "rb") as f:
+        assert f.read() == config
+
+
+@pytest.mark.parametrize("extra, name", [
+    ({"nnz_budget": 0.1}, "target_rate"),
+    ({"target_rate": 2.0}, "target_rate"),
+    ({"epochs": 2}, "epochs"),
+    ({"mode": "finetune"}, "target_rate"),
+    ({"prune": True}, "prune"),
+])
+def test_bad_combinations_are_usage_errors(data, tmp_path, extra, name):
+    logdir = str(tmp_path / "run")
+    with pytest.raises(trainer.UsageError, match=f"`{name}`"):
+        trainer.run(data_dir=data, logdir=logdir, **{**ARGS, **extra})
+    assert not os.path.exists(logdir)
