@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -135,9 +136,8 @@ def _int_list(name, values):
     try:
         return [int(v) for v in values]
     except ValueError:
-        raise app.UsageError(
-            f"Invalid value for flag `--{name}`. Received: {','.join(values)!r}. "
-            "Expected a comma list of integers.", exitcode=2)
+        _usage_error(f"Invalid value for flag `--{name}`. Received: {','.join(values)!r}. "
+                     "Expected a comma list of integers.")
 
 
 def _given(name):
@@ -145,15 +145,36 @@ def _given(name):
     return FLAGS[name].value if FLAGS[name].present or not FLAGS.from_run else None
 
 
+def _explicit(name):
+    """A flag's value when given on the command line, else None.
+
+    The trainer then takes its default, or what the ``--from_run`` run or the
+    ``--pretrain`` model file says; an explicit value must agree with them.
+    """
+    return FLAGS[name].value if FLAGS[name].present else None
+
+
+def _usage_error(message) -> NoReturn:
+    """Writes ``message`` as one line on stderr and exits with status 2.
+
+    absl's ``app.UsageError`` would print the help of every flag before it; a
+    usage error is the one line saying which flag, what it received and what
+    is expected.
+    """
+    sys.stderr.write(f"FATAL Usage error: {' '.join(str(message).split())}\n")
+    sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+        _usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     from sqjl_tf import trainer
 
     mode = "evaluate" if FLAGS.evaluate else FLAGS.mode
     try:
         trainer.run(
-            mode=mode, dataset=_given("dataset"), data_dir=FLAGS.data_dir, arch=_given("arch"),
+            mode=mode, dataset=_given("dataset"), data_dir=FLAGS.data_dir,
+            arch=_explicit("arch"),
             workers=FLAGS.workers, epochs=FLAGS.epochs, warmupT=FLAGS.warmupT,
             start_epoch=FLAGS.start_epoch, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
             lr_sched=FLAGS.lr_sched, bit_budget=FLAGS.bit_budget, nnz_budget=FLAGS.nnz_budget,
@@ -174,10 +195,8 @@ def main(argv):
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
         )
-    except trainer.UsageError as err:
-        raise app.UsageError(str(err), exitcode=2)
-    except FileNotFoundError as err:
-        raise app.UsageError(str(err), exitcode=2)
+    except (trainer.UsageError, FileNotFoundError) as err:  # before anything is written
+        _usage_error(err)
     except FloatingPointError as err:  # NonFiniteLossError: the message names epoch and batch
         logging.error("%s", err)
         sys.exit(1)
@@ -188,8 +207,8 @@ def _parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        sys.stderr.write(f"FATAL Flags parsing error: {err}\n"
-                         "Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.stderr.write(f"FATAL Flags parsing error: {' '.join(str(err).split())} (pass "
+                         "--helpshort or --helpfull to see help on flags)\n")
         sys.exit(2)
 
 

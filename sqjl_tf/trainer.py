@@ -4,7 +4,8 @@
 ``mode="finetune"`` its ``finetune.py``; ``mode="pretrain"`` trains a dense
 model (so a user without one has one command for it); ``mode="evaluate"``
 prints accuracy and the compression report. Every argument is validated before
-any data is read or any file is written.
+any data is read, and the data and the models are read (and checked against the
+arguments) before any file is written.
 
 Example:
     >>> from sqjl_tf import trainer
@@ -20,7 +21,9 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import shutil
+import zipfile
 from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
@@ -153,14 +156,18 @@ class TrainConfig:
             bad("bits_epoch", self.bits_epoch, "an integer >= 0")
         if self.limit is not None and not (isinstance(self.limit, int) and self.limit > 0):
             bad("limit", self.limit, "a positive integer")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            bad("seed", self.seed, f"an integer in [0, {2**32 - 1}]")
         for fmt in self.export:
             if fmt not in EXPORTS:
                 bad("export", fmt, f"a comma list of {', '.join(EXPORTS)}")
         if self.weightbits is not None:
             if self.mode != "finetune":
                 bad("weightbits", self.weightbits, "only with --mode=finetune")
-            if not all(isinstance(b, int) and 1 <= b <= 8 for b in self.weightbits):
-                bad("weightbits", self.weightbits, "a comma list of integers in [1, 8]")
+            if not self.weightbits or not all(isinstance(b, int) and 1 <= b <= 8
+                                              for b in self.weightbits):
+                bad("weightbits", self.weightbits, "a comma list of integers in [1, 8], one per "
+                    "compressible layer")
         if not (isinstance(self.float_epochs, int) and self.float_epochs >= 0):
             bad("float_epochs", self.float_epochs, "an integer >= 0")
         if self.float_epochs and self.mode != "finetune":
@@ -170,8 +177,9 @@ class TrainConfig:
         if self.prune_to is not None:
             if self.mode != "finetune":
                 bad("prune_to", self.prune_to, "only with --mode=finetune")
-            if not all(isinstance(n, int) and n >= 0 for n in self.prune_to):
-                bad("prune_to", self.prune_to, "a comma list of integers >= 0")
+            if not self.prune_to or not all(isinstance(n, int) and n >= 0 for n in self.prune_to):
+                bad("prune_to", self.prune_to, "a comma list of integers >= 0, one per "
+                    "compressible layer")
         if not (isinstance(self.prune_epochs, int) and 0 <= self.prune_epochs <= self.float_epochs):
             bad("prune_epochs", self.prune_epochs,
                 f"an integer in [0, float_epochs={self.float_epochs}] (pruning is done in full "
@@ -205,8 +213,12 @@ class TrainConfig:
         dataset, arch = self.dataset or "", self.arch or ""  # None: resolved by run()
         if dataset.lower().replace("-", "_") not in available_datasets() + ("fmnist",):
             bad("dataset", self.dataset, f"one of {', '.join(available_datasets())}")
-        if not arch.startswith("keras.") and arch.lower() not in available_models():
-            bad("arch", self.arch, f"one of {', '.join(available_models())} or keras.<Application>")
+        models = available_models()
+        if arch.lower() not in {m.lower() for m in models}:
+            builtin = [m for m in models if not m.startswith("keras.")]
+            apps = [m for m in models if m.startswith("keras.")]
+            bad("arch", self.arch, f"one of {', '.join(builtin)}, or keras.<Application> for a "
+                f"keras.applications model ({', '.join(apps)})")
         _check_logdir(self)
 
 
@@ -233,7 +245,8 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
 
     if cfg.mode != "finetune":
         bad("no run unless --mode=finetune")
-    given = [name for name in ("pretrain", "weightbits", "prune_to") if getattr(cfg, name)]
+    given = [name for name in ("pretrain", "weightbits", "prune_to")
+             if getattr(cfg, name) is not None]
     if given:
         bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
     final_file = os.path.join(cfg.from_run, "final.json")
@@ -242,15 +255,19 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
     if not all(os.path.isfile(f) for f in (config_file, final_file, ckpt)):
         bad("a finished compression run's folder (with config.json, final.json and "
             "latest.ckpt.npz)")
-    with open(final_file) as f:
-        record = json.load(f)
+    record = _json_object(final_file, bad)
     bits, nnz = record.get("allocated_bits"), record.get("allocated_nnz")
     if record.get("mode") != "compress" or not bits or not nnz:
         bad("a joint compression run whose final.json has allocated_bits and allocated_nnz "
             f"(found mode {record.get('mode')!r})")
-    with open(config_file) as f:
-        run_config = json.load(f)
+    if not all(isinstance(v, list) and all(isinstance(n, int) and n >= 0 for n in v)
+               for v in (bits, nnz)):
+        bad(f"a final.json whose allocated_bits and allocated_nnz are lists of integers "
+            f"(found {bits!r} and {nnz!r})")
+    run_config = _json_object(config_file, bad)
     run_arch = run_config.get("arch", _DEFAULTS["arch"])
+    if not isinstance(run_arch, str):
+        bad(f"a config.json whose arch is a name (found {run_arch!r})")
     if cfg.arch is not None and cfg.arch.lower() != run_arch.lower():
         raise UsageError(f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected "
                          f"the --from_run run's architecture ({run_arch!r}), or no --arch.")
@@ -258,6 +275,20 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
              if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, pretrain=ckpt, weightbits=[int(b) for b in bits],
                                prune_to=[int(n) for n in nnz], **taken)
+
+
+def _json_object(path: str, bad) -> Dict[str, Any]:
+    """The JSON object in the file ``path``; calls ``bad(expected)`` if it is not one."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        bad(f"a run folder whose {os.path.basename(path)} is valid JSON "
+            f"({type(err).__name__}: {err})")
+    if not isinstance(value, dict):
+        bad(f"a run folder whose {os.path.basename(path)} holds a JSON object (found "
+            f"{type(value).__name__})")
+    return value
 
 
 def _check_logdir(cfg: TrainConfig) -> None:
@@ -337,15 +368,36 @@ def _load_model(path: str, cfg: TrainConfig, info):
     return model
 
 
-def _checked_load(cfg: TrainConfig, info, name: str = "pretrain"):
-    """Loads the model file in argument ``name`` (pretrain or teacher) and checks its shapes."""
+# What reading a damaged or foreign model file raises (the readers are Keras, h5py, NumPy's
+# zip files, torch's pickles): each is a usage error naming the file.
+_UNREADABLE = (ValueError, OSError, KeyError, IndexError, TypeError, ImportError, EOFError,
+               RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    """``err`` as one line of at most ``limit`` characters, with its type."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _checked_load(cfg: TrainConfig, info, name: str = "pretrain", arch_given: bool = False):
+    """Loads the model file in argument ``name`` (pretrain or teacher) and checks it.
+
+    The model must take the dataset's images and give its classes. A whole-model
+    file (``.keras``, ``.sqjl``) brings its own architecture: given as ``pretrain``
+    with ``arch_given`` (``arch`` set by the caller, not defaulted), it must be
+    ``cfg.arch``'s.
+
+    Raises:
+        UsageError: if the file cannot be read or does not fit.
+    """
     path = getattr(cfg, name)
     try:
         model = _load_model(path, cfg, info)
-    except (ValueError, OSError, KeyError, ImportError) as err:
+    except _UNREADABLE as err:
         raise UsageError(
             f"Invalid value for argument `{name}`. Received: {path!r}. Expected a "
-            f"loadable model file for arch={cfg.arch!r} ({type(err).__name__}: {err})."
+            f"loadable model file for arch={cfg.arch!r} ({_short(err)})."
         ) from err
     expected = (None,) + tuple(info.input_shape)
     if tuple(model.input_shape) != expected or model.output_shape[-1] != info.num_classes:
@@ -354,7 +406,75 @@ def _checked_load(cfg: TrainConfig, info, name: str = "pretrain"):
             f"input {model.input_shape} and {model.output_shape[-1]} outputs. Expected input "
             f"{expected} and {info.num_classes} outputs for dataset={cfg.dataset!r}."
         )
+    if name == "pretrain" and arch_given and path.endswith((".keras", ".sqjl")):
+        _check_architecture(cfg, model, info)
     return model
+
+
+def _check_architecture(cfg: TrainConfig, model, info) -> None:
+    """A whole-model ``pretrain`` file must hold ``cfg.arch``: the same weights, same shapes."""
+    reference = _built(cfg, info)
+    got = [tuple(w.shape) for w in model.weights]
+    want = [tuple(w.shape) for w in reference.weights]
+    if got == want:
+        return
+    if len(got) != len(want):
+        found = f"{len(got)} weights where a {cfg.arch} model has {len(want)}"
+    else:
+        i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+        found = (f"weight {model.weights[i].path!r} of shape {got[i]} where a {cfg.arch} model "
+                 f"has {want[i]}")
+    raise UsageError(
+        f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}, a model "
+        f"{model.name!r} of another architecture than arch={cfg.arch!r} ({found}). Expected a "
+        f"{cfg.arch} model, or no `arch` to take the file's architecture.")
+
+
+def _built(cfg: TrainConfig, info):
+    """A new model of architecture ``cfg.arch`` for the dataset of ``info``."""
+    from sqjl_tf.models import build_model
+
+    try:
+        return build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
+    except ValueError as err:
+        raise UsageError(
+            f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected an "
+            f"architecture for dataset={cfg.dataset!r} (input {tuple(info.input_shape)}, "
+            f"{info.num_classes} classes) ({_short(err)})."
+        ) from err
+
+
+def _check_finetune_targets(cfg: TrainConfig, model) -> None:
+    """``weightbits`` and ``prune_to`` must fit the model: one entry per compressible layer.
+
+    The fine-tuning callback checks them too, but only once training starts,
+    after the run folder is written.
+    """
+    import keras
+    import numpy as np
+
+    from sqjl_tf.layers import compressible_kernels
+
+    kernels = compressible_kernels(model)
+    names = ", ".join(k.name for k in kernels)
+
+    def bad(name, value, expected):
+        if cfg.from_run:  # the values came from the run's final.json
+            expected += f" (the run's final.json gives {name}={value!r})"
+            name, value = "from_run", cfg.from_run
+        raise UsageError(f"Invalid value for argument `{name}`. Received: {value!r}. "
+                         f"Expected {expected}.")
+
+    if cfg.weightbits is not None and len(cfg.weightbits) != len(kernels):
+        bad("weightbits", cfg.weightbits, f"{len(kernels)} widths, one per compressible layer "
+            f"of the pretrain model ({names})")
+    if cfg.prune_to is not None:
+        nonzeros = [int(np.count_nonzero(keras.ops.convert_to_numpy(k.variable)))
+                    for k in kernels]
+        if len(cfg.prune_to) != len(kernels) or any(
+                n > m for n, m in zip(cfg.prune_to, nonzeros)):
+            bad("prune_to", cfg.prune_to, f"{len(kernels)} counts, one per compressible layer "
+                f"of the pretrain model ({names}), each at most the layer's nonzeros {nonzeros}")
 
 
 def _metrics():
@@ -450,10 +570,15 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         split, its compression report, and the paths written.
 
     Raises:
-        UsageError: on any invalid argument, before any work.
+        UsageError: on any invalid argument, before any work: the arguments
+            themselves, then what needs the data and the models (damaged data
+            files, a batch larger than the training split, unreadable or
+            unfitting model files, ``weightbits`` / ``prune_to`` not fitting the
+            model). Nothing is written before the data and the models are read.
         FileNotFoundError: if the dataset is missing (the message says which
             files to put where).
     """
+    arch_given = kwargs.get("arch") is not None  # else the default, or the pretrain file's
     cfg = _resolved(TrainConfig(**kwargs))
     cfg.validate()
     _check_overwrite(cfg)
@@ -461,30 +586,47 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from sqjl_tf.data import load_dataset
-
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
-    workers = cfg.workers
-    sizes = dict(image_size=cfg.image_size, resize_size=max(cfg.image_size * 8 // 7, cfg.image_size))
-    test_ds, test_info = load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, "test",
-                                      limit=cfg.limit, num_parallel_calls=workers, **sizes)
+    test_ds, test_info = _load_split(cfg, "test")
     if cfg.mode == "evaluate":
-        return _evaluate(cfg, test_ds, test_info)
-    train_ds, info = load_dataset(
-        cfg.dataset, cfg.data_dir, cfg.batch_size, "train", seed=cfg.seed, limit=cfg.limit,
-        num_parallel_calls=workers, **sizes,
-    )
+        return _evaluate(cfg, test_ds, test_info, arch_given)
+    train_ds, info = _load_split(cfg, "train")
     with strategy.scope():
-        model = _checked_load(cfg, info) if cfg.pretrain else None
+        model = (_checked_load(cfg, info, arch_given=arch_given) if cfg.pretrain
+                 else _built(cfg, info))
         teacher = _checked_load(cfg, info, "teacher") if cfg.teacher else None
+    if cfg.mode == "finetune":
+        _check_finetune_targets(cfg, model)
+    if cfg.limit is None and cfg.batch_size > info.num_examples:  # with --limit: one batch
+        raise UsageError(
+            f"Invalid value for argument `batch_size`. Received: {cfg.batch_size}. Expected an "
+            f"integer in [1, {info.num_examples}] (the training split has {info.num_examples} "
+            "examples).")
     if not _is_chief(strategy):
         return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
     os.makedirs(cfg.logdir, exist_ok=True)
     with _locked(cfg.logdir):
         return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
+
+
+def _load_split(cfg: TrainConfig, split: str):
+    """``load_dataset`` of ``split``; a damaged data file is a usage error naming ``data_dir``."""
+    from sqjl_tf.data import load_dataset
+
+    resize = max(cfg.image_size * 8 // 7, cfg.image_size)
+    try:
+        return load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, split,
+                            seed=cfg.seed if split == "train" else None, limit=cfg.limit,
+                            num_parallel_calls=cfg.workers, image_size=cfg.image_size,
+                            resize_size=resize)
+    except ValueError as err:  # the arguments are valid: the files are not
+        raise UsageError(
+            f"Invalid value for argument `data_dir`. Received: {cfg.data_dir!r}. Expected "
+            f"readable {cfg.dataset} files ({_short(err)})."
+        ) from err
 
 
 _LOCK = ".lock"
@@ -549,10 +691,6 @@ def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
         latest = os.path.join(cfg.logdir, LATEST)
         resume = latest if os.path.isfile(latest) and not cfg.overwrite else None
     with strategy.scope():
-        if model is None:
-            from sqjl_tf.models import build_model
-
-            model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
         student, admm, callbacks = _train(cfg, strategy, model, train_ds, test_ds,
                                           steps_per_epoch, resume, teacher)
     # Outside the strategy: the final model has plain variables (exports read them freely).
@@ -884,12 +1022,12 @@ def _save_keras(model, path: str) -> str:
     return path
 
 
-def _evaluate(cfg, test_ds, info):
+def _evaluate(cfg, test_ds, info, arch_given=False):
     import keras
 
     from sqjl_tf.budget import compression_report
 
-    model = _checked_load(cfg, info)
+    model = _checked_load(cfg, info, arch_given=arch_given)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=_metrics())
     scores = model.evaluate(test_ds, verbose=0, return_dict=True)

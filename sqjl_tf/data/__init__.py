@@ -9,6 +9,7 @@ in ``data_dir``. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import tensorflow as tf
@@ -91,8 +92,8 @@ def load_dataset(
 
     Args:
         name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"imagenet"``.
-        data_dir: Folder with the data; None searches only the system
-            locations (Fashion-MNIST's Debian package).
+        data_dir: Folder with the data (it must exist); None searches only
+            the system locations (Fashion-MNIST's Debian package).
         batch_size: Examples per batch.
         split: ``"train"``, or ``"test"`` (synonyms ``"val"``,
             ``"validation"``; ImageNet's evaluation split is its ``val``).
@@ -119,9 +120,9 @@ def load_dataset(
         ``num_examples``, ...).
 
     Raises:
-        ValueError: If an argument is invalid.
-        FileNotFoundError: If the dataset is not found; the message says
-            which files to put where.
+        ValueError: If an argument is invalid, or a data file is damaged.
+        FileNotFoundError: If ``data_dir`` does not exist, or the dataset is
+            not found; the message says which files to put where.
 
     Example:
 
@@ -163,4 +164,9 @@ def load_dataset(
     )
     if data_dir is not None:
         data_dir = str(data_dir)
+        if not os.path.isdir(data_dir):  # not silently replaced by the system's folders
+            raise FileNotFoundError(
+                f"Invalid value for argument `data_dir`. Received: {data_dir!r}. "
+                "Expected an existing folder (without one: only the system's dataset folders)."
+            )
     return _LOADERS[name](name, data_dir, split, opts)

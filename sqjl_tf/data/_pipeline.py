@@ -100,7 +100,11 @@ def _finish(
         num_parallel_calls=opts.num_parallel_calls,
         deterministic=True if opts.seed is not None else None,
     )
-    ds = ds.batch(opts.batch_size, drop_remainder=opts.drop_remainder)
+    batch_size = opts.batch_size
+    count = int(ds.cardinality())  # known for the file readers; < 0 when unknown
+    if not opts.drop_remainder and 0 < count < batch_size:
+        batch_size = count  # the same one batch, but tf.data reserves batch_size examples' memory
+    ds = ds.batch(batch_size, drop_remainder=opts.drop_remainder)
     if opts.seed is not None:
         options = tf.data.Options()
         options.deterministic = True

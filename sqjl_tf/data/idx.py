@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import Union
 
 import numpy as np
@@ -37,7 +38,8 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a valid IDX file.
+        ValueError: If the file is not a valid IDX file (a wrong header, a
+            truncated or damaged file).
 
     Example:
 
@@ -49,7 +51,12 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == _GZIP_MAGIC:
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+            raise ValueError(
+                f"Invalid IDX file {path!r}: a damaged gzip file ({type(err).__name__}: {err})."
+            ) from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(
             f"Invalid value for argument `path`. Received: {path!r}. "

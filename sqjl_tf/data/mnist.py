@@ -100,6 +100,10 @@ def _load(
         if opts.limit is not None:
             images, labels = images[: opts.limit], labels[: opts.limit]
         logging.info("Read %d %s %s examples from %s.", len(images), name, split, paths[0])
+        inside = os.path.abspath(paths[0]).startswith(os.path.abspath(data_dir or "") + os.sep)
+        if data_dir and not inside:
+            logging.warning("No %s files in `data_dir`=%r: read the system's copy in %s.",
+                            _PRETTY[name], data_dir, os.path.dirname(paths[0]))
         ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
         num_examples, source = len(images), os.path.dirname(paths[0])
     elif _pipeline._tfds_prepared(name, data_dir):
