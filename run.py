@@ -104,6 +104,11 @@ flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher"],
 flags.DEFINE_integer("nan_recover", 0, "on a NaN/inf loss, restore the last checkpoint and halve "
                      "the learning rate, at most this many times (0: stop with an error)",
                      lower_bound=0)
+flags.DEFINE_float("target_rate", None, "compress to this rate (e.g. 533 for 533x) with the "
+                   "one-call pipeline, sqjl_tf.compress: ADMM learns the allocation, then "
+                   "gradual pruning and quantized fine-tuning, all within --epochs (the "
+                   "benchmark's best recipe). Without it, --mode=compress is the reference's ADMM "
+                   "stage alone, at --nnz_budget and --bit_budget")
 flags.DEFINE_integer("limit", None, "use only the first N examples of each split (smoke runs)",
                      lower_bound=1)
 
@@ -194,6 +199,7 @@ def main(argv):
             overwrite=FLAGS.overwrite,
             export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
             nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
+            target_rate=FLAGS.target_rate,
         )
     except (trainer.UsageError, FileNotFoundError) as err:  # before anything is written
         _usage_error(err)

@@ -91,6 +91,7 @@ class TrainConfig:
     prune_epochs: int = 0
     from_run: Optional[str] = None
     overwrite: bool = False
+    target_rate: Optional[float] = None  # the one-call pipeline (sqjl_tf.compress)
     export: Sequence[str] = ("keras", "saved_model", "compressed")
     limit: Optional[int] = None
     image_size: int = 224
@@ -98,6 +99,22 @@ class TrainConfig:
     importance: str = "magnitude"
 
     # ------------------------------------------------------------ validation
+    def _validate_target_rate(self, bad, finite) -> None:
+        if not (finite(self.target_rate) and float(self.target_rate) >= 4):
+            bad("target_rate", self.target_rate, "a compression rate >= 4 (e.g. 533)")
+        if self.mode != "compress":
+            bad("target_rate", self.target_rate, "unset unless --mode=compress")
+        if self.nnz_budget != 1.0 or self.bit_budget != 8.0:
+            bad("target_rate", self.target_rate, "unset with --nnz_budget/--bit_budget (the "
+                "reference's ADMM stage alone), or given alone: the pipeline chooses the split")
+        if self.epochs < 3:
+            bad("epochs", self.epochs, "an integer >= 3 with --target_rate (one per stage)")
+        for name in ("prune", "quant", "kdtemp", "float_epochs", "prune_to", "weightbits",
+                     "from_run"):
+            if getattr(self, name, None):
+                bad(name, getattr(self, name), f"unset with --target_rate (the pipeline's "
+                    "stages set it)")
+
     def validate(self) -> None:
         """Checks every argument and combination; raises :class:`UsageError`."""
 
@@ -128,6 +145,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (finite(value) and float(value) > 0):
                 bad(name, value, "a finite float > 0")
+        if self.target_rate is not None:
+            self._validate_target_rate(bad, finite)
         if not (finite(self.rho_growth) and float(self.rho_growth) >= 1):
             bad("rho_growth", self.rho_growth, "a finite float >= 1 (1: constant rho)")
         for name in ("momentum", "weight_decay", "gclip", "warmupT", "dp", "kdtemp"):
@@ -492,6 +511,7 @@ _RUN_FILES = frozenset({
     "tensorboard", "saved_model", "model_dense.keras", "model_compressed.keras",
     "model_sparse.keras", "model_float.keras", "model_dense.sqjl", "model_compressed.sqjl",
     "model_dense.tflite", "model_compressed.tflite", ".lock",
+    "stages", "allocation.md", "allocation.png",  # the one-call pipeline's (compress_run.py)
 })
 
 
@@ -515,7 +535,8 @@ def _check_overwrite(cfg: TrainConfig) -> None:
 
 
 # What a run is: resuming with another value of one of these is a different run.
-_RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune")
+_RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
+                 "target_rate")
 
 
 def _check_resume(cfg: TrainConfig) -> None:
@@ -523,7 +544,9 @@ def _check_resume(cfg: TrainConfig) -> None:
     from sqjl_tf.run_logger import LATEST
 
     config_file = os.path.join(cfg.logdir, "config.json")
-    if cfg.overwrite or not os.path.isfile(os.path.join(cfg.logdir, LATEST)):
+    started_here = (os.path.isfile(os.path.join(cfg.logdir, LATEST))
+                    or os.path.isdir(os.path.join(cfg.logdir, "stages")))  # compress_run's
+    if cfg.overwrite or not started_here:
         return
     try:
         with open(config_file) as f:
@@ -590,6 +613,13 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         keras.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
+    if cfg.target_rate is not None and isinstance(strategy,
+                                                  tf.distribute.MultiWorkerMirroredStrategy):
+        raise UsageError(
+            f"Invalid value for argument `target_rate`. Received: {cfg.target_rate!r} with "
+            "TF_CONFIG set (several workers). Expected it unset there: the one-call pipeline runs "
+            "on Keras fit, which does not run under MultiWorkerMirroredStrategy; use "
+            "--nnz_budget/--bit_budget and --mode=finetune, or one machine (--mgpu).")
     test_ds, test_info = _load_split(cfg, "test")
     if cfg.mode == "evaluate":
         return _evaluate(cfg, test_ds, test_info, arch_given)
@@ -691,6 +721,12 @@ def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
         latest = os.path.join(cfg.logdir, LATEST)
         resume = latest if os.path.isfile(latest) and not cfg.overwrite else None
     with strategy.scope():
+        if cfg.target_rate is not None:
+            from sqjl_tf.compress_run import run_compress
+
+            return run_compress(cfg, model, train_ds, test_ds, steps_per_epoch,
+                                lambda c, m: _export(c, m) if _is_chief(strategy) else {},
+                                _accuracy)
         student, admm, callbacks = _train(cfg, strategy, model, train_ds, test_ds,
                                           steps_per_epoch, resume, teacher)
     # Outside the strategy: the final model has plain variables (exports read them freely).
