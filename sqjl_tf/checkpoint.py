@@ -22,6 +22,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from sqjl_tf._npz import check_sizes
+
 _FORMAT = "sqjl_tf.checkpoint/1"
 
 
@@ -75,53 +77,39 @@ def save_checkpoint(
 def read_metadata(path: str) -> Dict[str, Any]:
     """The metadata record of a checkpoint (cheap: reads one entry)."""
     with _open(path) as data:
-        return json.loads(bytes(data["metadata"]).decode())
+        return _metadata(data, path)
 
 
-def _check_sizes(path: str) -> None:
-    """Every member's declared array fits the bytes the file holds (before any allocation).
+def _invalid(path: str, what: Any) -> ValueError:
+    """The error of a file that is not a checkpoint: it names the file and what is wrong."""
+    return ValueError(
+        f"Invalid value for argument `path`. Received: '{path}'. Invalid checkpoint file: {what}. "
+        "Expected a file written by save_checkpoint."
+    )
 
-    ``save_checkpoint`` stores members uncompressed, so a member never unpacks
-    to more than the file's size, and an array header never declares more
-    bytes than its member holds; a crafted file that does is refused here
-    instead of making NumPy allocate what the header claims.
-    """
-    limit = os.path.getsize(path)
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.file_size > limit:
-                raise ValueError(f"member {info.filename!r} unpacks to {info.file_size} bytes, "
-                                 f"more than the file's {limit}")
-            if not info.filename.endswith(".npy"):
-                continue
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(member)
-            if dtype.hasobject:
-                raise ValueError(f"member {info.filename!r} holds Python objects")
-            count = 1
-            for d in shape:
-                count *= int(d)
-            if count * dtype.itemsize > info.file_size:
-                raise ValueError(f"member {info.filename!r} declares shape {shape} "
-                                 f"({count * dtype.itemsize} bytes) in {info.file_size} bytes")
+
+def _metadata(data, path: str) -> Dict[str, Any]:
+    """The checkpoint's metadata record, a dict (a ValueError for anything else)."""
+    try:
+        meta = json.loads(bytes(data["metadata"]).decode())
+    except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
+        raise _invalid(path, f"unreadable metadata ({type(err).__name__})") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("num_model_weights"), int):
+        raise _invalid(path, "metadata without the number of model weights")
+    return meta
 
 
 def _open(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
     try:
-        _check_sizes(path)
+        check_sizes(path)  # save_checkpoint stores its members uncompressed
         data = np.load(path, allow_pickle=False)
         if "metadata" not in data.files:
             raise ValueError("no metadata entry")
         return data
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise ValueError(
-            f"Invalid checkpoint file '{path}': {err}. Expected a file written by save_checkpoint."
-        ) from err
+        raise _invalid(path, err) from err
 
 
 def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[str, Any]:
@@ -144,7 +132,7 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[s
             model (number or shapes of weights).
     """
     with _open(path) as data:
-        meta = json.loads(bytes(data["metadata"]).decode())
+        meta = _metadata(data, path)
         if meta.get("format") != _FORMAT:
             raise ValueError(f"Invalid checkpoint file '{path}': unknown format {meta.get('format')!r}.")
         weights = model.weights
@@ -154,6 +142,9 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[s
                 f"{meta['num_model_weights']} weights, the model has {len(weights)} "
                 "(a different architecture?)."
             )
+        missing = [f"model/{i}" for i in range(len(weights)) if f"model/{i}" not in data.files]
+        if missing:
+            raise _invalid(path, f"no entries {missing}")
         values = [data[f"model/{i}"] for i in range(len(weights))]
         for w, v in zip(weights, values):
             if tuple(w.shape) != v.shape:

@@ -25,11 +25,17 @@ File layout (version 1, all integers little endian)::
 Kernels are those of :func:`sqjl_tf.layers.compressible_kernels`, in that
 order; other weights follow ``model.weights`` order. ``-0.0`` in a kernel is a
 zero and loads as ``+0.0``; every other value is restored bit for bit.
+
+Loading trusts nothing the file declares before checking it against the
+file's size: the architecture inflates to a bounded size, every entry's bytes
+must be present, and the model's variables are allocated only once the file
+accounts for each of them (see :func:`load_compressed`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -213,9 +219,6 @@ class FileSizeBreakdown:
 # ---------------------------------------------------------------------------
 
 
-_MAX_ARCHITECTURE = 64 << 20  # bytes of config JSON a load inflates at most (ResNet-50: ~0.2 MB)
-
-
 def _architecture_json(model: keras.Model) -> str:
     """The model's Keras config as JSON; ``null`` for a model that cannot be rebuilt from one."""
     from sqjl_tf._copy import uncompiled_copy
@@ -265,7 +268,14 @@ def _serialize(model: keras.Model, bits: BitsSpec) -> Tuple[bytes, FileSizeBreak
     names = [k.name for k in kernels]
     widths = _bits_for_kernels(bits, names)
 
-    arch = zlib.compress(_architecture_json(model).encode("utf-8"), 9)
+    arch_json = _architecture_json(model).encode("utf-8")
+    if len(arch_json) > _MAX_ARCHITECTURE:
+        raise ValueError(
+            f"Invalid value for argument `model`. Received: {model.name!r}, whose config takes "
+            f"{len(arch_json):,} bytes of JSON. Expected at most {_MAX_ARCHITECTURE:,}, what "
+            "load_compressed reads."
+        )
+    arch = zlib.compress(arch_json, 9)
     body: List[bytes] = [struct.pack("<I", len(arch)), arch]
     header = _PREFIX.size + 4 + len(arch)
     metadata = codes_total = positions_total = books_total = others_total = 0
@@ -460,6 +470,24 @@ def save_compressed(
 # ---------------------------------------------------------------------------
 
 
+# Bounds of what a load allocates, each checked before it is allocated:
+_MAX_ARCHITECTURE = 8 << 20  # bytes of config JSON inflated (ResNet-50: ~0.2 MB; parsed, ~20x)
+_MAX_LAYERS = 1 << 14  # layer configs in the architecture (the Keras applications: ~1,000 at most)
+_MAX_SEQUENTIAL_LAYERS = 512  # of one Sequential: Keras rebuilds it once per layer (quadratic)
+_MAX_RATE = 4096  # weight bytes per file byte (real rates: ~35x to ~300x at a 2000x paper rate)
+_MIN_WEIGHT_BUDGET = 64 << 20  # weight bytes any file may declare (e.g. all-zero kernels)
+_COUNT = struct.Struct("<I")
+_BYTE = struct.Struct("<B")
+
+
+def _path_error(path: str, what: str) -> ValueError:
+    """The error of a file that is not a valid compressed model: it names the file."""
+    return ValueError(
+        f"Invalid value for argument `path`. Received: '{path}': {what}. Expected a compressed "
+        "model file written by sqjl_tf.save_compressed."
+    )
+
+
 class _Reader:
     """Bounds-checked reads from the file body."""
 
@@ -470,7 +498,7 @@ class _Reader:
         self.path = path
 
     def error(self, what: str) -> ValueError:
-        return ValueError(f"Invalid compressed model file '{self.path}': {what}.")
+        return _path_error(self.path, what)
 
     def take(self, nbytes: int, what: str) -> bytes:
         if nbytes < 0 or self.pos + nbytes > self.end:
@@ -483,15 +511,49 @@ class _Reader:
         return fmt.unpack(self.take(fmt.size, what))
 
     def dims(self, what: str) -> Tuple[int, ...]:
-        (ndim,) = self.unpack(struct.Struct("<B"), what)
+        (ndim,) = self.unpack(_BYTE, what)
         return tuple(self.unpack(struct.Struct(f"<{ndim}I"), what))
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelRecord:
+    """A kernel's entry in the file, read but not decoded.
+
+    Attributes:
+        shape: the kernel shape the file declares.
+        bits: code width.
+        nnz: number of nonzeros.
+        encoding: the position encoding (a :class:`PositionEncoding` value).
+        param: Rice ``k`` or fixed width ``w``.
+        book: the codebook bytes.
+        codes: the packed codes.
+        positions: the encoded positions.
+    """
+
+    shape: Tuple[int, ...]
+    bits: int
+    nnz: int
+    encoding: int
+    param: int
+    book: bytes
+    codes: bytes
+    positions: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class _WeightRecord:
+    """A non-kernel weight's entry in the file: its shape, dtype and raw values."""
+
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    raw: bytes
 
 
 def _check_envelope(data: bytes, path: str) -> int:
     """Validates magic, version, length and checksum; returns the body end."""
 
     def error(what: str) -> ValueError:
-        return ValueError(f"Invalid compressed model file '{path}': {what}.")
+        return _path_error(path, what)
 
     if not data:
         raise error("empty file (expected an sqjl_tf compressed model)")
@@ -542,6 +604,258 @@ def _resolve_dtype(name: str, reader: _Reader) -> np.dtype:
             raise reader.error(f"unknown weight dtype {name!r}") from None
 
 
+def _check_layer_counts(config: Any, reader: _Reader) -> None:
+    """Refuses an architecture of more layers than Keras rebuilds in bounded time and memory.
+
+    A layer without weights costs no byte of the file but ~10 KB of memory
+    and milliseconds to rebuild (a Sequential's, once per layer after it);
+    a few hundred bytes of zlib would otherwise take minutes and gigabytes.
+    """
+    total = 0
+    stack = [config]
+    while stack:  # no recursion: the config may be deep
+        node = stack.pop()
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+                count = len(inner["layers"])
+                total += count
+                if node.get("class_name") == "Sequential" and count > _MAX_SEQUENTIAL_LAYERS:
+                    raise reader.error(
+                        f"its architecture has a Sequential of {count} layers (at most "
+                        f"{_MAX_SEQUENTIAL_LAYERS} are loaded; Keras rebuilds a Sequential "
+                        "once per layer)"
+                    )
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if total > _MAX_LAYERS:
+        raise reader.error(
+            f"its architecture has {total} layers (at most {_MAX_LAYERS} are loaded)"
+        )
+
+
+def _read_architecture(reader: _Reader) -> Any:
+    """The stored Keras config (None when stored without one), inflated within bounds."""
+    (arch_len,) = reader.unpack(_COUNT, "architecture length")
+    packed = reader.take(arch_len, "architecture")
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(packed, _MAX_ARCHITECTURE)
+        if inflater.unconsumed_tail or (len(text) == _MAX_ARCHITECTURE and not inflater.eof):
+            # a bomb, not a model's config
+            raise reader.error(f"its architecture unpacks to over {_MAX_ARCHITECTURE} bytes")
+        config = json.loads(text)
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise reader.error(f"corrupted architecture ({type(exc).__name__}: {exc})") from None
+    _check_layer_counts(config, reader)
+    return config
+
+
+def _read_records(reader: _Reader) -> Tuple[List[_KernelRecord], List[_WeightRecord]]:
+    """Every kernel and weight entry of the file, checked against the bytes that hold it."""
+    valid_encodings = {int(e) for e in PositionEncoding}
+    (num_kernels,) = reader.unpack(_COUNT, "kernel count")
+    kernels: List[_KernelRecord] = []
+    for index in range(num_kernels):
+        what = f"kernel #{index}"
+        shape = reader.dims(what)
+        b, book_size, nnz, encoding, param, pos_len = reader.unpack(_KERNEL_TAIL, what)
+        if (
+            not 1 <= b <= 8
+            or book_size > (1 << b)
+            or nnz > math.prod(shape)
+            or encoding not in valid_encodings
+            or (encoding == PositionEncoding.RICE and param > 63)
+            or (encoding == PositionEncoding.FIXED and param > 64)
+        ):
+            raise reader.error(f"corrupted record for {what}")
+        book = reader.take(4 * book_size, what)
+        codes = reader.take((nnz * b + 7) // 8, what)
+        positions = reader.take(pos_len, what)
+        kernels.append(_KernelRecord(shape, b, nnz, encoding, param, book, codes, positions))
+
+    (num_others,) = reader.unpack(_COUNT, "weight count")
+    others: List[_WeightRecord] = []
+    for index in range(num_others):
+        what = f"weight #{index}"
+        shape = reader.dims(what)
+        (name_len,) = reader.unpack(_BYTE, what)
+        name = reader.take(name_len, what).decode("ascii", errors="replace")
+        dtype = np.dtype("<f4") if not name else _resolve_dtype(name, reader)
+        dtype = dtype.newbyteorder("<")
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise reader.error(f"{what} has dtype {name!r}, which cannot be stored raw")
+        raw = reader.take(math.prod(shape) * dtype.itemsize, what)
+        others.append(_WeightRecord(shape, dtype, raw))
+    return kernels, others
+
+
+def _weight_budget(file_size: int) -> int:
+    """Bytes of weights a file of ``file_size`` bytes can justify."""
+    return max(_MIN_WEIGHT_BUDGET, _MAX_RATE * file_size)
+
+
+def _check_declared_sizes(
+    kernels: Sequence[_KernelRecord], others: Sequence[_WeightRecord], file_size: int,
+    reader: _Reader,
+) -> None:
+    """Refuses a file whose tables declare more weights than its size justifies.
+
+    The other weights are stored raw, so the bytes are there; a kernel's zeros
+    cost nothing past its last nonzero, so its size is bounded by a rate: far
+    above the real rate of any compressed model, far below an allocation a
+    crafted file of a few kilobytes could ask for.
+    """
+    declared = 4 * sum(math.prod(k.shape) for k in kernels) + sum(len(w.raw) for w in others)
+    budget = _weight_budget(file_size)
+    if declared > budget:
+        raise reader.error(
+            f"its {len(kernels)} kernels and {len(others)} other weights take {declared:,} bytes "
+            f"as float32, more than a file of {file_size:,} bytes holds (at most {budget:,}: "
+            f"{_MAX_RATE}x its size, or {_MIN_WEIGHT_BUDGET:,})"
+        )
+
+
+def _split_weights(model: keras.Model) -> Tuple[List[Any], List[keras.Variable]]:
+    """The compressible kernels of ``model`` and its other weights, in file order."""
+    kernels = compressible_kernels(model)
+    kernel_ids = {id(k.variable) for k in kernels}
+    return kernels, [w for w in model.weights if id(w) not in kernel_ids]
+
+
+def _check_shapes(
+    kernels: Sequence[Any],
+    others: Sequence[keras.Variable],
+    kernel_records: Sequence[_KernelRecord],
+    weight_records: Sequence[_WeightRecord],
+    reader: _Reader,
+) -> None:
+    """Every weight of the model is stored in the file, with its shape (and nothing else is)."""
+    if len(kernel_records) != len(kernels):
+        raise reader.error(
+            f"it stores {len(kernel_records)} kernels but its architecture has {len(kernels)}"
+        )
+    for kernel, record in zip(kernels, kernel_records):
+        expected = tuple(int(d) for d in kernel.variable.shape)
+        if record.shape != expected:
+            raise reader.error(
+                f"kernel {kernel.name!r} has shape {record.shape} in the file but {expected} "
+                "in the model"
+            )
+    if len(weight_records) != len(others):
+        raise reader.error(
+            f"it stores {len(weight_records)} other weights but its architecture has "
+            f"{len(others)}"
+        )
+    for weight, record in zip(others, weight_records):
+        expected = tuple(int(d) for d in weight.shape)
+        if record.shape != expected:
+            raise reader.error(
+                f"weight {weight.path!r} has shape {record.shape} in the file but {expected} "
+                "in the model"
+            )
+
+
+def _itemsize(dtype: str) -> int:
+    """Bytes per element of a Keras dtype name (8 when unknown)."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # e.g. bfloat16, float8_e4m3fn
+        digits = "".join(c for c in dtype.split("_")[0] if c.isdigit())
+        return max(1, int(digits) // 8) if digits else 8
+
+
+def _pending_variables() -> List[Any]:
+    """Keras's list of variables created in a stateless scope and not yet allocated."""
+    from keras.src.backend.common import global_state  # pylint: disable=import-outside-toplevel
+
+    return global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
+
+
+def _deserialize(
+    config: Any, custom_objects: Optional[Mapping[str, Any]], safe_mode: bool, reader: _Reader
+) -> keras.Model:
+    """A model from (a copy of) ``config``, which Keras consumes; a ValueError if it is none."""
+    try:
+        model = keras.saving.deserialize_keras_object(
+            copy.deepcopy(config), custom_objects=dict(custom_objects or {}), safe_mode=safe_mode
+        )
+    except (TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        raise reader.error(
+            f"its architecture cannot be rebuilt ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(model, keras.layers.Layer):
+        raise reader.error(f"its architecture rebuilds a {type(model).__name__}, not a Keras model")
+    if not model.built and not model.weights:
+        raise reader.error("the stored architecture rebuilds an unbuilt model")
+    return model
+
+
+def _rebuild(
+    config: Any,
+    kernel_records: Sequence[_KernelRecord],
+    weight_records: Sequence[_WeightRecord],
+    file_size: int,
+    custom_objects: Optional[Mapping[str, Any]],
+    safe_mode: bool,
+    reader: _Reader,
+) -> keras.Model:
+    """The model of ``config``, built only once the file accounts for every weight it allocates.
+
+    The architecture is first deserialized in a ``keras.StatelessScope`` that
+    leaves its variables unallocated (a shape and an initializer each), so one
+    that declares a huge layer costs nothing until it is checked against the
+    file: every weight must have its entry, of the same shape, and all of them
+    must fit :func:`_weight_budget`. That sketch is then dropped, its
+    variables never allocated, and the architecture deserialized as Keras
+    does (the same variables, names included).
+    """
+    before = len(_pending_variables())
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            try:
+                sketch = _deserialize(config, custom_objects, safe_mode, reader)
+            except ValueError as exc:
+                if "stateless scope" not in str(exc):
+                    raise
+                raise reader.error(
+                    "its architecture has a layer that makes a variable from a value rather "
+                    "than an initializer, so its size cannot be checked before it is allocated "
+                    "(pass model=an instance of the architecture, built)"
+                ) from exc
+            _check_shapes(*_split_weights(sketch), kernel_records, weight_records, reader)
+            allocated = sum(
+                math.prod(int(d) for d in w.shape) * _itemsize(w.dtype) for w in sketch.weights
+            )
+            if allocated > _weight_budget(file_size):
+                raise reader.error(
+                    f"its model's weights take {allocated:,} bytes, more than a file of "
+                    f"{file_size:,} bytes holds (at most {_weight_budget(file_size):,})"
+                )
+    finally:
+        # Never allocated: not by this scope, nor by the next one a Keras call leaves.
+        del _pending_variables()[before:]
+    model = _deserialize(config, custom_objects, safe_mode, reader)
+    _check_shapes(*_split_weights(model), kernel_records, weight_records, reader)
+    return model
+
+
+def _decode_kernel(record: _KernelRecord, what: str, reader: _Reader) -> np.ndarray:
+    """A kernel's float32 values, in its shape."""
+    n = math.prod(record.shape)
+    book = np.frombuffer(record.book, dtype="<f4")
+    try:
+        codes = bitpack.unpack_codes(record.codes, record.nnz, record.bits)
+        positions = bitpack.decode_positions(
+            record.positions, record.encoding, record.param, n, record.nnz
+        )
+        flat = bitpack.dequantize_codes(positions, book, codes, n)
+    except ValueError as exc:
+        raise reader.error(f"{what}: {exc}") from None
+    return flat.reshape(record.shape)
+
+
 def load_compressed(
     path: PathLike,
     custom_objects: Optional[Mapping[str, Any]] = None,
@@ -556,6 +870,12 @@ def load_compressed(
     (subclassed, without ``get_config``) is stored without one: its weights
     are then loaded into ``model``, an instance of the same architecture.
 
+    Nothing a file declares is allocated before it is checked against the
+    file: the architecture inflates to 8 MiB at most, every entry's bytes must
+    be in the file, and the model's variables are allocated only once each
+    weight of the architecture has its entry of the same shape and all of them
+    take at most 4096 times the file's size (or 64 MiB).
+
     Args:
         path: the compressed model file.
         custom_objects: optional ``{name: class or function}`` for custom
@@ -564,15 +884,18 @@ def load_compressed(
             (False allows ``Lambda`` layers).
         model: optional built model of the same architecture to load the
             weights into (the stored architecture is then not used); needed
-            for a file stored without one.
+            for a file stored without one, or whose layers make variables
+            from values rather than initializers.
 
     Returns:
         The rebuilt ``keras.Model`` (``model`` itself when given).
 
     Raises:
         ValueError: if the file is foreign (bad magic), of an unsupported
-            version, truncated, corrupted (checksum mismatch) or does not
-            match its architecture. The message names the path.
+            version, truncated, corrupted (checksum mismatch), declares more
+            than its size justifies (an architecture bomb, weights larger
+            than the file can hold) or does not match its architecture. The
+            message names the path.
         OSError: if the file cannot be read.
 
     Example:
@@ -583,16 +906,10 @@ def load_compressed(
         data = f.read()
     end = _check_envelope(data, path)
     reader = _Reader(data, _PREFIX.size, end, path)
-
-    (arch_len,) = reader.unpack(struct.Struct("<I"), "architecture length")
-    try:
-        inflater = zlib.decompressobj()
-        text = inflater.decompress(reader.take(arch_len, "architecture"), _MAX_ARCHITECTURE)
-        if inflater.unconsumed_tail:  # a bomb, not a model's config
-            raise reader.error(f"its architecture unpacks to over {_MAX_ARCHITECTURE} bytes")
-        config = json.loads(text)
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise reader.error(f"corrupted architecture ({exc})") from None
+    config = _read_architecture(reader)
+    kernel_records, weight_records = _read_records(reader)
+    if reader.pos != end:
+        raise reader.error(f"corrupted ({end - reader.pos} unread bytes in the payload)")
 
     if model is None and config is None:
         raise ValueError(
@@ -600,64 +917,18 @@ def load_compressed(
             f"architecture of '{path}', which stores none (it was saved from a model without "
             "get_config): pass model=an instance of that architecture, built.")
     if model is None:
-        model = keras.saving.deserialize_keras_object(
-            config, custom_objects=dict(custom_objects or {}), safe_mode=safe_mode
-        )
-    if not getattr(model, "built", False) and not model.weights:
-        raise reader.error("the stored architecture rebuilds an unbuilt model")
-    kernels = compressible_kernels(model)
+        _check_declared_sizes(kernel_records, weight_records, len(data), reader)
+        model = _rebuild(config, kernel_records, weight_records, len(data), custom_objects,
+                         safe_mode, reader)
+        kernels, others = _split_weights(model)
+    else:
+        kernels, others = _split_weights(model)
+        _check_shapes(kernels, others, kernel_records, weight_records, reader)
 
-    (num_kernels,) = reader.unpack(struct.Struct("<I"), "kernel count")
-    if num_kernels != len(kernels):
-        raise reader.error(
-            f"it stores {num_kernels} kernels but its architecture has {len(kernels)}"
-        )
-    for kernel in kernels:
-        what = f"kernel {kernel.name!r}"
-        shape = reader.dims(what)
-        expected_shape = tuple(int(d) for d in kernel.variable.shape)
-        if shape != expected_shape:
-            raise reader.error(
-                f"{what} has shape {shape} in the file but {expected_shape} in the model"
-            )
-        n = int(np.prod(shape, dtype=np.int64))
-        b, book_size, nnz, encoding, param, pos_len = reader.unpack(_KERNEL_TAIL, what)
-        if not 1 <= b <= 8 or book_size > (1 << b) or nnz > n:
-            raise reader.error(f"corrupted record for {what}")
-        book = np.frombuffer(reader.take(4 * book_size, what), dtype="<f4")
-        code_bytes = reader.take((nnz * b + 7) // 8, what)
-        pos_bytes = reader.take(pos_len, what)
-        try:
-            codes = bitpack.unpack_codes(code_bytes, nnz, b)
-            positions = bitpack.decode_positions(pos_bytes, encoding, param, n, nnz)
-            flat = bitpack.dequantize_codes(positions, book, codes, n)
-        except ValueError as exc:
-            raise reader.error(f"{what}: {exc}") from None
-        kernel.variable.assign(flat.reshape(shape).astype(kernel.variable.dtype))
-
-    kernel_ids = {id(k.variable) for k in kernels}
-    others = [w for w in model.weights if id(w) not in kernel_ids]
-    (num_others,) = reader.unpack(struct.Struct("<I"), "weight count")
-    if num_others != len(others):
-        raise reader.error(
-            f"it stores {num_others} other weights but its architecture has {len(others)}"
-        )
-    for weight in others:
-        what = f"weight {weight.path!r}"
-        shape = reader.dims(what)
-        expected_shape = tuple(int(d) for d in weight.shape)
-        if shape != expected_shape:
-            raise reader.error(
-                f"{what} has shape {shape} in the file but {expected_shape} in the model"
-            )
-        (name_len,) = reader.unpack(struct.Struct("<B"), what)
-        name = reader.take(name_len, what).decode("ascii", errors="replace")
-        dtype = np.dtype("<f4") if not name else _resolve_dtype(name, reader)
-        dtype = dtype.newbyteorder("<")
-        count = int(np.prod(shape, dtype=np.int64))
-        values = np.frombuffer(reader.take(count * dtype.itemsize, what), dtype=dtype)
-        weight.assign(values.reshape(shape))
-    if reader.pos != end:
-        raise reader.error(f"corrupted ({end - reader.pos} unread bytes in the payload)")
+    for kernel, record in zip(kernels, kernel_records):
+        values = _decode_kernel(record, f"kernel {kernel.name!r}", reader)
+        kernel.variable.assign(values.astype(kernel.variable.dtype, copy=False))
+    for weight, record in zip(others, weight_records):
+        weight.assign(np.frombuffer(record.raw, dtype=record.dtype).reshape(record.shape))
     logging.info("Loaded compressed model from %s (%d bytes).", path, len(data))
     return model

@@ -11,13 +11,18 @@ flattens it channels-last.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Dict, Mapping, Union
 
 import numpy as np
 
+from sqjl_tf._npz import check_sizes
+
 _CONVS = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
           "conv4": "features.8", "conv5": "features.10"}
 _DENSE = {"fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
+# Float weights saved with np.savez_compressed unpack to ~1.1x the file; pruned ones to more.
+_MAX_NPZ_RATIO = 16
 
 
 def _load_state_dict(source) -> Dict[str, np.ndarray]:
@@ -25,8 +30,15 @@ def _load_state_dict(source) -> Dict[str, np.ndarray]:
         return {k: np.asarray(getattr(v, "numpy", lambda: v)()) for k, v in source.items()}
     path = os.fspath(source)
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            check_sizes(path, max_ratio=_MAX_NPZ_RATIO)
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, ValueError, EOFError) as err:
+            raise ValueError(
+                f"Invalid value for argument `source`. Received: '{path}' ({err}). Expected an "
+                ".npz of the state dict's arrays (numpy.savez or numpy.savez_compressed)."
+            ) from err
     try:
         import torch  # only here: the library never needs PyTorch otherwise
     except ImportError as err:
@@ -34,7 +46,8 @@ def _load_state_dict(source) -> Dict[str, np.ndarray]:
             f"Reading the PyTorch file '{path}' needs torch (pip install torch), or save the "
             "state dict as .npz (numpy.savez(path, **{k: v.numpy() for k, v in sd.items()}))."
         ) from err
-    state = torch.load(path, map_location="cpu")
+    # Tensors only: a pickle of arbitrary objects would run code while it loads.
+    state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     return {k.replace("module.", ""): v.detach().cpu().numpy() for k, v in state.items()}
 
@@ -48,7 +61,8 @@ def load_torchvision_alexnet(model, source: Union[str, os.PathLike, Mapping]) ->
             dict's arrays, or a mapping name -> array.
 
     Raises:
-        ValueError: if a tensor is missing or has the wrong shape.
+        ValueError: if a tensor is missing or has the wrong shape, or an
+            ``.npz`` declares arrays larger than the file can hold.
 
     Example:
         >>> model = build_model("alexnet", 1000)
