@@ -15,7 +15,9 @@ before any work.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
 from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -159,6 +161,42 @@ def _explicit(name):
     return FLAGS[name].value if FLAGS[name].present else None
 
 
+# On a machine without a GPU, importing TensorFlow and probing its devices writes notes from
+# C++ before any Python logging exists ("Could not find cuda drivers", "failed call to cuInit:
+# UNKNOWN ERROR (303)", absl's "All log messages before absl::InitializeLog()");
+# TF_CPP_MIN_LOG_LEVEL does not reach all of them, and they say nothing wrong. stderr is captured
+# while TensorFlow starts (before sqjl_tf, which imports it); those known lines are dropped and
+# every other line is written back, so a real start-up problem still shows.
+_BENIGN = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|cudart_stub\.cc.*Could not find cuda drivers"
+    r"|cuda_platform\.cc.*failed call to cuInit"
+    r"|cuda_executor\.cc.*(no NVIDIA GPU|kernel driver does not appear)"
+    r"|cpu_feature_guard\.cc|rebuild TensorFlow with the appropriate compiler flags"
+    r"|oneDNN custom operations are on"
+)
+
+
+def _start_tensorflow_quietly() -> None:
+    """Imports TensorFlow and lists its devices with the benign start-up notes filtered out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if line.strip() and not _BENIGN.search(line):
+                    sys.stderr.write(line)
+
+
 def _usage_error(message) -> NoReturn:
     """Writes ``message`` as one line on stderr and exits with status 2.
 
@@ -173,6 +211,7 @@ def _usage_error(message) -> NoReturn:
 def main(argv):
     if len(argv) > 1:
         _usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+    _start_tensorflow_quietly()  # no CPU-only start-up notes from TF's C++ on stderr
     from sqjl_tf import trainer
 
     mode = "evaluate" if FLAGS.evaluate else FLAGS.mode

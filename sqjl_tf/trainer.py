@@ -872,7 +872,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
                               loss, logger)
         else:
             trained.fit(train_ds, validation_data=test_ds, epochs=cfg.epochs,
-                        initial_epoch=initial_epoch, callbacks=callbacks,
+                        initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                         verbose=2 if cfg.log_interval <= 0 else 0)
     return student, admm, callbacks
 

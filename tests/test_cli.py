@@ -402,3 +402,13 @@ def test_divergence_is_one_clear_line_and_exit_1_then_the_resume_too(idx_dir, tm
     assert re.search(r"Training became non-finite at epoch 2, batch \d+ \(", proc.stderr)
     assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
     assert json.loads(open(f"{tmp_path}/run/metrics.jsonl").readline())["epoch"] == 1
+
+
+def test_a_cpu_only_start_prints_no_tensorflow_notes():
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--mode=evaluate",
+                           "--dataset=fashion_mnist", "--pretrain=/nonexistent/model.keras"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FATAL Usage error"), proc.stderr[-2000:]
