@@ -72,6 +72,23 @@ def test_read_idx_invalid(tmp_path):
         data.read_idx(tmp_path / "missing")
 
 
+def test_read_idx_gzip_bombs_are_refused_before_inflating(tmp_path):
+    header = bytes([0, 0, 8, 1]) + np.array([4_000_000_000], ">u4").tobytes()
+    claims_too_much = tmp_path / "claims.gz"  # 4 GB announced by a 1 KB file
+    claims_too_much.write_bytes(gzip.compress(header + bytes(1 << 16)))
+    with pytest.raises(ValueError, match="announces 4000000008 bytes"):
+        data.read_idx(claims_too_much)
+    small = bytes([0, 0, 8, 1]) + np.array([1000], ">u4").tobytes()
+    carries_more = tmp_path / "more.gz"  # 1000 bytes announced, 64 MB inside
+    carries_more.write_bytes(gzip.compress(small + bytes(1 << 26)))
+    with pytest.raises(ValueError, match="more data than its header"):
+        data.read_idx(carries_more)
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gzip.compress(_idx_bytes(np.arange(5000, dtype=np.uint8) % 7))[:-20])
+    with pytest.raises(ValueError, match="damaged gzip"):
+        data.read_idx(cut)
+
+
 @pytest.mark.parametrize(
     "name, gz, sub", [("mnist", True, ""), ("fashion_mnist", False, "FashionMNIST/raw")]
 )
