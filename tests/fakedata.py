@@ -16,22 +16,42 @@ def learnable_images(n, shape, rng, classes=10):
     return x.astype(np.uint8), y.astype(np.uint8)
 
 
-def write_idx(folder, stem, array, magic):
-    with gzip.open(os.path.join(folder, stem + ".gz"), "wb") as f:
-        f.write(np.array([magic], ">u4").tobytes())
-        f.write(np.array(array.shape, ">u4").tobytes())
-        f.write(array.astype(np.uint8).tobytes())
+_IDX_CODES = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
+
+
+def idx_bytes(array):
+    """``array`` (uint8, int32 or float32) as the bytes of an IDX file."""
+    array = np.asarray(array)
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim])
+    header += np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path, array, gz=True):
+    """Writes ``array`` as an IDX file at ``path`` (``path + ".gz"``, gzip, when ``gz``)."""
+    payload = idx_bytes(array)
+    path = str(path)
+    if gz:
+        path, payload = path + ".gz", gzip.compress(payload)
+    with open(path, "wb") as f:
+        f.write(payload)
+    return path
+
+
+def write_mnist_like(folder, splits, gz=True):
+    """Writes ``{"train": (x, y), "t10k": (x, y)}`` as the four MNIST IDX files in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    for split, (x, y) in splits.items():
+        write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte"), np.asarray(x, np.uint8), gz)
+        write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte"), np.asarray(y, np.uint8), gz)
+    return folder
 
 
 def write_fashion_mnist(folder, train=256, test=128, seed=0):
     """Writes gzip IDX files of a learnable 28x28 10-class dataset into ``folder``."""
-    os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for split, n in (("train", train), ("t10k", test)):
-        x, y = learnable_images(n, (28, 28), rng)
-        write_idx(folder, f"{split}-images-idx3-ubyte", x, 0x803)
-        write_idx(folder, f"{split}-labels-idx1-ubyte", y, 0x801)
-    return folder
+    return write_mnist_like(folder, {split: learnable_images(n, (28, 28), rng)
+                                     for split, n in (("train", train), ("t10k", test))})
 
 
 def linear_task(n=1024, seed=0):

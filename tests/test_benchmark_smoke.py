@@ -10,15 +10,14 @@ import sys
 import keras
 import numpy as np
 import pytest
-from fakedata import write_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
 
 
 @pytest.mark.slow
-def test_benchmark_driver_smoke(tmp_path):
-    data = write_fashion_mnist(str(tmp_path / "data"), train=256, test=128)
+def test_benchmark_driver_smoke(tmp_path, fashion_mnist_dir):
+    data = fashion_mnist_dir
     out = tmp_path / "results"
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "fashion_mnist", "benchmark.py"),
            f"--data_dir={data}", "--pretrain_epochs=1", "--admm_epochs=1", "--ft_epochs=1",

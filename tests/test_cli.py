@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fakedata import learnable_images, write_fashion_mnist
+from fakedata import learnable_images
 
 from sqjl_tf import trainer
 
@@ -91,8 +91,8 @@ def test_from_run_flag_takes_the_runs_arch_and_refuses_another(tmp_path):
 
 # ----------------------------------------------------------- tiny datasets
 @pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    return write_fashion_mnist(str(tmp_path_factory.mktemp("fmnist")))
+def idx_dir(fashion_mnist_dir):
+    return fashion_mnist_dir
 
 
 @pytest.fixture(scope="module")

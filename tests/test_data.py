@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fakedata
+
 from sqjl_tf import data
 from sqjl_tf.data import cifar, mnist
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    codes = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
-    header = bytes([0, 0, codes[array.dtype], array.ndim])
-    header += np.asarray(array.shape, dtype=">u4").tobytes()
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
 def _write(path, payload: bytes, gz: bool):
@@ -29,14 +24,10 @@ def _write(path, payload: bytes, gz: bool):
 
 def _write_mnist(folder, n_train=10, n_test=6, gz=True, seed=0):
     rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    out = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        _write(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), _idx_bytes(images), gz)
-        _write(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), _idx_bytes(labels), gz)
-        out[prefix] = (images, labels)
+    out = {prefix: (rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8),
+                    (np.arange(n) % 10).astype(np.uint8))
+           for prefix, n in (("train", n_train), ("t10k", n_test))}
+    fakedata.write_mnist_like(folder, out, gz)
     return out
 
 
@@ -53,7 +44,7 @@ def test_read_idx(tmp_path, gz):
         np.array([-5, 7, 1 << 20], dtype=np.int32),
         np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2),
     ):
-        path = _write(tmp_path / f"a{array.dtype}", _idx_bytes(array), gz)
+        path = _write(tmp_path / f"a{array.dtype}", fakedata.idx_bytes(array), gz)
         out = data.read_idx(path)
         assert out.dtype == array.dtype and out.dtype.isnative
         np.testing.assert_array_equal(out, array)
@@ -65,7 +56,7 @@ def test_read_idx_invalid(tmp_path):
     with pytest.raises(ValueError, match="`path`"):
         data.read_idx(bad)
     truncated = tmp_path / "truncated"
-    truncated.write_bytes(_idx_bytes(np.zeros((3, 2), np.uint8))[:-1])
+    truncated.write_bytes(fakedata.idx_bytes(np.zeros((3, 2), np.uint8))[:-1])
     with pytest.raises(ValueError, match="shape"):
         data.read_idx(truncated)
     with pytest.raises(FileNotFoundError):
@@ -84,7 +75,7 @@ def test_read_idx_gzip_bombs_are_refused_before_inflating(tmp_path):
     with pytest.raises(ValueError, match="more data than its header"):
         data.read_idx(carries_more)
     cut = tmp_path / "cut.gz"
-    cut.write_bytes(gzip.compress(_idx_bytes(np.arange(5000, dtype=np.uint8) % 7))[:-20])
+    cut.write_bytes(gzip.compress(fakedata.idx_bytes(np.arange(5000, dtype=np.uint8) % 7))[:-20])
     with pytest.raises(ValueError, match="damaged gzip"):
         data.read_idx(cut)
 

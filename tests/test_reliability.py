@@ -244,8 +244,9 @@ def test_same_seed_same_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_corrupted_pretrain_file_is_a_usage_error_and_logdir_untouched(tmp_path):
-    data = write_fashion_mnist(str(tmp_path / "data"), train=64, test=32)
+def test_corrupted_pretrain_file_is_a_usage_error_and_logdir_untouched(
+        tmp_path, tiny_fashion_mnist_dir):
+    data = tiny_fashion_mnist_dir
     bad = tmp_path / "model.keras"
     bad.write_bytes(b"not a zip file at all")
     logdir = tmp_path / "run"
@@ -317,8 +318,9 @@ def test_resuming_with_another_budget_is_a_usage_error_and_nothing_is_rewritten(
                     logdir=str(logdir))
 
 
-def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
-    data = write_fashion_mnist(str(tmp_path / "data"), train=64, test=32)
+def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_taken_over(
+        tmp_path, tiny_fashion_mnist_dir):
+    data = tiny_fashion_mnist_dir
     logdir = tmp_path / "run"
     logdir.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -8,7 +8,6 @@ installed (CI installs only `.[test]`). The modules are looked up with
 process would be wrong.
 """
 
-import gzip
 import importlib.util
 import json
 import os
@@ -17,6 +16,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import fakedata
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "experiments", "fashion_mnist", "tfmot_baseline.py")
@@ -28,14 +29,6 @@ pytestmark = pytest.mark.skipif(
     bool(_missing), reason=f"TFMOT baseline needs {', '.join(_missing)} (pip install .[tfmot])")
 
 
-def _write_idx(path, arr):
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    magic = 0x00000800 | arr.ndim  # ubyte: 0x801 labels, 0x803 images
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.tobytes())
-
-
 def _fake_fashion_mnist(d, n_train=600, n_test=300, seed=0):
     rng = np.random.default_rng(seed)
     protos = rng.integers(0, 256, size=(10, 28, 28))
@@ -45,12 +38,7 @@ def _fake_fashion_mnist(d, n_train=600, n_test=300, seed=0):
         x = np.clip(protos[y] + rng.normal(0, 40, size=(n, 28, 28)), 0, 255)
         return x.astype(np.uint8), y.astype(np.uint8)
 
-    x, y = make(n_train)
-    _write_idx(d / "train-images-idx3-ubyte.gz", x)
-    _write_idx(d / "train-labels-idx1-ubyte.gz", y)
-    x, y = make(n_test)
-    _write_idx(d / "t10k-images-idx3-ubyte.gz", x)
-    _write_idx(d / "t10k-labels-idx1-ubyte.gz", y)
+    fakedata.write_mnist_like(str(d), {"train": make(n_train), "t10k": make(n_test)})
 
 
 @pytest.mark.slow  # ~30-40 s on 2 busy CPU cores (TF import + tf.function tracing)
