@@ -2,14 +2,19 @@
 
 A checkpoint is a single ``.npz`` file holding every model weight, every
 optimizer variable (the iteration count included, so learning-rate schedules
-resume), the ADMM state (V, U, bits, nnz, schedule position) and a JSON
-metadata record. It is written to a temporary file in the same folder and
-renamed over the target, so a crash during a save leaves the previous
-checkpoint intact and loadable.
+resume), the ADMM state (V, U, bits, nnz, schedule position), any further named
+run state (``variables``: the learning-rate scale, a plateau-lowered rate, the
+fine-tuning callback's shadows, masks, codebooks and schedule, the layers'
+random-seed states) and a JSON metadata record. It is written to a temporary
+file (``.tmp-*.npz``) in the same folder and renamed over the target, so a crash
+during a save leaves the previous checkpoint intact and loadable; a save killed
+outright leaves its temporary file, which :func:`remove_temporaries` deletes.
 
 Example:
-    >>> save_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state, {"epoch": 3})
-    >>> meta = load_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state)
+    >>> save_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state, {"epoch": 3},
+    ...                 variables={"lr/scale": schedule.scale})
+    >>> meta = load_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state,
+    ...                        variables={"lr/scale": schedule.scale})
 """
 
 from __future__ import annotations
@@ -18,13 +23,28 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
+from absl import logging
 
 from sqjl_tf._npz import check_sizes
 
-_FORMAT = "sqjl_tf.checkpoint/1"
+_FORMAT = "sqjl_tf.checkpoint/1"  # "state/" entries are new, and optional: still version 1
+_TMP_PREFIX, _TMP_SUFFIX = ".tmp-", ".npz"
+_STATE = "state/"
+
+
+def _numpy(variable) -> np.ndarray:
+    """The value of a ``tf.Variable`` or ``keras.Variable`` as a NumPy array."""
+    return np.asarray(variable.numpy())
+
+
+def _check_names(variables: Mapping[str, Any]) -> None:
+    for name in variables:
+        if not (isinstance(name, str) and name and "\0" not in name):
+            raise ValueError(f"Invalid value for argument `variables`. Received: a name {name!r}. "
+                             "Expected non-empty strings naming the variables.")
 
 
 def save_checkpoint(
@@ -33,6 +53,7 @@ def save_checkpoint(
     optimizer=None,
     admm_state=None,
     metadata: Optional[Dict[str, Any]] = None,
+    variables: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Writes a checkpoint atomically (temporary file, then rename).
 
@@ -42,9 +63,14 @@ def save_checkpoint(
         optimizer: its optimizer (optional).
         admm_state: an ``ADMMState`` (optional).
         metadata: JSON-serialisable dict (epoch, metrics...).
+        variables: further run state, ``{name: tf.Variable or keras.Variable}``
+            (optional); :func:`load_checkpoint` restores them by name.
 
     Returns:
         ``path``.
+
+    Raises:
+        ValueError: if a name in ``variables`` is not a non-empty string.
     """
     arrays = {}
     for i, w in enumerate(model.weights):
@@ -55,12 +81,16 @@ def save_checkpoint(
     if admm_state is not None:
         for key, value in admm_state.get_state().items():
             arrays[f"admm/{key}"] = np.asarray(value)
+    if variables:
+        _check_names(variables)
+        for name, variable in variables.items():
+            arrays[_STATE + name] = _numpy(variable)
     meta = {"format": _FORMAT, "num_model_weights": len(model.weights)}
     meta.update(metadata or {})
     arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -74,10 +104,51 @@ def save_checkpoint(
     return path
 
 
+def remove_temporaries(folder: str) -> List[str]:
+    """Deletes the temporary files of saves that were killed in ``folder``.
+
+    :func:`save_checkpoint` removes its temporary file when a save fails, but a
+    process killed during a save (SIGKILL, a power cut) leaves it behind. Call
+    this when no save can be under way in ``folder`` (a run holding its lock,
+    at its start).
+
+    Args:
+        folder: a folder checkpoints are written to (need not exist).
+
+    Returns:
+        The names of the files deleted.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX) and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        logging.info("Removed %d temporary file(s) of interrupted saves in %s: %s",
+                     len(removed), folder, ", ".join(removed))
+    return removed
+
+
 def read_metadata(path: str) -> Dict[str, Any]:
     """The metadata record of a checkpoint (cheap: reads one entry)."""
     with _open(path) as data:
         return _metadata(data, path)
+
+
+def state_names(path: str) -> List[str]:
+    """The names of the run state (``variables`` of :func:`save_checkpoint`) a checkpoint holds.
+
+    Cheap: reads the archive's directory, no array.
+
+    Example:
+        >>> "lr/scale" in state_names("run/latest.ckpt.npz")
+        True
+    """
+    with _open(path) as data:
+        return sorted(k[len(_STATE):] for k in data.files if k.startswith(_STATE))
 
 
 def _invalid(path: str, what: Any) -> ValueError:
@@ -112,16 +183,22 @@ def _open(path: str):
         raise _invalid(path, err) from err
 
 
-def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[str, Any]:
+def load_checkpoint(path: str, model, optimizer=None, admm_state=None,
+                    variables: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Restores what :func:`save_checkpoint` wrote.
 
-    The optimizer is built on the model's trainable variables if needed.
+    The optimizer is built on the model's trainable variables if needed. Every
+    shape is checked before anything is assigned.
 
     Args:
         path: the checkpoint file.
         model: a model of the same architecture.
         optimizer: the optimizer to restore (optional).
         admm_state: the ``ADMMState`` to restore (optional).
+        variables: run state to restore by name, ``{name: variable}``, as
+            given to :func:`save_checkpoint` (optional). A name the checkpoint
+            does not hold (one written before that state was saved) keeps its
+            variable's value, with a warning; entries not asked for are ignored.
 
     Returns:
         The metadata dict.
@@ -129,7 +206,7 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[s
     Raises:
         FileNotFoundError: if the file does not exist.
         ValueError: if the file is not a checkpoint, or does not match the
-            model (number or shapes of weights).
+            model (number or shapes of weights) or ``variables`` (shapes).
     """
     with _open(path) as data:
         meta = _metadata(data, path)
@@ -152,6 +229,7 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[s
                     f"Invalid checkpoint file '{path}' for this model: weight '{w.path}' has "
                     f"shape {tuple(w.shape)}, the checkpoint {v.shape} (a different architecture?)."
                 )
+        state_values = _state_values(data, path, variables or {})
         for w, v in zip(weights, values):
             w.assign(v)
         if optimizer is not None:
@@ -174,4 +252,27 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None) -> Dict[s
             state = {k[len("admm/"):]: data[k] for k in data.files if k.startswith("admm/")}
             if state:
                 admm_state.set_state(state)
+        for name, (variable, value) in state_values.items():
+            variable.assign(value)
     return meta
+
+
+def _state_values(data, path: str, variables: Mapping[str, Any]) -> Dict[str, tuple]:
+    """``{name: (variable, value)}`` of the ``variables`` the checkpoint holds, shapes checked."""
+    _check_names(variables)
+    found, missing = {}, []
+    for name, variable in variables.items():
+        key = _STATE + name
+        if key not in data.files:
+            missing.append(name)
+            continue
+        value = data[key]
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(
+                f"Invalid checkpoint file '{path}' for this run: its state {name!r} has shape "
+                f"{value.shape}, the run's {tuple(variable.shape)} (another configuration?).")
+        found[name] = (variable, value)
+    if missing:
+        logging.warning("Checkpoint %s holds no %s (written before that state was saved): "
+                        "kept as they are.", path, ", ".join(missing))
+    return found

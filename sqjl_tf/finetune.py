@@ -53,10 +53,17 @@ learned) the support is not frozen at the start but shrinks to those counts by
 magnitude during the first ``prune_epochs`` full-precision epochs, on the cubic
 schedule of gradual pruning (Zhu & Gupta 2017; TFMOT's ``PolynomialDecay``):
 start from ADMM's trained weights W, unpruned, and the allocation ADMM chose is
-trained for as TFMOT trains its own. ``prune_epochs=0`` prunes at once. A ``fit``
-resumed mid-schedule (``initial_epoch`` > 0, from a checkpoint's partly pruned
-weights) goes on with the schedule it started: the start counts are recovered
-from the loaded counts.
+trained for as TFMOT trains its own. ``prune_epochs=0`` prunes at once.
+
+All the callback's state is in variables it owns (:meth:`checkpoint_variables`:
+per kernel the shadow, mask, codebook and centre moments; whether quantizing
+has started; the pruning step, counted per batch as TFMOT's ``pruning_step``,
+and the start counts; the epochs done), which the trainer saves with each
+checkpoint and restores on resuming: a resumed run goes on exactly where the
+checkpoint's epoch ended. A ``fit`` from ``initial_epoch`` > 0 with a fresh
+callback on a checkpoint's partly pruned weights (no saved state: an older
+checkpoint) goes on with the schedule as best it can: the start counts are
+recovered by inverting the cubic schedule.
 
 Use ``steps_per_execution=1`` (the default): with N > 1, Keras runs N steps
 without callbacks and the N-1 later ones would see unquantized kernels.
@@ -73,7 +80,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -289,10 +296,16 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             raise _bad("prune_epochs", prune_epochs, "0 without prune_to")
         self.prune_to = None if prune_to is None else [int(n) for n in prune_to]
         self.prune_epochs = int(prune_epochs)
-        self._prune_from: List[int] = []
-        self._pruned = prune_to is None
-        self._resume_checked = True  # set False by build when a schedule starts
-        self._prune_step = 0
+        # The state beyond the slots, in variables (checkpoint_variables): the pruning
+        # schedule's start counts (made by build), whether it is done, its step (batches
+        # of the pruning phase, TFMOT's pruning_step); whether quantizing has started; the
+        # epochs done (0 in a fresh callback: a resumed fit without restored state).
+        self._prune_start: Optional[tf.Variable] = None
+        self._pruned_flag = tf.Variable(prune_to is None, trainable=False, name="pruned")
+        self.prune_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="prune_step")
+        self._quantizing = tf.Variable(False, trainable=False, name="quantizing")
+        self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        self._resume_checked = True  # set False by build: the first epoch checks the state
         self.train_centres = bool(train_centres)
         self._centre_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="centre_step")
         self._tapped = None  # the optimizer the gradient tap is registered with
@@ -308,9 +321,67 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._step_fn = None
         self._refresh_fn = None
         self._float_step_fn = None
-        self.quantizing = False  # False while the float_epochs run
         self._batches = 0
         self._last_batch = -1
+
+    # ---------------------------------------------------------------- state
+    @property
+    def quantizing(self) -> bool:
+        """False while the ``float_epochs`` run (a variable: checkpointed)."""
+        return bool(self._quantizing.numpy())
+
+    @quantizing.setter
+    def quantizing(self, value: bool) -> None:
+        self._quantizing.assign(bool(value))
+
+    @property
+    def _pruned(self) -> bool:
+        return bool(self._pruned_flag.numpy())
+
+    @_pruned.setter
+    def _pruned(self, value: bool) -> None:
+        self._pruned_flag.assign(bool(value))
+
+    @property
+    def _prune_from(self) -> List[int]:
+        """Nonzeros per kernel at the start of the pruning schedule."""
+        return [int(n) for n in self._prune_start.numpy()]
+
+    def checkpoint_variables(self) -> Dict[str, tf.Variable]:
+        """All the fine-tuning state, by name, to save with a checkpoint and restore on resuming.
+
+        Per kernel ``i`` (``compressible_kernels`` order): ``i/shadow`` (the
+        full-precision weights), ``i/mask``, ``i/centres`` and, with
+        ``train_centres``, ``i/used``, ``i/centre_grad``, ``i/centre_m``,
+        ``i/centre_v``; then ``quantizing``, ``pruned``, ``prune_step``,
+        ``prune_start``, ``centre_step`` and ``epochs``. Restore them after
+        :meth:`build` (which sets them from the model: restoring overrides
+        that) and before ``fit``; ``epochs`` then equals ``fit``'s
+        ``initial_epoch``.
+
+        Returns:
+            ``{name: tf.Variable}``.
+
+        Raises:
+            RuntimeError: if called before :meth:`build`.
+
+        Example:
+            >>> ft.build(model)
+            >>> load_checkpoint(path, model, optimizer, variables=ft.checkpoint_variables())
+        """
+        if self._built_for is None:
+            raise RuntimeError("QuantizedFinetuneCallback.checkpoint_variables() called before "
+                               "build(): the per-kernel state does not exist yet.")
+        out = {}
+        for i, s in enumerate(self.slots):
+            for name in ("shadow", "mask", "centres", "used", "centre_grad", "centre_m",
+                         "centre_v"):
+                if getattr(s, name) is not None:
+                    out[f"{i}/{name}"] = getattr(s, name)
+        out.update(quantizing=self._quantizing, pruned=self._pruned_flag,
+                   prune_step=self.prune_step, prune_start=self._prune_start,
+                   centre_step=self._centre_step, epochs=self._epochs_done)
+        return out
 
     # ---------------------------------------------------------------- setup
     def _resolve_bits(self, kernels: List[CompressibleKernel]) -> List[int]:
@@ -387,16 +458,18 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
                     **extra,
                 )
             )
+        starts = [int(np.count_nonzero(s.mask.numpy())) for s in slots]
+        if self.prune_to is not None and (len(self.prune_to) != len(slots) or any(
+                n > m for n, m in zip(self.prune_to, starts))):
+            raise _bad("prune_to", self.prune_to,
+                       f"{len(slots)} counts, each at most the kernel's nonzeros {starts}")
         self.slots = slots
         self._built_for = model
+        self._prune_start = tf.Variable(np.asarray(starts, np.int64), trainable=False,
+                                        name="prune_start")
+        self._resume_checked = False
         if self.prune_to is not None:
-            starts = [int(np.count_nonzero(s.mask.numpy())) for s in slots]
-            if len(self.prune_to) != len(slots) or any(
-                    n > m for n, m in zip(self.prune_to, starts)):
-                raise _bad("prune_to", self.prune_to,
-                           f"{len(slots)} counts, each at most the kernel's nonzeros {starts}")
-            self._prune_from, self._pruned = starts, False
-            self._resume_checked = False
+            self._pruned = False
             if self.prune_epochs == 0:
                 self._prune(1.0)
                 self._set_codebooks()
@@ -559,43 +632,65 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             if getattr(self.model, "train_function", None) is not None:
                 self.model.make_train_function(force=True)  # a step traced before has no tap
 
-    def _resume_schedule(self, epoch: int) -> None:
-        """On resuming mid-schedule, the start counts the loaded (partly pruned) support had.
+    def _check_state(self, epoch: int) -> None:
+        """At the first epoch after :meth:`build`: does the state match ``epoch``?
 
-        The model saved after epoch ``e`` holds ``n = t + (s - t) (1 - e/E)**3``
-        nonzeros per kernel (E = ``prune_epochs``, t = ``prune_to``), so the
-        start ``s`` is recovered from ``n`` and the schedule goes on where it was.
+        A state restored from a run's checkpoint has done ``epoch`` epochs. A
+        fresh one (no epoch done) starting at ``epoch`` > 0 has no saved state:
+        :meth:`_resume_schedule` recovers the pruning schedule's position.
         """
         self._resume_checked = True
-        fraction = epoch / self.prune_epochs if self.prune_epochs else 1.0
-        if self._pruned or epoch == 0 or fraction >= 1.0:
+        done = int(self._epochs_done.numpy())
+        if done == epoch:
             return
-        self._prune_from = [
+        if done == 0:
+            self._resume_schedule(epoch)
+        else:
+            logging.warning("Fine-tuning: fit starts at epoch %d, the callback's state has done "
+                            "%d epochs; its schedules go on from the state.", epoch, done)
+        self._epochs_done.assign(epoch)
+
+    def _resume_schedule(self, epoch: int) -> None:
+        """Without saved state, on resuming at ``epoch``: the pruning schedule's position.
+
+        The step is ``epoch`` epochs of batches. The model saved after epoch
+        ``e`` holds ``n = t + (s - t) (1 - e/E)**3`` nonzeros per kernel (E =
+        ``prune_epochs``, t = ``prune_to``), so the start ``s`` is recovered from
+        ``n`` (to rounding) and the schedule goes on about where it was. A
+        checkpoint with the callback's state (:meth:`checkpoint_variables`)
+        needs none of this: it resumes exactly.
+        """
+        steps = int((self.params or {}).get("steps") or 0)
+        self.prune_step.assign(min(epoch, self.prune_epochs) * steps)
+        fraction = epoch / self.prune_epochs if self.prune_epochs else 1.0
+        if self.prune_to is None or self._pruned or epoch == 0 or fraction >= 1.0:
+            return
+        self._prune_start.assign([
             min(int(s.mask.shape.num_elements()),
                 int(round(t + (n - t) / (1.0 - fraction) ** 3)))
-            for s, n, t in zip(self.slots, self._prune_from, self.prune_to)]
-        logging.info("Fine-tuning resumed at epoch %d of the pruning schedule: started from %s "
-                     "nonzeros.", epoch, self._prune_from)
+            for s, n, t in zip(self.slots, self._prune_from, self.prune_to)])
+        logging.info("Fine-tuning resumed at epoch %d of the pruning schedule without its saved "
+                     "state: started from about %s nonzeros.", epoch, self._prune_from)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.prune_to is not None and not self._resume_checked:
-            self._resume_schedule(epoch)
+        if not self._resume_checked:
+            self._check_state(epoch)
         if epoch >= self.float_epochs:  # also on resuming past the full-precision phase
             self.start_quantizing()
         self._last_batch = -1
         self._batches = 0
-        self._prune_step = epoch * int((self.params or {}).get("steps") or 0)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.quantizing:
             self._float_step_fn()
             if not self._pruned and self.prune_epochs:
-                self._prune_step += batch - self._last_batch
+                self.prune_step.assign_add(batch - self._last_batch)
+                step = int(self.prune_step.numpy())
                 self._last_batch = batch
                 total = self._prune_total()
                 every = max(1, min(_PRUNE_EVERY, total // 20))
-                if self._prune_step % every == 0 or self._prune_step >= total:
-                    self._prune(min(1.0, self._prune_step / total))
+                if step % every == 0 or step >= total:
+                    self._prune(min(1.0, step / total))
             return
         self._step_fn()
         done = batch - self._last_batch  # > 1 with steps_per_execution > 1
@@ -613,7 +708,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._pruned and self.prune_epochs and not self.quantizing:
-            self._prune(min(1.0, self._prune_step / self._prune_total()))
+            self._prune(min(1.0, int(self.prune_step.numpy()) / self._prune_total()))
+        self._epochs_done.assign_add(1)
         # The last full-precision epoch ends in full precision: its checkpoint is the model
         # it validated; the next epoch (or the end of fit) quantizes.
         if self.quantizing and not self.train_centres:

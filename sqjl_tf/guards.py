@@ -106,7 +106,9 @@ class NonFiniteGuard(keras.callbacks.TerminateOnNaN):
             is none.
         lr_scale: a ``tf.Variable`` multiplying the learning rate.
         factor: what ``lr_scale`` is multiplied by at each recovery.
-        max_recoveries: recoveries allowed in the run (0: always stop).
+        max_recoveries: recoveries allowed in the run (0: always stop); the
+            count done is kept in ``recoveries_variable`` (checkpoint it, with
+            ``lr_scale``, but do not let ``restore()`` load it back).
 
     Example:
         >>> model.fit(data, epochs=3, callbacks=[sqjl_tf.NonFiniteGuard(), cb])
@@ -124,9 +126,20 @@ class NonFiniteGuard(keras.callbacks.TerminateOnNaN):
         self.lr_scale = lr_scale
         self.factor = factor
         self.max_recoveries = max_recoveries
-        self.recoveries = 0
+        # A variable, so that a run's checkpoint holds it: a resumed run has the recoveries left.
+        self.recoveries_variable = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                               name="nan_recoveries")
         self._epoch = 0
         self._gradient_steps = 0
+
+    @property
+    def recoveries(self) -> int:
+        """Recoveries done in the run (``recoveries_variable``'s value)."""
+        return int(self.recoveries_variable.numpy())
+
+    @recoveries.setter
+    def recoveries(self, value: int) -> None:
+        self.recoveries_variable.assign(int(value))
 
     def on_train_begin(self, logs=None):
         self._gradient_steps = non_finite_gradient_steps(self.model.optimizer)

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import keras
 import numpy as np
@@ -37,6 +37,12 @@ class RunLogger(keras.callbacks.Callback):
     when ``monitor`` improves, ``epoch_XXXX.ckpt.npz`` every ``save_every``
     epochs; each written atomically, and only by the chief worker.
 
+    The epoch's record is appended before its checkpoints are written, and
+    ``latest.ckpt.npz`` is written last: a run killed in between resumes from
+    the previous ``latest``, after :func:`truncate_metrics` has dropped the
+    records of the epochs it does not hold (the best and periodic checkpoints
+    of the epoch are written again).
+
     Args:
         logdir: output folder.
         optimizer: the optimizer to checkpoint.
@@ -47,6 +53,8 @@ class RunLogger(keras.callbacks.Callback):
         extra_eval: optional ``f(epoch) -> dict`` of more metrics (e.g. the
             training-set accuracy for ``eval_tr``).
         best_value: best monitored value so far (when resuming).
+        variables: optional callable returning further run state to
+            checkpoint, ``{name: variable}`` (see ``save_checkpoint``).
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class RunLogger(keras.callbacks.Callback):
         is_chief: bool = True,
         extra_eval: Optional[Callable[[int], dict]] = None,
         best_value: float = -math.inf,
+        variables: Optional[Callable[[], Mapping[str, Any]]] = None,
     ):
         super().__init__()
         self.logdir = logdir
@@ -69,6 +78,7 @@ class RunLogger(keras.callbacks.Callback):
         self.is_chief = is_chief
         self.extra_eval = extra_eval
         self.best_value = best_value
+        self.variables = variables
         self._start = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -100,17 +110,64 @@ class RunLogger(keras.callbacks.Callback):
             self.best_value = float(value)
         meta = {"epoch": epoch + 1, "best_value": self.best_value, "monitor": self.monitor}
         state = self.admm_state()
-        save_checkpoint(os.path.join(self.logdir, LATEST), self.model, self.optimizer, state, meta)
+        variables = self.variables() if self.variables is not None else None
+
+        def save(name):
+            save_checkpoint(os.path.join(self.logdir, name), self.model, self.optimizer, state,
+                            meta, variables)
+
         if improved:
-            save_checkpoint(os.path.join(self.logdir, BEST), self.model, self.optimizer, state, meta)
+            save(BEST)
         if self.save_every and (epoch + 1) % self.save_every == 0:
-            path = os.path.join(self.logdir, f"epoch_{epoch + 1:04d}.ckpt.npz")
-            save_checkpoint(path, self.model, self.optimizer, state, meta)
+            save(f"epoch_{epoch + 1:04d}.ckpt.npz")
+        save(LATEST)  # last: what a resumed run continues from
         logging.info(
             "epoch %d: %s",
             epoch + 1,
             ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and "/" not in k),
         )
+
+
+def truncate_metrics(logdir: str, epochs: int) -> int:
+    """Keeps in ``logdir/metrics.jsonl`` one record per epoch, of the first ``epochs`` only.
+
+    Done when a run resumes from a checkpoint of epoch ``epochs``: a run killed
+    after writing an epoch's record but before its checkpoint left a record the
+    resumed run writes again. Lines that are not a record (a write cut short)
+    are dropped; of several records of one epoch (a resume before this was
+    done) the last is kept. The file is replaced atomically.
+
+    Args:
+        logdir: the run's folder.
+        epochs: the number of epochs the checkpoint holds.
+
+    Returns:
+        The number of lines dropped.
+    """
+    path = os.path.join(logdir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept: Dict[int, str] = {}
+    for line in lines:
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):  # a cut line, or not an object
+            continue
+        if isinstance(epoch, int) and 1 <= epoch <= epochs:
+            kept[epoch] = line
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = os.path.join(logdir, ".tmp-" + METRICS_FILE)  # a run's temporary (trainer.py)
+        with open(tmp, "w") as f:
+            f.writelines(kept[e] + "\n" for e in sorted(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        logging.info("%s: dropped %d line(s) of epochs after epoch %d, which the checkpoint "
+                     "holds (or repeated, or cut short).", path, dropped, epochs)
+    return dropped
 
 
 class BatchLogger(keras.callbacks.Callback):

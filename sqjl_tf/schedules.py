@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -212,8 +212,9 @@ class PlateauSchedule(_SCHEDULES):
     = ...``; this schedule keeps the current value in a ``tf.Variable`` that
     the compiled train step reads at every iteration, so a callback can lower it
     between epochs and the warm-up (a :class:`LinearWarmup` around it) still
-    applies. The variable is not part of the optimizer's checkpoint: the
-    current value is in ``get_config()``; restore it with :meth:`set_value`.
+    applies. The variable is not one of the optimizer's: the trainer saves it
+    with its checkpoints (``variable``); the current value is also in
+    ``get_config()``, and :meth:`set_value` sets it.
 
     Args:
         learning_rate: the initial value.
@@ -442,6 +443,10 @@ class PlateauCallback(keras.callbacks.Callback):
         patience: epochs without improvement tolerated.
         cooldown: epochs to wait after a reduction.
         min_lr: lower bound of the rate.
+        reset_on_train_begin: start each ``fit`` afresh (best value and
+            counters, as Keras's ``ReduceLROnPlateau``); False keeps them, for
+            a ``fit`` that resumes a run with this state restored (see
+            :meth:`checkpoint_variables`).
 
     Raises:
         ValueError: on an invalid argument.
@@ -461,6 +466,7 @@ class PlateauCallback(keras.callbacks.Callback):
         patience: int = 10,
         cooldown: int = 0,
         min_lr: float = 0.0,
+        reset_on_train_begin: bool = True,
     ):
         super().__init__()
         if not (math.isfinite(float(factor)) and 0 < float(factor) < 1):
@@ -485,7 +491,47 @@ class PlateauCallback(keras.callbacks.Callback):
         self.patience = int(patience)
         self.cooldown = int(cooldown)
         self.min_lr = float(min_lr)
+        self.reset_on_train_begin = bool(reset_on_train_begin)
+        # The state is in variables, so that a run's checkpoint holds it (checkpoint_variables).
+        self._best = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="plateau_best")
+        self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_bad_epochs")
+        self._cooldown = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_cooldown")
         self._reset()
+
+    @property
+    def best(self) -> float:
+        """The best monitored value so far."""
+        return float(self._best.numpy())
+
+    @best.setter
+    def best(self, value: float) -> None:
+        self._best.assign(float(value))
+
+    @property
+    def num_bad_epochs(self) -> int:
+        """Epochs without improvement since the last improvement or reduction."""
+        return int(self._bad.numpy())
+
+    @num_bad_epochs.setter
+    def num_bad_epochs(self, value: int) -> None:
+        self._bad.assign(int(value))
+
+    @property
+    def cooldown_counter(self) -> int:
+        """Epochs of cooldown left."""
+        return int(self._cooldown.numpy())
+
+    @cooldown_counter.setter
+    def cooldown_counter(self, value: int) -> None:
+        self._cooldown.assign(int(value))
+
+    def checkpoint_variables(self) -> Dict[str, tf.Variable]:
+        """The callback's state by name: the best value and the two counters.
+
+        With the lowered rate itself (the :class:`PlateauSchedule`'s
+        ``variable``), what a checkpoint needs to resume the schedule exactly.
+        """
+        return {"best": self._best, "bad_epochs": self._bad, "cooldown": self._cooldown}
 
     def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -530,7 +576,8 @@ class PlateauCallback(keras.callbacks.Callback):
             target.learning_rate.assign(value)
 
     def on_train_begin(self, logs=None):
-        self._reset()
+        if self.reset_on_train_begin:
+            self._reset()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

@@ -515,10 +515,26 @@ _RUN_FILES = frozenset({
 })
 
 
+def _temporary(name: str) -> bool:
+    """Whether ``name`` is the temporary file of a save a run makes (left if it was killed)."""
+    return (name.startswith(".tmp-") or name.endswith((".tmp.keras", ".tflite.tmp"))
+            or (name.startswith(".model_") and name.endswith(".tmp")))
+
+
 def _run_owned(name: str) -> bool:
-    temporary = (name.startswith(".tmp-") or name.endswith((".tmp.keras", ".tflite.tmp"))
-                 or (name.startswith(".model_") and name.endswith(".tmp")))  # interrupted saves
-    return name in _RUN_FILES or temporary
+    return name in _RUN_FILES or _temporary(name)
+
+
+def _remove_temporaries(logdir: str) -> None:
+    """Deletes the temporary files of saves a killed run left (the caller holds the lock)."""
+    from sqjl_tf.checkpoint import remove_temporaries
+
+    remove_temporaries(logdir)  # the checkpoints' .tmp-*.npz
+    for name in os.listdir(logdir):
+        path = os.path.join(logdir, name)
+        if _temporary(name) and os.path.isfile(path):
+            os.remove(path)
+            logging.info("Removed %s, left by an interrupted save.", path)
 
 
 def _check_overwrite(cfg: TrainConfig) -> None:
@@ -534,9 +550,11 @@ def _check_overwrite(cfg: TrainConfig) -> None:
             "deleted. Choose another --logdir, or move those files out.")
 
 
-# What a run is: resuming with another value of one of these is a different run.
+# What a run is: resuming with another value of one of these is a different run (the
+# fine-tuning ones shape the state its checkpoints hold).
 _RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
-                 "target_rate")
+                 "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
+                 "keep_support", "train_centres")
 
 
 def _check_resume(cfg: TrainConfig) -> None:
@@ -559,6 +577,8 @@ def _check_resume(cfg: TrainConfig) -> None:
             "--overwrite to start it again.") from None
     for name in _RUN_IDENTITY:
         before, now = started.get(name), getattr(cfg, name)
+        if isinstance(now, tuple):  # config.json holds lists
+            now = list(now)
         if name in started and before != now and not (
                 isinstance(before, (int, float)) and isinstance(now, (int, float))
                 and math.isclose(before, now)):
@@ -569,7 +589,12 @@ def _check_resume(cfg: TrainConfig) -> None:
 
 
 def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
-    """Creates the log folder; returns the checkpoint to resume from, if any."""
+    """Creates the log folder, clears killed saves' files; returns the checkpoint to resume from.
+
+    Called by the chief, holding the folder's lock. ``--overwrite`` deletes the
+    run's files; otherwise the temporary files of interrupted saves go, and
+    ``latest.ckpt.npz`` is returned if there is one (None if not).
+    """
     from sqjl_tf.run_logger import LATEST
 
     os.makedirs(cfg.logdir, exist_ok=True)
@@ -581,6 +606,7 @@ def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
                 path = os.path.join(cfg.logdir, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         return None
+    _remove_temporaries(cfg.logdir)
     return latest if os.path.isfile(latest) else None
 
 
@@ -809,12 +835,12 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
     import keras
     import tensorflow as tf
 
-    from sqjl_tf.checkpoint import load_checkpoint
+    from sqjl_tf.checkpoint import load_checkpoint, state_names
     from sqjl_tf.guards import NonFiniteGuard
-    from sqjl_tf.run_logger import BatchLogger, RunLogger
+    from sqjl_tf.run_logger import BatchLogger, RunLogger, truncate_metrics
 
     student = model
-    admm = None
+    admm = finetune = None
     callbacks = []
     if cfg.mode == "compress":
         admm = admm_callback(cfg)
@@ -823,12 +849,13 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
     elif cfg.mode == "finetune":
         from sqjl_tf.finetune import QuantizedFinetuneCallback
 
-        callbacks.append(QuantizedFinetuneCallback(weightbits=cfg.weightbits,
-                                                   float_epochs=cfg.float_epochs,
-                                                   reserve_zero=not cfg.keep_support,
-                                                   train_centres=cfg.train_centres,
-                                                   prune_to=cfg.prune_to,
-                                                   prune_epochs=cfg.prune_epochs))
+        finetune = QuantizedFinetuneCallback(weightbits=cfg.weightbits,
+                                             float_epochs=cfg.float_epochs,
+                                             reserve_zero=not cfg.keep_support,
+                                             train_centres=cfg.train_centres,
+                                             prune_to=cfg.prune_to,
+                                             prune_epochs=cfg.prune_epochs)
+        callbacks.append(finetune)
     optimizer = _optimizer(cfg, steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:
@@ -840,38 +867,61 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         trained = Distiller(student, teacher, cfg.kdtemp)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.compile(optimizer=optimizer, loss=loss, metrics=_metrics())
+    schedule = optimizer.inner_optimizer._learning_rate  # a ScaledSchedule
+    plateau = None
+    if cfg.lr_sched.startswith("plat"):  # plat,factor,threshold: driven by the validation loss
+        plateau = schedule.callback(reset_on_train_begin=False)  # its state is checkpointed
+
+    def training_state():  # what a NaN recovery restores, with the weights
+        return _training_state(student, finetune, plateau)
+
+    guard = NonFiniteGuard(_restorer(cfg, student, optimizer, admm, training_state),
+                           schedule.scale, max_recoveries=cfg.nan_recover)
+
+    def run_state():  # all the checkpoint holds beside the weights, optimizer and ADMM state
+        return dict(training_state(), **{"lr/scale": schedule.scale,
+                                         "guard/recoveries": guard.recoveries_variable})
+
     initial_epoch = cfg.start_epoch
     best = -math.inf
     if resume:
         if not optimizer.built:
             optimizer.build(trained.trainable_variables)
-        meta = load_checkpoint(resume, student, optimizer, admm.state if admm else None)
+        if finetune is not None and any(name.startswith("finetune/")
+                                        for name in state_names(resume)):
+            finetune.build(trained)  # its variables, to restore (fit keeps them: same model)
+        # else (a checkpoint from before the state was saved): fit builds it on the loaded model
+        meta = load_checkpoint(resume, student, optimizer, admm.state if admm else None,
+                               variables=run_state())
         initial_epoch = int(meta["epoch"])
         best = float(meta.get("best_value", best))
+        if _is_chief(strategy):
+            truncate_metrics(cfg.logdir, initial_epoch)  # epochs after the checkpoint's go
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)
+    skipped = initial_epoch if resume else 0  # epochs whose data a resumed run does not read
     state_fn = (lambda: admm.state) if admm else (lambda: None)
     if cfg.mode == "finetune" and cfg.float_epochs and _is_chief(strategy) and "keras" in cfg.export:
         callbacks.append(_float_model_saver(student, cfg.float_epochs,
                                           os.path.join(cfg.logdir, "model_float.keras")))
+    if plateau is not None:  # before the logger: the checkpoint holds the epoch's decision
+        callbacks.append(plateau)
     callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
                                is_chief=_is_chief(strategy), best_value=best,
-                               extra_eval=_train_eval(cfg, trained, admm, train_ds)))
+                               extra_eval=_train_eval(cfg, trained, admm), variables=run_state))
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
                                                  write_graph=False))
-    schedule = optimizer.inner_optimizer._learning_rate  # a ScaledSchedule
-    if cfg.lr_sched.startswith("plat"):  # plat,factor,threshold: driven by the validation loss
-        callbacks.append(schedule.callback())
-    callbacks.insert(0, NonFiniteGuard(_restorer(cfg, student, optimizer, admm), schedule.scale,
-                                       max_recoveries=cfg.nan_recover))
+    callbacks.insert(0, guard)
     if cfg.log_interval > 0:
         callbacks.append(BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             logger = next(cb for cb in callbacks if isinstance(cb, RunLogger))
+            _skip_iterations(train_ds, skipped)  # the custom loop: one iteration per epoch
             _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, initial_epoch, strategy,
                               loss, logger)
         else:
-            trained.fit(train_ds, validation_data=test_ds, epochs=cfg.epochs,
+            data, steps = _epoch_passes(train_ds, skipped)
+            trained.fit(data, validation_data=test_ds, epochs=cfg.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                         verbose=2 if cfg.log_interval <= 0 else 0)
     return student, admm, callbacks
@@ -895,7 +945,83 @@ def _float_model_saver(student, float_epochs: int, path: str):
     return _Saver()
 
 
-def _restorer(cfg, model, optimizer, admm):
+def _training_state(student, finetune, plateau) -> Dict[str, Any]:
+    """The training state a checkpoint holds beside the weights, the optimizer and ADMM's.
+
+    By checkpoint name: the random-seed states of the model's layers (dropout),
+    the fine-tuning callback's variables (once built), the plateau-lowered
+    rate and the plateau callback's counters. The learning-rate scale and the
+    NaN recoveries are not in it: a NaN recovery restores this, not those.
+    """
+    state = {}
+    weights = {id(w) for w in student.weights}
+    seeds = [v for v in student.variables if id(v) not in weights
+             and v.name.endswith("seed_generator_state")]  # not the metrics' variables
+    state.update((f"seed/{i}", v) for i, v in enumerate(seeds))
+    if finetune is not None and finetune.slots:
+        state.update((f"finetune/{k}", v) for k, v in finetune.checkpoint_variables().items())
+    if plateau is not None:
+        state["lr/plateau"] = plateau.schedule.variable
+        state.update((f"plateau/{k}", v) for k, v in plateau.checkpoint_variables().items())
+    return state
+
+
+def _skip_iterations(dataset, count: int) -> None:
+    """Moves ``dataset`` on by ``count`` iterations, as the iterations of skipped epochs.
+
+    Each iteration of a seeded training split is shuffled and augmented anew:
+    its seed generators move on when an iterator is made. The iterators made
+    here are dropped at once, their elements unused.
+    """
+    for _ in range(count):
+        iter(dataset)
+
+
+_ITERATIONS_PER_EPOCH = 2  # of the training split, by fit (see _epoch_passes)
+
+
+def _epoch_passes(dataset, skipped_epochs: int = 0):
+    """What ``fit`` reads, ``(data, steps_per_epoch)``: epoch ``e`` is iteration ``2e`` of ``dataset``.
+
+    Each iteration of a seeded dataset has its own order (and augmentation).
+    ``fit`` on the dataset itself makes iterators as its version sees fit (in
+    Keras 3: one at each epoch's start, and the next epoch's ahead of time,
+    never read), so which iteration epoch ``e`` reads is up to Keras. Here the
+    dataset is read through one endless dataset that ``fit`` iterates once
+    (``steps_per_epoch`` = the dataset's length): epoch ``e`` reads iteration
+    ``2e`` and iteration ``2e + 1`` is made and dropped (one batch made, unused),
+    the order Keras 3's own gives (so fresh runs read their data as before). A
+    run resumed at epoch ``k`` first moves the dataset on by ``2k`` iterations:
+    its epochs read what the uninterrupted run's read. A dataset of unknown
+    length is given to ``fit`` as it is (a resumed run's data order is then
+    not the uninterrupted run's).
+
+    Args:
+        dataset: the batched training split (finite).
+        skipped_epochs: the epochs a resumed run starts after.
+
+    Returns:
+        ``(data, steps_per_epoch)`` for ``fit``.
+    """
+    import tensorflow as tf
+
+    steps = int(dataset.cardinality())
+    if steps <= 0:
+        if skipped_epochs:
+            logging.warning("The training data has no known length: the resumed run reads its "
+                            "epochs in another order than the uninterrupted run.")
+        return dataset, None
+    _skip_iterations(dataset, _ITERATIONS_PER_EPOCH * skipped_epochs)
+
+    def one_pass(i):  # i = 0: an epoch's data; i = 1: an iteration made and dropped
+        read = tf.equal(i, 0)
+        return dataset.take(tf.where(read, tf.constant(-1, tf.int64), 1)).filter(lambda *_: read)
+
+    passes = tf.data.Dataset.range(_ITERATIONS_PER_EPOCH).repeat().flat_map(one_pass)
+    return passes, steps
+
+
+def _restorer(cfg, model, optimizer, admm, variables):
     from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.run_logger import LATEST
 
@@ -903,7 +1029,8 @@ def _restorer(cfg, model, optimizer, admm):
         path = os.path.join(cfg.logdir, LATEST)
         if not os.path.isfile(path):
             return False
-        load_checkpoint(path, model, optimizer, admm.state if admm else None)
+        load_checkpoint(path, model, optimizer, admm.state if admm else None,
+                        variables=variables())
         return True
 
     return restore
@@ -920,9 +1047,16 @@ def _finalized_other(callbacks, student):
     return clone
 
 
-def _train_eval(cfg, trained, admm, train_ds):
+def _train_eval(cfg, trained, admm):
+    """``eval_tr``'s training-set evaluation, on its own copy of the split.
+
+    Evaluating on the training dataset itself would move its shuffling on by
+    iterations ``fit`` does not make, so a resumed run would read its epochs in
+    another order than the uninterrupted run.
+    """
     if not cfg.eval_tr:
         return None
+    train_ds, _ = _load_split(cfg, "train")
 
     def evaluate(epoch):
         saved = None
