@@ -53,6 +53,7 @@ class RunLogger(keras.callbacks.Callback):
         extra_eval: optional ``f(epoch) -> dict`` of more metrics (e.g. the
             training-set accuracy for ``eval_tr``).
         best_value: best monitored value so far (when resuming).
+        log_epochs: log one line per epoch (False where Keras's ``fit`` prints its own).
         variables: optional callable returning further run state to
             checkpoint, ``{name: variable}`` (see ``save_checkpoint``).
     """
@@ -68,8 +69,10 @@ class RunLogger(keras.callbacks.Callback):
         extra_eval: Optional[Callable[[int], dict]] = None,
         best_value: float = -math.inf,
         variables: Optional[Callable[[], Mapping[str, Any]]] = None,
+        log_epochs: bool = True,
     ):
         super().__init__()
+        self.log_epochs = log_epochs
         self.logdir = logdir
         self.optimizer = optimizer
         self.admm_state = admm_state
@@ -121,6 +124,8 @@ class RunLogger(keras.callbacks.Callback):
         if self.save_every and (epoch + 1) % self.save_every == 0:
             save(f"epoch_{epoch + 1:04d}.ckpt.npz")
         save(LATEST)  # last: what a resumed run continues from
+        if not self.log_epochs:  # Keras's own line shows the epoch
+            return
         logging.info(
             "epoch %d: %s",
             epoch + 1,
@@ -181,3 +186,16 @@ class BatchLogger(keras.callbacks.Callback):
         if (batch + 1) % self.interval == 0 and logs:
             logging.info("batch %d: %s", batch + 1,
                          ", ".join(f"{k}={float(v):.4f}" for k, v in logs.items()))
+
+
+class ConsoleLogs(keras.callbacks.Callback):
+    """Drops the per-layer entries (keys with "/") from the logs Keras prints.
+
+    Place it after the callbacks that record them (``RunLogger``, TensorBoard):
+    Keras's progress line, which runs after every callback given to ``fit``,
+    then shows one readable line per epoch.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in [k for k in (logs or {}) if "/" in k]:
+            del logs[key]

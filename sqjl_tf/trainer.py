@@ -23,6 +23,7 @@ import math
 import os
 import pickle
 import shutil
+import sys
 import zipfile
 from typing import Any, Dict, Optional, Sequence
 
@@ -112,7 +113,7 @@ class TrainConfig:
         for name in ("prune", "quant", "kdtemp", "float_epochs", "prune_to", "weightbits",
                      "from_run"):
             if getattr(self, name, None):
-                bad(name, getattr(self, name), f"unset with --target_rate (the pipeline's "
+                bad(name, getattr(self, name), "unset with --target_rate (the pipeline's "
                     "stages set it)")
 
     def validate(self) -> None:
@@ -837,7 +838,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
 
     from sqjl_tf.checkpoint import load_checkpoint, state_names
     from sqjl_tf.guards import NonFiniteGuard
-    from sqjl_tf.run_logger import BatchLogger, RunLogger, truncate_metrics
+    from sqjl_tf.run_logger import BatchLogger, ConsoleLogs, RunLogger, truncate_metrics
 
     student = model
     admm = finetune = None
@@ -905,11 +906,16 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
                                           os.path.join(cfg.logdir, "model_float.keras")))
     if plateau is not None:  # before the logger: the checkpoint holds the epoch's decision
         callbacks.append(plateau)
+    # One line per epoch: Keras's (a progress bar on a terminal), else the RunLogger's.
+    fit_is_silent = cfg.log_interval > 0 or isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy)
     callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
                                is_chief=_is_chief(strategy), best_value=best,
-                               extra_eval=_train_eval(cfg, trained, admm), variables=run_state))
+                               extra_eval=_train_eval(cfg, trained, admm), variables=run_state,
+                               log_epochs=fit_is_silent))
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
                                                  write_graph=False))
+    callbacks.append(ConsoleLogs())  # per-layer entries: metrics.jsonl and TensorBoard only
     callbacks.insert(0, guard)
     if cfg.log_interval > 0:
         callbacks.append(BatchLogger(cfg.log_interval))
@@ -923,7 +929,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
             data, steps = _epoch_passes(train_ds, skipped)
             trained.fit(data, validation_data=test_ds, epochs=cfg.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                        verbose=2 if cfg.log_interval <= 0 else 0)
+                        verbose=0 if fit_is_silent else 1 if sys.stdout.isatty() else 2)
     return student, admm, callbacks
 
 

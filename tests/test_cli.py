@@ -143,7 +143,7 @@ def test_pretrain_writes_a_dense_model(dense_lenet):
     assert record["test_accuracy"] > 0.5
 
 
-def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path):
+def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, capfd):
     dense_dir, _ = dense_lenet
     logdir = str(tmp_path / "c")
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
@@ -155,6 +155,10 @@ def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path):
     compressed = keras.models.load_model(files["keras"])
     lines = [json.loads(l) for l in open(os.path.join(logdir, "metrics.jsonl"))]
     assert lines[-1]["compression_rate"] > 100 and "bits/conv1/kernel" in lines[-1]
+    printed = capfd.readouterr()
+    console = printed.out + printed.err
+    assert "bits/conv1" not in console  # per-layer details: metrics.jsonl, not the console
+    assert console.count("compression_rate: ") == 2  # one line per epoch
     x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype("float32")
     reloaded = tf.saved_model.load(files["saved_model"])
     np.testing.assert_allclose(reloaded.serve(x).numpy(), compressed.predict(x, verbose=0),
