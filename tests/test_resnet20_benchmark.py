@@ -1,0 +1,85 @@
+"""Smoke run of the Fashion-MNIST ResNet-20 benchmark: sqjl_tf.compress against TFMOT.
+
+The benchmark (experiments/fashion_mnist_resnet20/benchmark.py) runs end to end on the
+tiny generated Fashion-MNIST at one budget. Its TFMOT runs (own legacy-Keras processes)
+are left out when `tensorflow_model_optimization` or `tf_keras` is not installed (CI
+installs only `.[test]`); the modules are looked up with `importlib.util.find_spec`,
+not imported, as in test_tfmot_baseline.py.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "benchmark.py")
+HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+NNZ, BITS = 0.04, 3  # ~270x
+
+
+def test_bad_flag_is_one_line_before_any_work(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, SCRIPT, "--budgets=0.04:9", f"--out_dir={out}"],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "Invalid value for flag `--budgets`" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow  # minutes on 2 busy CPU cores: every Keras fit traces ResNet-20 anew
+def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
+    out = tmp_path / "results"
+    cmd = [sys.executable, SCRIPT, f"--data_dir={fashion_mnist_dir}", "--pretrain_epochs=1",
+           "--epochs=3", f"--budgets={NNZ}:{BITS}", "--batch_size=128", f"--out_dir={out}",
+           "--jobs=2", "--check_images=64"]
+    if not HAVE_TFMOT:
+        cmd.append("--notfmot")
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for ext in ("md", "json", "png"):
+        assert (out / f"fashion_mnist_resnet20.{ext}").is_file()
+    result = json.loads((out / "fashion_mnist_resnet20.json").read_text())
+    rows = result["rows"]
+    expected = {("sqjl_tf", None)}
+    if HAVE_TFMOT:
+        expected |= {("TFMOT", "uniform"), ("TFMOT", "practitioner")}
+    assert {(r["method"], r["variant"] if r["method"] == "TFMOT" else None)
+            for r in rows} == expected
+    budget_rate = 32 * 270608 / rows[0]["budget_bits"]
+    for row in rows:
+        assert (row["nnz_budget"], row["bit_budget"]) == (NNZ, BITS)
+        assert row["within_budget"] and row["size_bits"] <= row["budget_bits"], row["method"]
+        assert row["rate"] >= budget_rate * (1 - 1e-9)
+        assert 1 < row["file_rate"] < row["rate"]  # BatchNorm and positions cost bytes
+        assert row["empty_layers"] == [] and all(layer["nnz"] > 0 for layer in row["layers"])
+        assert len(row["layers"]) == 22 and row["epochs"] == 3
+        assert 0 <= row["accuracy"] <= 1
+    for row in rows:
+        if row["method"] == "TFMOT":  # the tf_keras copy of the dense model is the same model
+            check = row["transfer_check"]
+            assert check["images"] == 64 and check["max_abs_logit_diff"] < 1e-3
+            assert check["accuracy_tf_keras"] == check["accuracy_keras3"]
+            assert abs(row["accuracy"] - row["accuracy_tf_keras"]) <= 1 / 128
+        if row["variant"] == "practitioner":
+            first, last = row["layers"][0], row["layers"][-1]
+            assert first["nnz"] == first["size"]  # too small for TFMOT to cluster: float
+            assert last["density"] > 0.99  # 256 clusters, one of them zero
+            assert first["bits"] <= 8 and last["bits"] <= 8
+    table = (out / "fashion_mnist_resnet20.md").read_text()
+    assert "| sqjl_tf compress | 0.04, 3 |" in table and "learned allocation" in table
+    # The same command again reuses every finished run: the same table, nothing trained.
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "reusing the finished run" in proc.stderr
+    assert (out / "fashion_mnist_resnet20.md").read_text() == table
+    # Another epoch budget in the same folder is refused, in one line, before any work.
+    proc = subprocess.run(cmd + ["--epochs=4"], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--out_dir" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
