@@ -5,7 +5,9 @@ must raise a ValueError before allocating what it declares. Each group of
 files is loaded in one child process (TensorFlow and NumPy allocate outside
 Python, so only the process's peak resident memory tells): the child reports
 its peak after each file and the parent reads the child's own peak from
-``os.wait4``; both stay under 1 GiB (TensorFlow itself takes ~0.6 GiB).
+``os.wait4``. What a loader may add to the child's peak after TensorFlow, Keras and
+sqjl_tf are imported is bounded (256 MiB); the whole child stays under 1.5 GiB
+(importing TensorFlow alone peaks at 0.6-1.0 GiB, depending on the machine).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from sqjl_tf.export import compressed as fmt
 from sqjl_tf.export import load_compressed, save_compressed
 from sqjl_tf.models import convert
 
-_PEAK_KIB = 1 << 20  # 1 GiB, as ru_maxrss counts on Linux
+_PEAK_KIB = 3 << 19  # 1.5 GiB, as ru_maxrss counts on Linux: the whole child
+_GROWTH_KIB = 1 << 18  # 256 MiB: what loading a file may add to the peak after the imports
 _HUGE = 10 ** 6  # a Dense of _HUGE x _HUGE float32 weights: 4 TB
 
 
@@ -39,6 +42,10 @@ _HUGE = 10 ** 6  # a Dense of _HUGE x _HUGE float32 weights: 4 TB
 
 _CHILD = r'''
 import json, resource, sys, time, traceback
+
+import keras, tensorflow  # noqa: F401 - the imports' peak is the baseline
+import sqjl_tf.checkpoint, sqjl_tf.export, sqjl_tf.models.convert  # noqa: F401
+print(json.dumps({"baseline_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 def load_sqjl(path):
     from sqjl_tf.export import load_compressed
@@ -83,11 +90,16 @@ def _load_in_child(cases, tmp_path):
             child.returncode = 0  # reaped by wait4
     text = out_path.read_text(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text[-5000:]
-    reports = {}
+    reports, baseline = {}, None
     for line in text.splitlines():
+        if line.startswith('{"baseline_kib"'):
+            baseline = json.loads(line)["baseline_kib"]
         if line.startswith('{"name"'):
             report = json.loads(line)
             reports[report["name"]] = report
+    assert baseline is not None, text[-5000:]
+    for report in reports.values():
+        report["growth_kib"] = report["peak_kib"] - baseline
     assert set(reports) == {name for name, _, _ in cases}, text[-5000:]
     return reports, usage.ru_maxrss
 
@@ -96,7 +108,7 @@ def _assert_refused(report, needle):
     assert report["error"] == "ValueError", report["message"]
     assert "Invalid value for argument `" in report["message"], report["message"]
     assert needle in report["message"], report["message"]
-    assert report["peak_kib"] < _PEAK_KIB, report
+    assert report["growth_kib"] < _GROWTH_KIB and report["peak_kib"] < _PEAK_KIB, report
     assert report["seconds"] < 30, report
 
 
@@ -204,12 +216,12 @@ def sqjl_reports(tmp_path_factory):
         ("not_a_model", "not a Keras model"),
     ],
 )
-def test_crafted_sqjl_is_refused_under_1gb(sqjl_reports, name, needle):
+def test_crafted_sqjl_is_refused_within_bounded_memory(sqjl_reports, name, needle):
     reports, _ = sqjl_reports
     _assert_refused(reports[name], needle)
 
 
-def test_valid_sqjl_loads_in_the_child_and_the_child_stays_under_1gb(sqjl_reports):
+def test_valid_sqjl_loads_in_the_child_within_bounded_memory(sqjl_reports):
     reports, peak = sqjl_reports
     assert reports["valid"]["error"] is None, reports["valid"]["message"]
     assert peak < _PEAK_KIB, peak
@@ -318,12 +330,12 @@ def npz_reports(tmp_path_factory):
         ("deflate_bomb", "unpacks to"),
     ],
 )
-def test_crafted_npz_is_refused_under_1gb(npz_reports, name, needle):
+def test_crafted_npz_is_refused_within_bounded_memory(npz_reports, name, needle):
     reports, _ = npz_reports
     _assert_refused(reports[name], needle)
 
 
-def test_valid_checkpoint_loads_in_the_child_and_the_child_stays_under_1gb(npz_reports):
+def test_valid_checkpoint_loads_in_the_child_within_bounded_memory(npz_reports):
     reports, peak = npz_reports
     assert reports["valid"]["error"] is None, reports["valid"]["message"]
     assert peak < _PEAK_KIB, peak
