@@ -20,8 +20,8 @@ import numpy as np
 from absl import logging
 
 from sqjl_tf.budget import CompressionReport, compression_report
+from sqjl_tf.run_logger import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 STAGES_DIR = "stages"
 ALLOCATION_PNG = "allocation.png"
 ALLOCATION_MD = "allocation.md"
