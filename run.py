@@ -14,6 +14,7 @@ before any work.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -214,37 +215,30 @@ def main(argv):
     _start_tensorflow_quietly()  # no CPU-only start-up notes from TF's C++ on stderr
     from sqjl_tf import trainer
 
-    mode = "evaluate" if FLAGS.evaluate else FLAGS.mode
     try:
-        trainer.run(
-            mode=mode, dataset=_given("dataset"), data_dir=FLAGS.data_dir,
-            arch=_explicit("arch"),
-            workers=FLAGS.workers, epochs=FLAGS.epochs, warmupT=FLAGS.warmupT,
-            start_epoch=FLAGS.start_epoch, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-            lr_sched=FLAGS.lr_sched, bit_budget=FLAGS.bit_budget, nnz_budget=FLAGS.nnz_budget,
-            momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, rho=FLAGS.rho,
-            rho_growth=FLAGS.rho_growth,
-            gclip=FLAGS.gclip, projint=FLAGS.projint, dualint=FLAGS.dualint,
-            pretrain=FLAGS.pretrain, logdir=FLAGS.logdir, save_every=FLAGS["save-every"].value,
-            mgpu=FLAGS.mgpu, log_interval=FLAGS.log_interval, seed=FLAGS.seed,
-            eval_tr=FLAGS.eval_tr, prox=FLAGS.prox, dp=FLAGS.dp, quant=FLAGS.quant,
-            prune=FLAGS.prune, bwlb=FLAGS.bwlb, bits_epoch=FLAGS.bits_epoch,
-            kdtemp=FLAGS.kdtemp, teacher=FLAGS.teacher, optim=FLAGS.optim.lower(), fixedbits=FLAGS.fixedbits,
-            weightbits=_int_list("weightbits", FLAGS.weightbits),
-            float_epochs=FLAGS.float_epochs, keep_support=FLAGS.keep_support,
-            train_centres=FLAGS.train_centres,
-            prune_to=_int_list("prune_to", FLAGS.prune_to), prune_epochs=FLAGS.prune_epochs,
-            from_run=FLAGS.from_run,
-            overwrite=FLAGS.overwrite,
-            export=tuple(FLAGS.export), limit=FLAGS.limit, image_size=FLAGS.image_size,
-            nan_recover=FLAGS.nan_recover, importance=FLAGS.importance,
-            target_rate=FLAGS.target_rate,
-        )
+        trainer.run(**_run_arguments(trainer.TrainConfig))
     except (trainer.UsageError, FileNotFoundError) as err:  # before anything is written
         _usage_error(err)
     except FloatingPointError as err:  # NonFiniteLossError: the message names epoch and batch
         logging.error("%s", err)
         sys.exit(1)
+
+
+def _run_arguments(config_class) -> dict:
+    """The flags' values by ``TrainConfig`` field: a flag of the field's name, or as below."""
+    special = {
+        "mode": "evaluate" if FLAGS.evaluate else FLAGS.mode,
+        "dataset": _given("dataset"),
+        "arch": _explicit("arch"),
+        "save_every": FLAGS["save-every"].value,
+        "optim": FLAGS.optim.lower(),
+        "weightbits": _int_list("weightbits", FLAGS.weightbits),
+        "prune_to": _int_list("prune_to", FLAGS.prune_to),
+        "export": tuple(FLAGS.export),
+    }
+    names = [field.name for field in dataclasses.fields(config_class)]
+    assert all(n in special or n in FLAGS for n in names), "a TrainConfig field has no flag"
+    return {n: special[n] if n in special else FLAGS[n].value for n in names}
 
 
 def _parse_flags(argv):

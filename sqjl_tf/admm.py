@@ -91,25 +91,30 @@ class ADMMConfig:
                 f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
             )
 
+        def number(value) -> float:  # NaN for what is not a real number
+            if isinstance(value, bool):
+                return math.nan
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return math.nan
+
         if self.mode not in MODES:
-            bad("mode", self.mode, f"one of {MODES}")
+            bad("mode", self.mode, f"one of {', '.join(MODES)}")
         if self.importance not in IMPORTANCES:
-            bad("importance", self.importance, f"one of {IMPORTANCES}")
-        nnz = float(self.nnz_budget)
-        if not (math.isfinite(nnz) and 0 < nnz <= 1):
+            bad("importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
+        if not 0 < number(self.nnz_budget) <= 1:
             bad("nnz_budget", self.nnz_budget, "a float in (0, 1]")
-        bits = float(self.bit_budget)
-        if not (math.isfinite(bits) and 1 <= bits <= MAX_BITS):
+        if not 1 <= number(self.bit_budget) <= MAX_BITS:
             bad("bit_budget", self.bit_budget, f"a number in [1, {MAX_BITS}]")
-        rho = float(self.rho)
-        if not (math.isfinite(rho) and rho > 0):
+        if not (math.isfinite(number(self.rho)) and number(self.rho) > 0):
             bad("rho", self.rho, "a finite float > 0")
-        growth = float(self.rho_growth)
-        if not (math.isfinite(growth) and growth >= 1):
+        if not (math.isfinite(number(self.rho_growth)) and number(self.rho_growth) >= 1):
             bad("rho_growth", self.rho_growth, "a finite float >= 1 (1: constant rho)")
         for name in ("projint", "dualint"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, np.integer)) and value >= 0):
+            if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                    and value >= 0):
                 bad(name, value, "an integer >= 0 (0: once per epoch)")
         if (self.projint == 0) != (self.dualint == 0) or (
             self.projint and self.dualint % self.projint

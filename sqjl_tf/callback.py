@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+import dataclasses
+from typing import Any, Callable, List, Optional
 
 import keras
 import numpy as np
@@ -32,23 +33,16 @@ class ADMMCallback(keras.callbacks.Callback):
         nnz_budget: fraction of nonzeros kept, in (0, 1].
         bit_budget: average bits per kept weight, in [1, 8].
         rho: ADMM penalty (at the start; see ``rho_growth``).
-        projint: batches between sparse projections (0: once per epoch).
-        dualint: batches between dual updates (0: once per epoch).
-        mode: "joint", "prune" or "quant".
-        bwlb: lowest bit width.
-        fixedbits: keep ``floor(bit_budget)`` bits everywhere.
-        bits_epoch: epochs after which the widths stop changing.
-        prox: proximal update (recommended) or penalty gradient.
-        importance: "magnitude" (the paper's w^2) or "fisher" (w^2 times the
-            moving average of the squared gradient) in the sparse projection.
-        rho_growth: factor on rho at each epoch end (1: constant, the reference).
-        unit_floor: a layer the budget's ranking leaves with fewer nonzeros
-            than output units keeps the largest weight feeding each unit, so
-            no layer is pruned to zero (False: the reference's plain ranking).
         predicate: ``f(layer, variable) -> bool | None`` choosing the kernels:
             True adds a weight, False leaves it out, None keeps the default.
         validate_finalized: evaluate the finalised model during ``fit``.
         per_layer_logs: add bits/nnz/residual of every layer to the logs.
+        **options: any other field of :class:`~sqjl_tf.admm.ADMMConfig`, by name
+            (e.g. ``projint``, ``dualint``, ``mode``, ``rho_growth``; its
+            docstring describes each).
+
+    Raises:
+        ValueError: on an invalid value, or a name that is not an option.
 
     Example:
         >>> cb = sqjl_tf.ADMMCallback(nnz_budget=0.02, bit_budget=3, rho=0.05)
@@ -63,36 +57,20 @@ class ADMMCallback(keras.callbacks.Callback):
         nnz_budget: float = 1.0,
         bit_budget: float = 8,
         rho: float = 1e-3,
-        projint: int = 0,
-        dualint: int = 0,
-        mode: str = "joint",
-        bwlb: int = 1,
-        fixedbits: bool = False,
-        bits_epoch: Optional[int] = None,
-        prox: bool = True,
-        importance: str = "magnitude",
-        rho_growth: float = 1.0,
-        unit_floor: bool = True,
+        *,
         predicate: Optional[Callable] = None,
         validate_finalized: bool = True,
         per_layer_logs: bool = True,
+        **options: Any,
     ):
         super().__init__()
-        self.config = ADMMConfig(
-            nnz_budget=nnz_budget,
-            bit_budget=bit_budget,
-            rho=rho,
-            rho_growth=rho_growth,
-            projint=projint,
-            dualint=dualint,
-            mode=mode,
-            bwlb=bwlb,
-            fixedbits=fixedbits,
-            bits_epoch=bits_epoch,
-            prox=prox,
-            importance=importance,
-            unit_floor=unit_floor,
-        )
+        known = {f.name for f in dataclasses.fields(ADMMConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"Invalid keyword argument(s) for `ADMMCallback`: {', '.join(unknown)}. "
+                f"Expected fields of ADMMConfig: {', '.join(sorted(known))}.")
+        self.config = ADMMConfig(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=rho, **options)
         self.predicate = predicate
         self.validate_finalized = validate_finalized
         self.per_layer_logs = per_layer_logs

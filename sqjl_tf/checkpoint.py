@@ -6,9 +6,8 @@ resume), the ADMM state (V, U, bits, nnz, schedule position), any further named
 run state (``variables``: the learning-rate scale, a plateau-lowered rate, the
 fine-tuning callback's shadows, masks, codebooks and schedule, the layers'
 random-seed states) and a JSON metadata record. It is written to a temporary
-file (``.tmp-*.npz``) in the same folder and renamed over the target, so a crash
-during a save leaves the previous checkpoint intact and loadable; a save killed
-outright leaves its temporary file, which :func:`remove_temporaries` deletes.
+file in the same folder and renamed over the target (:mod:`sqjl_tf._files`), so a
+crash during a save leaves the previous checkpoint intact and loadable.
 
 Example:
     >>> save_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state, {"epoch": 3},
@@ -21,17 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 from absl import logging
 
+from sqjl_tf._files import atomic_path
 from sqjl_tf._npz import check_sizes
 
 _FORMAT = "sqjl_tf.checkpoint/1"  # "state/" entries are new, and optional: still version 1
-_TMP_PREFIX, _TMP_SUFFIX = ".tmp-", ".npz"
 _STATE = "state/"
 
 
@@ -88,48 +86,9 @@ def save_checkpoint(
     meta = {"format": _FORMAT, "num_model_weights": len(model.weights)}
     meta.update(metadata or {})
     arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return path
-
-
-def remove_temporaries(folder: str) -> List[str]:
-    """Deletes the temporary files of saves that were killed in ``folder``.
-
-    :func:`save_checkpoint` removes its temporary file when a save fails, but a
-    process killed during a save (SIGKILL, a power cut) leaves it behind. Call
-    this when no save can be under way in ``folder`` (a run holding its lock,
-    at its start).
-
-    Args:
-        folder: a folder checkpoints are written to (need not exist).
-
-    Returns:
-        The names of the files deleted.
-    """
-    if not os.path.isdir(folder):
-        return []
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX) and os.path.isfile(path):
-            os.remove(path)
-            removed.append(name)
-    if removed:
-        logging.info("Removed %d temporary file(s) of interrupted saves in %s: %s",
-                     len(removed), folder, ", ".join(removed))
-    return removed
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

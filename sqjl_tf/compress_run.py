@@ -10,7 +10,6 @@ start) and, once all are done, only measures and exports the result again.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any, Dict
@@ -19,12 +18,9 @@ import keras
 import numpy as np
 from absl import logging
 
+from sqjl_tf._files import atomic_path, write_text
 from sqjl_tf.budget import CompressionReport, compression_report
-from sqjl_tf.run_logger import METRICS_FILE
-
-STAGES_DIR = "stages"
-ALLOCATION_PNG = "allocation.png"
-ALLOCATION_MD = "allocation.md"
+from sqjl_tf.rundir import RunDir
 
 
 class _EpochRecords(keras.callbacks.Callback):
@@ -99,9 +95,9 @@ def _plot_allocation(report: CompressionReport, path: str) -> bool:
     ax_density.set_xlabel("density (nonzeros / weights)")
     fig.suptitle(f"Learned allocation: {report.compression_rate:.0f}x (weight codes)")
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
     return True
 
 
@@ -124,26 +120,25 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
     """
     from sqjl_tf.pipeline import compress
 
-    logdir = cfg.logdir
-    callbacks = [_EpochRecords(os.path.join(logdir, METRICS_FILE)),
-                 keras.callbacks.TensorBoard(os.path.join(logdir, "tensorboard"),
+    run_dir = RunDir(cfg.logdir)
+    callbacks = [_EpochRecords(run_dir.file(RunDir.METRICS)),
+                 keras.callbacks.TensorBoard(run_dir.file(RunDir.TENSORBOARD),
                                              write_graph=False)]
     result = compress(
         model, train_ds, test_ds, target_rate=cfg.target_rate, epochs=cfg.epochs,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.seed,
-        callbacks=callbacks, workdir=os.path.join(logdir, STAGES_DIR),
+        callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
         verbose=1 if sys.stdout.isatty() else 2)
     compressed = result.model
     files = export(cfg, compressed)
     scores = accuracy(compressed, test_ds)
     report = compression_report(compressed, file_sizes=True)
     table = allocation_table(report)
-    with open(os.path.join(logdir, ALLOCATION_MD), "w") as f:
-        f.write(table)
-    files["allocation_table"] = os.path.join(logdir, ALLOCATION_MD)
-    if _plot_allocation(report, os.path.join(logdir, ALLOCATION_PNG)):
-        files["allocation_png"] = os.path.join(logdir, ALLOCATION_PNG)
+    files["allocation_table"] = run_dir.file(RunDir.ALLOCATION_MD)
+    write_text(files["allocation_table"], table)
+    if _plot_allocation(report, run_dir.file(RunDir.ALLOCATION_PNG)):
+        files["allocation_png"] = run_dir.file(RunDir.ALLOCATION_PNG)
     record = {
         "mode": "compress",
         "target_rate": cfg.target_rate,
@@ -162,13 +157,11 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
         "file_bytes": report.file.total_bytes,
         "file_rate": report.file.real_rate,
     }
-    with open(os.path.join(logdir, "final.json.tmp"), "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(os.path.join(logdir, "final.json.tmp"), os.path.join(logdir, "final.json"))
-    logging.info("Learned allocation (%s):\n%s", ALLOCATION_MD, table)
+    run_dir.write_json(RunDir.FINAL, record)
+    logging.info("Learned allocation (%s):\n%s", RunDir.ALLOCATION_MD, table)
     logging.info("final: test_accuracy=%.4f compression_rate=%.1fx (weight codes; the file "
                  "%s is %d bytes, %.1fx smaller than float32) within_budget=%s",
                  record["test_accuracy"], record["compression_rate"],
-                 files.get("compressed", "model_compressed.sqjl"), record["file_bytes"],
+                 files.get("compressed", "(not exported)"), record["file_bytes"],
                  record["file_rate"], record["within_budget"])
     return record

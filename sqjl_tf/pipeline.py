@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf._copy import uncompiled_copy
+from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
 from sqjl_tf.callback import ADMMCallback
 from sqjl_tf.finetune import QuantizedFinetuneCallback
@@ -259,11 +260,9 @@ class _Stages:
         if not self.workdir:
             return
         weights, meta = self._paths(stage)
-        self.model.save_weights(weights + ".tmp.weights.h5")
-        os.replace(weights + ".tmp.weights.h5", weights)
-        with open(meta + ".tmp", "w") as f:
-            json.dump({**record, "signature": self.signature}, f)
-        os.replace(meta + ".tmp", meta)
+        with atomic_path(weights) as tmp:
+            self.model.save_weights(tmp)
+        write_json(meta, {**record, "signature": self.signature})
 
 
 def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, callbacks, verbose):

@@ -12,11 +12,9 @@ import keras
 import numpy as np
 from absl import logging
 
+from sqjl_tf._files import write_text
 from sqjl_tf.checkpoint import save_checkpoint
-
-METRICS_FILE = "metrics.jsonl"
-LATEST = "latest.ckpt.npz"
-BEST = "best.ckpt.npz"
+from sqjl_tf.rundir import RunDir
 
 
 def _plain(value):
@@ -105,7 +103,7 @@ class RunLogger(keras.callbacks.Callback):
         if not all(np.all(np.isfinite(w.numpy())) for w in self.model.weights):
             logging.error("epoch %d: non-finite weights; no checkpoint written.", epoch + 1)
             return
-        with open(os.path.join(self.logdir, METRICS_FILE), "a") as f:
+        with open(os.path.join(self.logdir, RunDir.METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
         value = logs.get(self.monitor)
         improved = value is not None and math.isfinite(float(value)) and value > self.best_value
@@ -120,10 +118,10 @@ class RunLogger(keras.callbacks.Callback):
                             meta, variables)
 
         if improved:
-            save(BEST)
+            save(RunDir.BEST)
         if self.save_every and (epoch + 1) % self.save_every == 0:
-            save(f"epoch_{epoch + 1:04d}.ckpt.npz")
-        save(LATEST)  # last: what a resumed run continues from
+            save(RunDir.epoch_checkpoint(epoch + 1))
+        save(RunDir.LATEST)  # last: what a resumed run continues from
         if not self.log_epochs:  # Keras's own line shows the epoch
             return
         logging.info(
@@ -149,7 +147,7 @@ def truncate_metrics(logdir: str, epochs: int) -> int:
     Returns:
         The number of lines dropped.
     """
-    path = os.path.join(logdir, METRICS_FILE)
+    path = os.path.join(logdir, RunDir.METRICS)
     if not os.path.isfile(path):
         return 0
     with open(path) as f:
@@ -164,12 +162,7 @@ def truncate_metrics(logdir: str, epochs: int) -> int:
             kept[epoch] = line
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = os.path.join(logdir, ".tmp-" + METRICS_FILE)  # a run's temporary (trainer.py)
-        with open(tmp, "w") as f:
-            f.writelines(kept[e] + "\n" for e in sorted(kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text(path, "".join(kept[e] + "\n" for e in sorted(kept)))
         logging.info("%s: dropped %d line(s) of epochs after epoch %d, which the checkpoint "
                      "holds (or repeated, or cut short).", path, dropped, epochs)
     return dropped

@@ -16,27 +16,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import pickle
-import shutil
 import sys
 import zipfile
 from typing import Any, Dict, Optional, Sequence
 
 from absl import logging
 
+from sqjl_tf._files import atomic_path
+from sqjl_tf._usage import UsageError
+from sqjl_tf.rundir import RunDir
+
 MODES = ("compress", "pretrain", "finetune", "evaluate")
 OPTIMIZERS = ("sgd", "adam")
 EXPORTS = ("keras", "saved_model", "compressed", "tflite")
-IMPORTANCES = ("magnitude", "fisher")  # as sqjl_tf.admm.IMPORTANCES (not imported: no TF here)
-
-
-class UsageError(ValueError):
-    """An invalid argument or combination of arguments (exit status 2 in ``run.py``)."""
 
 
 @dataclasses.dataclass
@@ -134,22 +131,16 @@ class TrainConfig:
             bad("mode", self.mode, f"one of {', '.join(MODES)}")
         if self.optim.lower() not in OPTIMIZERS:
             bad("optim", self.optim, f"one of {', '.join(OPTIMIZERS)}")
-        if not (finite(self.nnz_budget) and 0 < float(self.nnz_budget) <= 1):
-            bad("nnz_budget", self.nnz_budget, "a float in (0, 1]")
-        if not (finite(self.bit_budget) and 1 <= float(self.bit_budget) <= 8):
-            bad("bit_budget", self.bit_budget, "a number in [1, 8]")
-        if not (isinstance(self.bwlb, int) and 1 <= self.bwlb <= 8):
-            bad("bwlb", self.bwlb, "an integer in [1, 8]")
-        if self.mode == "compress" and not self.quant and not self.prune and self.bwlb > self.bit_budget:
-            bad("bwlb", self.bwlb, f"an integer <= bit_budget={self.bit_budget}")
-        for name in ("lr", "rho"):
-            value = getattr(self, name)
-            if not (finite(value) and float(value) > 0):
-                bad(name, value, "a finite float > 0")
+        if self.quant and self.prune:
+            bad("quant", self.quant, "not both --quant and --prune (use neither for joint compression)")
+        try:
+            _admm_config(self)  # the ADMM options: validated where they are defined
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if not (finite(self.lr) and float(self.lr) > 0):
+            bad("lr", self.lr, "a finite float > 0")
         if self.target_rate is not None:
             self._validate_target_rate(bad, finite)
-        if not (finite(self.rho_growth) and float(self.rho_growth) >= 1):
-            bad("rho_growth", self.rho_growth, "a finite float >= 1 (1: constant rho)")
         for name in ("momentum", "weight_decay", "gclip", "warmupT", "dp", "kdtemp"):
             value = getattr(self, name)
             if not (finite(value) and float(value) >= 0):
@@ -159,21 +150,12 @@ class TrainConfig:
         if not float(self.dp) < 1:
             bad("dp", self.dp, "a float in [0, 1)")
         for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 1), ("start_epoch", 0),
-                          ("image_size", 8), ("nan_recover", 0),
-                          ("save_every", 0), ("projint", 0), ("dualint", 0)):
+                          ("image_size", 8), ("nan_recover", 0), ("save_every", 0)):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
                 bad(name, value, f"an integer >= {low}")
         if self.start_epoch >= self.epochs:
             bad("start_epoch", self.start_epoch, f"an integer < epochs={self.epochs}")
-        if (self.projint == 0) != (self.dualint == 0) or (self.projint and self.dualint % self.projint):
-            bad("dualint", self.dualint, f"a multiple of projint={self.projint} (0 if projint is 0)")
-        if self.importance not in IMPORTANCES:
-            bad("importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
-        if self.quant and self.prune:
-            bad("quant", self.quant, "not both --quant and --prune (use neither for joint compression)")
-        if self.bits_epoch is not None and not (isinstance(self.bits_epoch, int) and self.bits_epoch >= 0):
-            bad("bits_epoch", self.bits_epoch, "an integer >= 0")
         if self.limit is not None and not (isinstance(self.limit, int) and self.limit > 0):
             bad("limit", self.limit, "a positive integer")
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
@@ -239,10 +221,25 @@ class TrainConfig:
             apps = [m for m in models if m.startswith("keras.")]
             bad("arch", self.arch, f"one of {', '.join(builtin)}, or keras.<Application> for a "
                 f"keras.applications model ({', '.join(apps)})")
-        _check_logdir(self)
+        if self.mode != "evaluate":
+            RunDir(self.logdir).check_writable()
 
 
 _DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}
+
+
+def _admm_config(cfg: TrainConfig):
+    """The ``ADMMConfig`` of a run: every field of it that ``TrainConfig`` has, by name.
+
+    An ADMM option is defined (and validated) once, in ``ADMMConfig``; a field
+    of the same name in ``TrainConfig`` and a flag in ``run.py`` expose it.
+    """
+    from sqjl_tf.admm import ADMMConfig
+
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ADMMConfig)
+               if f.name != "mode" and hasattr(cfg, f.name)}
+    return ADMMConfig(mode="quant" if cfg.quant else "prune" if cfg.prune else "joint",
+                      **options)
 
 
 def _resolved(cfg: TrainConfig) -> TrainConfig:
@@ -269,13 +266,13 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
              if getattr(cfg, name) is not None]
     if given:
         bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
-    final_file = os.path.join(cfg.from_run, "final.json")
-    ckpt = os.path.join(cfg.from_run, "latest.ckpt.npz")
-    config_file = os.path.join(cfg.from_run, "config.json")
-    if not all(os.path.isfile(f) for f in (config_file, final_file, ckpt)):
-        bad("a finished compression run's folder (with config.json, final.json and "
-            "latest.ckpt.npz)")
-    record = _json_object(final_file, bad)
+    run_dir = RunDir(cfg.from_run, "from_run")
+    ckpt = run_dir.file(RunDir.LATEST)
+    if not all(os.path.isfile(run_dir.file(n))
+               for n in (RunDir.CONFIG, RunDir.FINAL, RunDir.LATEST)):
+        bad(f"a finished compression run's folder (with {RunDir.CONFIG}, {RunDir.FINAL} and "
+            f"{RunDir.LATEST})")
+    record = run_dir.read_json(RunDir.FINAL, bad)
     bits, nnz = record.get("allocated_bits"), record.get("allocated_nnz")
     if record.get("mode") != "compress" or not bits or not nnz:
         bad("a joint compression run whose final.json has allocated_bits and allocated_nnz "
@@ -284,7 +281,7 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
                for v in (bits, nnz)):
         bad(f"a final.json whose allocated_bits and allocated_nnz are lists of integers "
             f"(found {bits!r} and {nnz!r})")
-    run_config = _json_object(config_file, bad)
+    run_config = run_dir.read_json(RunDir.CONFIG, bad)
     run_arch = run_config.get("arch", _DEFAULTS["arch"])
     if not isinstance(run_arch, str):
         bad(f"a config.json whose arch is a name (found {run_arch!r})")
@@ -295,35 +292,6 @@ def _resolved(cfg: TrainConfig) -> TrainConfig:
              if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, pretrain=ckpt, weightbits=[int(b) for b in bits],
                                prune_to=[int(n) for n in nnz], **taken)
-
-
-def _json_object(path: str, bad) -> Dict[str, Any]:
-    """The JSON object in the file ``path``; calls ``bad(expected)`` if it is not one."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
-        bad(f"a run folder whose {os.path.basename(path)} is valid JSON "
-            f"({type(err).__name__}: {err})")
-    if not isinstance(value, dict):
-        bad(f"a run folder whose {os.path.basename(path)} holds a JSON object (found "
-            f"{type(value).__name__})")
-    return value
-
-
-def _check_logdir(cfg: TrainConfig) -> None:
-    """The log folder must be creatable and writable (nothing is written yet)."""
-    if cfg.mode == "evaluate":
-        return
-    path = os.path.abspath(cfg.logdir)
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"Invalid value for argument `logdir`. Received: {cfg.logdir!r}. "
-            f"Expected a writable folder ('{probe}' is not writable)."
-        )
 
 
 # ---------------------------------------------------------------- building
@@ -506,109 +474,13 @@ def _metrics():
     ]
 
 
-# What a run writes into its folder: all that --overwrite may delete.
-_RUN_FILES = frozenset({
-    "config.json", "final.json", "metrics.jsonl", "latest.ckpt.npz", "best.ckpt.npz",
-    "tensorboard", "saved_model", "model_dense.keras", "model_compressed.keras",
-    "model_sparse.keras", "model_float.keras", "model_dense.sqjl", "model_compressed.sqjl",
-    "model_dense.tflite", "model_compressed.tflite", ".lock",
-    "stages", "allocation.md", "allocation.png",  # the one-call pipeline's (compress_run.py)
-})
-
-
-def _temporary(name: str) -> bool:
-    """Whether ``name`` is the temporary file of a save a run makes (left if it was killed)."""
-    return (name.startswith(".tmp-") or name.endswith((".tmp.keras", ".tflite.tmp"))
-            or (name.startswith(".model_") and name.endswith(".tmp")))
-
-
-def _run_owned(name: str) -> bool:
-    return name in _RUN_FILES or _temporary(name)
-
-
-def _remove_temporaries(logdir: str) -> None:
-    """Deletes the temporary files of saves a killed run left (the caller holds the lock)."""
-    from sqjl_tf.checkpoint import remove_temporaries
-
-    remove_temporaries(logdir)  # the checkpoints' .tmp-*.npz
-    for name in os.listdir(logdir):
-        path = os.path.join(logdir, name)
-        if _temporary(name) and os.path.isfile(path):
-            os.remove(path)
-            logging.info("Removed %s, left by an interrupted save.", path)
-
-
-def _check_overwrite(cfg: TrainConfig) -> None:
-    """``--overwrite`` deletes only a run's own files: a folder holding others is refused."""
-    if not cfg.overwrite or not os.path.isdir(cfg.logdir):
-        return
-    foreign = sorted(n for n in os.listdir(cfg.logdir) if not _run_owned(n))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise UsageError(
-            f"Invalid value for argument `overwrite`. Received: True for logdir={cfg.logdir!r}, "
-            f"which holds files no run writes ({shown}). Expected a run folder; nothing was "
-            "deleted. Choose another --logdir, or move those files out.")
-
+_FLOAT_KERAS = RunDir.model_file("model_float", ".keras")  # a float-first fine-tuning's
 
 # What a run is: resuming with another value of one of these is a different run (the
 # fine-tuning ones shape the state its checkpoints hold).
 _RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
                  "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
                  "keep_support", "train_centres")
-
-
-def _check_resume(cfg: TrainConfig) -> None:
-    """Resuming a run (its checkpoint exists) with another budget, mode, data or model is refused."""
-    from sqjl_tf.run_logger import LATEST
-
-    config_file = os.path.join(cfg.logdir, "config.json")
-    started_here = (os.path.isfile(os.path.join(cfg.logdir, LATEST))
-                    or os.path.isdir(os.path.join(cfg.logdir, "stages")))  # compress_run's
-    if cfg.overwrite or not started_here:
-        return
-    try:
-        with open(config_file) as f:
-            started = json.load(f)
-        assert isinstance(started, dict)
-    except (OSError, ValueError, AssertionError):
-        raise UsageError(
-            f"Invalid value for argument `logdir`. Received: {cfg.logdir!r}, which holds a "
-            "checkpoint but no readable config.json. Expected a run folder to resume; pass "
-            "--overwrite to start it again.") from None
-    for name in _RUN_IDENTITY:
-        before, now = started.get(name), getattr(cfg, name)
-        if isinstance(now, tuple):  # config.json holds lists
-            now = list(now)
-        if name in started and before != now and not (
-                isinstance(before, (int, float)) and isinstance(now, (int, float))
-                and math.isclose(before, now)):
-            raise UsageError(
-                f"Invalid value for argument `{name}`. Received: {now!r} on resuming the run in "
-                f"{cfg.logdir!r}, which was started with {before!r}. Expected the run's own "
-                "value; pass --overwrite to start it again, or another --logdir.")
-
-
-def _prepare_logdir(cfg: TrainConfig) -> Optional[str]:
-    """Creates the log folder, clears killed saves' files; returns the checkpoint to resume from.
-
-    Called by the chief, holding the folder's lock. ``--overwrite`` deletes the
-    run's files; otherwise the temporary files of interrupted saves go, and
-    ``latest.ckpt.npz`` is returned if there is one (None if not).
-    """
-    from sqjl_tf.run_logger import LATEST
-
-    os.makedirs(cfg.logdir, exist_ok=True)
-    latest = os.path.join(cfg.logdir, LATEST)
-    if cfg.overwrite:
-        _check_overwrite(cfg)  # again: the folder may have changed since the start
-        for name in os.listdir(cfg.logdir):
-            if _run_owned(name) and name != _LOCK:  # the lock is this run's own
-                path = os.path.join(cfg.logdir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        return None
-    _remove_temporaries(cfg.logdir)
-    return latest if os.path.isfile(latest) else None
 
 
 # ------------------------------------------------------------------- modes
@@ -631,8 +503,12 @@ def run(**kwargs: Any) -> Dict[str, Any]:
     arch_given = kwargs.get("arch") is not None  # else the default, or the pretrain file's
     cfg = _resolved(TrainConfig(**kwargs))
     cfg.validate()
-    _check_overwrite(cfg)
-    _check_resume(cfg)
+    run_dir = RunDir(cfg.logdir)
+    if cfg.mode != "evaluate":
+        if cfg.overwrite:
+            run_dir.check_overwrite()
+        else:
+            run_dir.check_resume(dataclasses.asdict(cfg), _RUN_IDENTITY)
     import keras
     import tensorflow as tf
 
@@ -664,8 +540,7 @@ def run(**kwargs: Any) -> Dict[str, Any]:
             "examples).")
     if not _is_chief(strategy):
         return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
-    os.makedirs(cfg.logdir, exist_ok=True)
-    with _locked(cfg.logdir):
+    with run_dir.locked():
         return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
 
 
@@ -686,66 +561,15 @@ def _load_split(cfg: TrainConfig, split: str):
         ) from err
 
 
-_LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def _locked(logdir: str):
-    """Holds ``logdir/.lock`` (this process's id) while a run writes there.
-
-    A second run on the same folder is a usage error; a lock left by a process
-    that no longer exists (a killed run) is taken over.
-    """
-    path = os.path.join(logdir, _LOCK)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder > 0 and holder != os.getpid() and _alive(holder):
-                raise UsageError(
-                    f"Invalid value for argument `logdir`. Received: {logdir!r}, where another "
-                    f"run (process {holder}) is writing. Expected a folder no other run uses; "
-                    "wait for it to end, or choose another --logdir.") from None
-            os.remove(path)  # stale: its process is gone
-    else:  # pragma: no cover - another process took the stale lock between our two tries
-        raise UsageError(f"Invalid value for argument `logdir`. Received: {logdir!r}, which "
-                         "another run has just locked. Expected a folder no other run uses.")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    try:
-        yield
-    finally:
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
     """Trains and finishes the run in its folder (the chief holds the folder's lock)."""
     steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
+    run_dir = RunDir(cfg.logdir)
     if _is_chief(strategy):
-        resume = _prepare_logdir(cfg)
-        with open(os.path.join(cfg.logdir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1, default=list)
+        resume = run_dir.prepare(cfg.overwrite)
+        run_dir.write_json(RunDir.CONFIG, dataclasses.asdict(cfg))
     else:  # other workers read the chief's checkpoint, never write
-        from sqjl_tf.run_logger import LATEST
-
-        latest = os.path.join(cfg.logdir, LATEST)
+        latest = run_dir.file(RunDir.LATEST)
         resume = latest if os.path.isfile(latest) and not cfg.overwrite else None
     with strategy.scope():
         if cfg.target_rate is not None:
@@ -778,17 +602,10 @@ def admm_callback(cfg: TrainConfig):
     """
     from sqjl_tf.callback import ADMMCallback
 
-    mode = "quant" if cfg.quant else "prune" if cfg.prune else "joint"
-    return ADMMCallback(
-        nnz_budget=cfg.nnz_budget, bit_budget=cfg.bit_budget, rho=cfg.rho,
-        rho_growth=cfg.rho_growth, projint=cfg.projint, dualint=cfg.dualint, mode=mode,
-        bwlb=cfg.bwlb, fixedbits=cfg.fixedbits,
-        bits_epoch=cfg.bits_epoch, prox=cfg.prox, importance=cfg.importance,
-        per_layer_logs=True,
-    )
+    return ADMMCallback(**dataclasses.asdict(_admm_config(cfg)), per_layer_logs=True)
 
 
-def load_admm_run(logdir: str, model=None, checkpoint: str = "latest.ckpt.npz"):
+def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
     """Loads a compression run's checkpoint: the model, its ADMM state and the metadata.
 
     Args:
@@ -813,8 +630,9 @@ def load_admm_run(logdir: str, model=None, checkpoint: str = "latest.ckpt.npz"):
 
     from sqjl_tf.checkpoint import load_checkpoint
 
-    config_file, ckpt = os.path.join(logdir, "config.json"), os.path.join(logdir, checkpoint)
-    saved = os.path.join(logdir, "model_compressed.keras")
+    run_dir = RunDir(logdir)
+    config_file, ckpt = run_dir.file(RunDir.CONFIG), run_dir.file(checkpoint)
+    saved = run_dir.file(RunDir.model_file("model_compressed", ".keras"))
     needed = [config_file, ckpt] + ([saved] if model is None else [])
     missing = [f for f in needed if not os.path.isfile(f)]
     if missing:
@@ -903,7 +721,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
     state_fn = (lambda: admm.state) if admm else (lambda: None)
     if cfg.mode == "finetune" and cfg.float_epochs and _is_chief(strategy) and "keras" in cfg.export:
         callbacks.append(_float_model_saver(student, cfg.float_epochs,
-                                          os.path.join(cfg.logdir, "model_float.keras")))
+                                          RunDir(cfg.logdir).file(_FLOAT_KERAS)))
     if plateau is not None:  # before the logger: the checkpoint holds the epoch's decision
         callbacks.append(plateau)
     # One line per epoch: Keras's (a progress bar on a terminal), else the RunLogger's.
@@ -913,7 +731,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
                                is_chief=_is_chief(strategy), best_value=best,
                                extra_eval=_train_eval(cfg, trained, admm), variables=run_state,
                                log_epochs=fit_is_silent))
-    callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.logdir, "tensorboard"),
+    callbacks.append(keras.callbacks.TensorBoard(RunDir(cfg.logdir).file(RunDir.TENSORBOARD),
                                                  write_graph=False))
     callbacks.append(ConsoleLogs())  # per-layer entries: metrics.jsonl and TensorBoard only
     callbacks.insert(0, guard)
@@ -1029,10 +847,9 @@ def _epoch_passes(dataset, skipped_epochs: int = 0):
 
 def _restorer(cfg, model, optimizer, admm, variables):
     from sqjl_tf.checkpoint import load_checkpoint
-    from sqjl_tf.run_logger import LATEST
 
     def restore() -> bool:
-        path = os.path.join(cfg.logdir, LATEST)
+        path = RunDir(cfg.logdir).file(RunDir.LATEST)
         if not os.path.isfile(path):
             return False
         load_checkpoint(path, model, optimizer, admm.state if admm else None,
@@ -1108,10 +925,12 @@ def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
     from sqjl_tf.budget import compression_report
     from sqjl_tf.layers import compressible_kernels
 
+    run_dir = RunDir(cfg.logdir)
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
     if sparse is not None and is_chief:  # pruned, full precision: a float-first fine-tuning's start
-        files["keras_sparse"] = _save_keras(sparse, os.path.join(cfg.logdir, "model_sparse.keras"))
-    float_path = os.path.join(cfg.logdir, "model_float.keras")
+        files["keras_sparse"] = _save_keras(
+            sparse, run_dir.file(RunDir.model_file("model_sparse", ".keras")))
+    float_path = run_dir.file(_FLOAT_KERAS)
     if cfg.mode == "finetune" and cfg.float_epochs and os.path.isfile(float_path):
         files["keras_float"] = float_path  # saved at the end of the full-precision phase
     scores = _accuracy(model, test_ds)
@@ -1141,8 +960,7 @@ def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
     if "tflite" in files:
         record["tflite_bytes"] = os.path.getsize(files["tflite"])
     if is_chief:
-        with open(os.path.join(cfg.logdir, "final.json"), "w") as f:
-            json.dump(record, f, indent=1)
+        run_dir.write_json(RunDir.FINAL, record)
     logging.info("compression report:\n%s", report)
     logging.info(
         "final: test_accuracy=%.4f test_top5=%.4f compression_rate=%.1fx size_bits=%d%s",
@@ -1169,32 +987,31 @@ def _accuracy(model, dataset) -> Dict[str, float]:
 
 def _export(cfg, model) -> Dict[str, str]:
     files = {}
+    run_dir = RunDir(cfg.logdir)
     name = "model_dense" if cfg.mode == "pretrain" else "model_compressed"
     if "keras" in cfg.export or cfg.mode == "pretrain":
-        files["keras"] = _save_keras(model, os.path.join(cfg.logdir, f"{name}.keras"))
+        files["keras"] = _save_keras(model, run_dir.file(RunDir.model_file(name, ".keras")))
     if "saved_model" in cfg.export:
-        files["saved_model"] = os.path.join(cfg.logdir, "saved_model")
-        if os.path.isdir(files["saved_model"]):
-            shutil.rmtree(files["saved_model"])
-        model.export(files["saved_model"], verbose=False)
+        files["saved_model"] = run_dir.file(RunDir.SAVED_MODEL)
+        with atomic_path(files["saved_model"], folder=True) as tmp:
+            model.export(tmp, verbose=False)
     if "compressed" in cfg.export and cfg.mode != "pretrain":
         from sqjl_tf.export import save_compressed
 
-        files["compressed"] = os.path.join(cfg.logdir, f"{name}.sqjl")
+        files["compressed"] = run_dir.file(RunDir.model_file(name, ".sqjl"))
         save_compressed(model, files["compressed"])
     if "tflite" in cfg.export:
         from sqjl_tf.export.tflite import save_tflite
 
-        files["tflite"] = os.path.join(cfg.logdir, f"{name}.tflite")
+        files["tflite"] = run_dir.file(RunDir.model_file(name, ".tflite"))
         save_tflite(model, files["tflite"])
     return files
 
 
 def _save_keras(model, path: str) -> str:
-    """Saves ``model`` to ``path`` through a temporary file (a good file is never half replaced)."""
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Saves ``model`` to ``path`` atomically (a good file is never half replaced)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
     return path
 
 

@@ -4,9 +4,27 @@ Session-scoped, so one per test process (pytest-xdist worker); tests read them a
 write into them.
 """
 
+import importlib.util
+import os
+import sys
+
 import pytest
 
 import fakedata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def run_py():
+    """run.py as a module, imported once per process: its absl flags are process-wide."""
+    name = "_sqjl_run_py"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "run.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """run.py and the trainer: reference flags, usage errors, and every mode end to end."""
 
+import dataclasses
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from fakedata import learnable_images
 
+import sqjl_tf
 from sqjl_tf import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -374,11 +376,19 @@ def test_trainer_usage_errors(kwargs, needle, tmp_path):
     assert not os.path.exists(tmp_path / "never")
 
 
-def test_trainer_offers_every_importance_admm_knows():
-    # trainer keeps its own copy so that flag checks need no TensorFlow import.
-    from sqjl_tf import admm
+def test_every_admm_option_reaches_the_callback_from_its_flag(run_py):
+    from sqjl_tf.admm import ADMMConfig
 
-    assert trainer.IMPORTANCES == admm.IMPORTANCES
+    chosen = dict(nnz_budget=0.3, bit_budget=5.0, rho=0.2, projint=3, dualint=6, bwlb=2,
+                  fixedbits=True, bits_epoch=4, prox=True, importance="fisher", rho_growth=1.25)
+    config = trainer.admm_callback(trainer.TrainConfig(prune=True, **chosen)).config
+    assert dataclasses.asdict(config) == dict(chosen, mode="prune", unit_floor=True)
+    flags_seen = set(run_py.FLAGS)
+    for field in dataclasses.fields(ADMMConfig):
+        if field.name not in ("mode", "unit_floor"):  # from --quant/--prune; the library's own
+            assert field.name in chosen and field.name in flags_seen, field.name
+    with pytest.raises(ValueError, match="keyword argument.*rho_grow\\b.*Expected fields"):
+        sqjl_tf.ADMMCallback(rho_grow=1.1)
 
 
 def test_missing_dataset_says_where_to_put_files(tmp_path):

@@ -4,7 +4,7 @@ import os
 import re
 import shlex
 
-from sqjl_tf import trainer
+from sqjl_tf.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PATH = re.compile(r"^[\w.-]+(/[\w.-]+)+/?$|^[\w-]+\.(keras|sqjl|sh|txt|json|h5|npz)$")
@@ -50,7 +50,7 @@ def test_every_file_a_readme_command_names_exists_or_is_written_before():
             if os.path.exists(os.path.join(ROOT, path)) or path.split("/")[0] in trees:
                 continue
             folder, name = os.path.split(path)
-            assert folder in written and name in trainer._RUN_FILES, (
+            assert folder in written and RunDir.owns(name), (
                 f"README command {' '.join(tokens)!r} names {path!r}, which is neither in the "
                 f"repository nor a run file of a folder an earlier command writes ({written})")
         written += _logdirs(tokens)

@@ -18,7 +18,8 @@ from fakedata import write_fashion_mnist
 import sqjl_tf
 from sqjl_tf import checkpoint, trainer
 from sqjl_tf.guards import NonFiniteError, NonFiniteGuard
-from sqjl_tf.run_logger import LATEST, RunLogger
+from sqjl_tf.rundir import RunDir
+from sqjl_tf.run_logger import RunLogger
 from sqjl_tf.schedules import ConstantSchedule, ScaledSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,10 +132,10 @@ def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(kind, wha
     callbacks = injectors + [NonFiniteGuard(), cb, logger]
     with pytest.raises(NonFiniteError, match=f"epoch 2, batch 3 .*{what}.*last good checkpoint"):
         model.fit(data, epochs=3, verbose=0, callbacks=callbacks)
-    meta = checkpoint.read_metadata(os.path.join(tmp_path, LATEST))
+    meta = checkpoint.read_metadata(os.path.join(tmp_path, RunDir.LATEST))
     assert meta["epoch"] == 1
     fresh, cb2, opt2 = _poisoned_admm_model() if kind == "gradient" else _admm_model()[:3]
-    checkpoint.load_checkpoint(os.path.join(tmp_path, LATEST), fresh, opt2, cb2.build(fresh))
+    checkpoint.load_checkpoint(os.path.join(tmp_path, RunDir.LATEST), fresh, opt2, cb2.build(fresh))
     assert all(np.all(np.isfinite(w.numpy())) for w in fresh.weights)
     assert len(open(os.path.join(tmp_path, "metrics.jsonl")).readlines()) == 1
 
@@ -160,7 +161,7 @@ def test_custom_loop_stops_on_a_nan_gradient():
 def test_nan_recovery_restores_and_lowers_learning_rate(tmp_path):
     model, cb, opt, schedule = _admm_model()
     logger = RunLogger(str(tmp_path), opt, lambda: cb.state)
-    path = os.path.join(tmp_path, LATEST)
+    path = os.path.join(tmp_path, RunDir.LATEST)
 
     def restore():
         checkpoint.load_checkpoint(path, model, opt, cb.state)
@@ -222,7 +223,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes(tmp_path):
     time.sleep(1.0)  # into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.read_metadata(os.path.join(logdir, LATEST))["epoch"] >= 1
+    assert checkpoint.read_metadata(os.path.join(logdir, RunDir.LATEST))["epoch"] >= 1
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     final = json.load(open(os.path.join(logdir, "final.json")))
@@ -295,10 +296,11 @@ def test_overwrite_refuses_a_folder_with_foreign_files_and_deletes_nothing(tmp_p
 def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
     logdir = tmp_path / "run"
     (logdir / "tensorboard").mkdir(parents=True)
-    for name in ("config.json", "metrics.jsonl", "latest.ckpt.npz", ".tmp-abc.npz"):
+    (logdir / ".tmp-k1ll3d-saved_model").mkdir()  # a killed SavedModel export
+    for name in ("config.json", "metrics.jsonl", "latest.ckpt.npz", ".tmp-abc.npz",
+                 "epoch_0004.ckpt.npz", "model_compressed.sqjl", "allocation.png"):
         (logdir / name).write_text("old")
-    cfg = trainer.TrainConfig(logdir=str(logdir), overwrite=True)
-    assert trainer._prepare_logdir(cfg) is None
+    assert RunDir(str(logdir)).prepare(overwrite=True) is None
     assert os.listdir(logdir) == []
 
 
@@ -308,7 +310,7 @@ def test_resuming_with_another_budget_is_a_usage_error_and_nothing_is_rewritten(
     config = {"mode": "compress", "dataset": "fashion_mnist", "arch": "caffelenet",
               "nnz_budget": 0.02, "bit_budget": 3.0, "quant": False, "prune": False}
     (logdir / "config.json").write_text(json.dumps(config))
-    (logdir / LATEST).write_bytes(b"checkpoint")
+    (logdir / RunDir.LATEST).write_bytes(b"checkpoint")
     with pytest.raises(trainer.UsageError, match="`nnz_budget`. Received: 0.05 on resuming"):
         trainer.run(mode="compress", dataset="fashion_mnist", arch="caffelenet",
                     nnz_budget=0.05, bit_budget=3, logdir=str(logdir))

@@ -8,6 +8,7 @@ uninterrupted run ends with: every model weight, optimizer variable, ADMM and
 fine-tuning state, to float tolerance.
 """
 
+import dataclasses
 import json
 import os
 
@@ -18,7 +19,7 @@ from fakedata import write_fashion_mnist
 from sqjl_tf import trainer
 from sqjl_tf.guards import NonFiniteGuard
 from sqjl_tf.models import build_model
-from sqjl_tf.run_logger import LATEST, METRICS_FILE
+from sqjl_tf.rundir import RunDir
 
 STEPS = 3  # batches per epoch: 96 examples, batches of 32
 
@@ -74,12 +75,12 @@ def _interrupted(monkeypatch, args, epoch, batch):
         _kill_after(patch, epoch, batch)
         with pytest.raises(_Killed):
             trainer.run(**args)
-    meta = json.loads(bytes(np.load(os.path.join(args["logdir"], LATEST))["metadata"]))
+    meta = json.loads(bytes(np.load(os.path.join(args["logdir"], RunDir.LATEST))["metadata"]))
     assert meta["epoch"] == epoch - 1  # the last epoch's checkpoint, not the killed one's
 
 
 def _checkpoint(logdir):
-    with np.load(os.path.join(logdir, LATEST)) as f:
+    with np.load(os.path.join(logdir, RunDir.LATEST)) as f:
         return {k: f[k] for k in f.files if k != "metadata"}
 
 
@@ -94,7 +95,7 @@ def _assert_same_checkpoint(got_dir, want_dir):
 
 
 def _epochs(logdir):
-    return [json.loads(line)["epoch"] for line in open(os.path.join(logdir, METRICS_FILE))]
+    return [json.loads(line)["epoch"] for line in open(os.path.join(logdir, RunDir.METRICS))]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_on
     real = run_logger.save_checkpoint
 
     def killed_save(path, *a, **kw):  # the epoch-2 save dies half written
-        if json.loads(open(os.path.join(args["logdir"], METRICS_FILE)).read().splitlines()[-1])[
+        if json.loads(open(os.path.join(args["logdir"], RunDir.METRICS)).read().splitlines()[-1])[
                 "epoch"] == 2:
             open(os.path.join(os.path.dirname(path), ".tmp-k1ll3d.npz"), "wb").write(b"PK\3\4")
             raise _Killed("killed during the save")
@@ -185,15 +186,19 @@ def test_checkpoint_run_state_round_trip_older_checkpoints_and_shapes(tmp_path):
         load_checkpoint(path, model, variables={"finetune/0/mask": tf.Variable([True])})
 
 
+def _check_resume(cfg):
+    RunDir(cfg.logdir).check_resume(dataclasses.asdict(cfg), trainer._RUN_IDENTITY)
+
+
 def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
     logdir = tmp_path / "run"
     logdir.mkdir()
     started = dict(mode="finetune", weightbits=[3, 3], prune_to=[5, 9], float_epochs=2)
     (logdir / "config.json").write_text(json.dumps(started))
-    (logdir / LATEST).write_bytes(b"")
+    (logdir / RunDir.LATEST).write_bytes(b"")
     same = trainer.TrainConfig(logdir=str(logdir), **dict(started, prune_to=(5, 9)))
-    trainer._check_resume(same)  # a tuple is the run's list
+    _check_resume(same)  # a tuple is the run's list
     for name, value in (("weightbits", [2, 3]), ("prune_to", [5, 8]), ("float_epochs", 1)):
         cfg = trainer.TrainConfig(logdir=str(logdir), **dict(started, **{name: value}))
         with pytest.raises(trainer.UsageError, match=f"`{name}`. Received: .* on resuming"):
-            trainer._check_resume(cfg)
+            _check_resume(cfg)

@@ -10,7 +10,6 @@ The cases run ``run.py``'s ``main`` in this process (TensorFlow is imported once
 so each case takes about a second); two run the real command in a subprocess.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -137,19 +136,12 @@ LATE = {"weightbits_count", "prune_to_count", "prune_to_too_many", "batch_too_la
 
 
 @pytest.fixture(scope="module")
-def cli():
+def cli(run_py):
     """Calls run.py's ``main`` as ``app.run`` would; returns the exit status.
 
-    run.py is imported once: its flags live in absl's process-wide ``FLAGS``,
-    which each call resets before parsing.
+    absl's ``FLAGS`` are process-wide: each call resets them before parsing.
     """
-    name = "_sqjl_run_py"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "run.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    module = run_py
 
     def call(args):
         module.FLAGS.unparse_flags()

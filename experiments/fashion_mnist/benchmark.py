@@ -169,8 +169,10 @@ def _finished_admm(args):
 
     Lets a run whose fine-tuning is redone (or died) keep its ADMM stage.
     """
-    config_file = os.path.join(args["logdir"], "config.json")
-    final_file = os.path.join(args["logdir"], "final.json")
+    from sqjl_tf.rundir import RunDir
+
+    config_file = RunDir(args["logdir"]).file(RunDir.CONFIG)
+    final_file = RunDir(args["logdir"]).file(RunDir.FINAL)
     if not (os.path.isfile(config_file) and os.path.isfile(final_file)):
         return None
     with open(config_file) as f:
@@ -187,6 +189,7 @@ def _finished_admm(args):
 def _sqjl(dense_path, nnz, bits, work):
     """sqjl_tf at one budget; a finished run with the same settings is reused."""
     from sqjl_tf import trainer
+    from sqjl_tf.rundir import RunDir
 
     logdir = os.path.join(work, f"sqjl_{nnz}_{bits}" + (f"_{FLAGS.tag}" if FLAGS.tag else ""))
     row_file = logdir + ".row.json"
@@ -216,7 +219,7 @@ def _sqjl(dense_path, nnz, bits, work):
     admm_dir, admm = _reusable_admm(admm_args, work, nnz, bits)
     if admm is not None:
         logging.info("sqjl_tf %s/%s: reusing the finished ADMM stage in %s", nnz, bits, admm_dir)
-        with open(os.path.join(admm_dir, "metrics.jsonl")) as f:  # its epochs' wall time
+        with open(RunDir(admm_dir).file(RunDir.METRICS)) as f:  # its epochs' wall time
             start -= sum(json.loads(line).get("seconds", 0.0) for line in f if line.strip())
     else:
         admm = trainer.run(**admm_args)
@@ -227,7 +230,7 @@ def _sqjl(dense_path, nnz, bits, work):
             start_model, widths = _sparse_start(admm_dir, admm)
         if FLAGS.ft_start == "trained":
             prune_to = admm.get("allocated_nnz") or _nonzeros(start_model)
-            start_model = os.path.join(admm_dir, "latest.ckpt.npz")  # W, unpruned
+            start_model = RunDir(admm_dir).file(RunDir.LATEST)  # W, unpruned
         record = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                              arch="caffelenet", epochs=FLAGS.ft_epochs,
                              lr=FLAGS.lr / 10 if FLAGS.ft_lr is None else FLAGS.ft_lr,
@@ -278,7 +281,10 @@ def _sparse_start(logdir, record):
     Stages written before the trainer saved them (``model_sparse.keras``,
     ``allocated_bits``) are rebuilt from their last checkpoint.
     """
-    path, widths = os.path.join(logdir, "model_sparse.keras"), record.get("allocated_bits")
+    from sqjl_tf.rundir import RunDir
+
+    path = RunDir(logdir).file(RunDir.model_file("model_sparse", ".keras"))
+    widths = record.get("allocated_bits")
     if os.path.isfile(path) and widths:
         return path, widths
     from sqjl_tf.callback import finalize_model

@@ -34,14 +34,12 @@ accounts for each of them (see :func:`load_compressed`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -49,6 +47,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from sqjl_tf._files import write_bytes
 from sqjl_tf.export import bitpack
 from sqjl_tf.export.bitpack import PositionEncoding
 from sqjl_tf.layers import compressible_kernels
@@ -376,25 +375,6 @@ def _serialize(model: keras.Model, bits: BitsSpec) -> Tuple[bytes, FileSizeBreak
     return data, breakdown
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def file_size_breakdown(model: keras.Model, bits: BitsSpec = None) -> FileSizeBreakdown:
     """Size of the file :func:`save_compressed` would write, without writing it.
 
@@ -454,7 +434,7 @@ def save_compressed(
     """
     path = os.fspath(path)
     data, breakdown = _serialize(model, bits)
-    _write_atomically(path, data)
+    write_bytes(path, data)
     logging.info(
         "Saved compressed model to %s: %d bytes (real rate %.1fx, paper rate %.1fx).",
         path,

@@ -8,6 +8,8 @@ import tempfile
 import keras
 from absl import logging
 
+from sqjl_tf._files import write_bytes
+
 
 def save_tflite(model: keras.Model, path: str) -> int:
     """Converts ``model`` to TFLite with ``EXPERIMENTAL_SPARSITY`` and writes it atomically.
@@ -27,9 +29,6 @@ def save_tflite(model: keras.Model, path: str) -> int:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         flatbuffer = converter.convert()
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp_path, path)
+    write_bytes(path, flatbuffer)
     logging.info("TFLite model: %s (%d bytes)", path, len(flatbuffer))
     return len(flatbuffer)
