@@ -516,13 +516,8 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         keras.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
-    if cfg.target_rate is not None and isinstance(strategy,
-                                                  tf.distribute.MultiWorkerMirroredStrategy):
-        raise UsageError(
-            f"Invalid value for argument `target_rate`. Received: {cfg.target_rate!r} with "
-            "TF_CONFIG set (several workers). Expected it unset there: the one-call pipeline runs "
-            "on Keras fit, which does not run under MultiWorkerMirroredStrategy; use "
-            "--nnz_budget/--bit_budget and --mode=finetune, or one machine (--mgpu).")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _check_multi_worker(cfg)
     test_ds, test_info = _load_split(cfg, "test")
     if cfg.mode == "evaluate":
         return _evaluate(cfg, test_ds, test_info, arch_given)
@@ -739,10 +734,11 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         callbacks.append(BatchLogger(cfg.log_interval))
     if initial_epoch < cfg.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            logger = next(cb for cb in callbacks if isinstance(cb, RunLogger))
             _skip_iterations(train_ds, skipped)  # the custom loop: one iteration per epoch
-            _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, initial_epoch, strategy,
-                              loss, logger)
+            epoch_callbacks = [cb for cb in callbacks if isinstance(cb, RunLogger) or (
+                isinstance(cb, keras.callbacks.TensorBoard) and _is_chief(strategy))]
+            _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, test_ds, initial_epoch,
+                              strategy, loss, epoch_callbacks)
         else:
             data, steps = _epoch_passes(train_ds, skipped)
             trained.fit(data, validation_data=test_ds, epochs=cfg.epochs, steps_per_epoch=steps,
@@ -880,42 +876,84 @@ def _train_eval(cfg, trained, admm):
     if not cfg.eval_tr:
         return None
     train_ds, _ = _load_split(cfg, "train")
+    finalized = _finalized_evaluation(
+        admm, lambda: trained.evaluate(train_ds, verbose=0, return_dict=True))
 
     def evaluate(epoch):
-        saved = None
-        if admm is not None:
-            saved = [k.variable.numpy() for k in admm.state.kernels]
-            admm.state.finalize_in_place()
-        try:
-            values = trained.evaluate(train_ds, verbose=0, return_dict=True)
-        finally:
-            if saved is not None:
-                for k, w in zip(admm.state.kernels, saved):
-                    k.variable.assign(w)
-        return {f"train_{k}": v for k, v in values.items()}
+        return {f"train_{k}": v for k, v in finalized().items()}
 
     return evaluate
 
 
-def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, initial_epoch, strategy, loss,
-                      logger):
-    """Keras 3 fit does not run under MultiWorkerMirroredStrategy: the custom loop does."""
+def _finalized_evaluation(admm, evaluate):
+    """``evaluate()`` of the finalised model: the kernels are finalised, then restored."""
+    def finalized():
+        if admm is None:
+            return evaluate()
+        saved = [k.variable.numpy() for k in admm.state.kernels]
+        admm.state.finalize_in_place()
+        try:
+            return evaluate()
+        finally:
+            for k, w in zip(admm.state.kernels, saved):
+                k.variable.assign(w)
+
+    return finalized
+
+
+def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_epoch, strategy,
+                      loss, callbacks):
+    """Keras 3 fit does not run under MultiWorkerMirroredStrategy: the custom loop does.
+
+    It drives the epoch callbacks ``fit`` would (the run's records and checkpoints,
+    TensorBoard) with the same logs: the training loss, the ADMM logs, and the
+    finalised model's test accuracy as ``val_accuracy``/``val_top5``, as the
+    ADMM callback's validation in ``fit``. What the loop cannot run is refused
+    by :func:`_check_multi_worker` before any work.
+    """
+    import keras
     import tensorflow as tf
 
     from sqjl_tf.loop import train_loop
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    logger.set_model(model)
+    epoch_callbacks = keras.callbacks.CallbackList(callbacks, model=model)
+    validate = _finalized_evaluation(admm, lambda: _accuracy(model, test_ds))
 
     def on_epoch_end(epoch, logs):
-        logger.on_epoch_end(epoch, logs)  # writes only on the chief
-        logger.on_epoch_begin(epoch + 1)
+        logs.update({f"val_{k}": v for k, v in validate().items()})
+        epoch_callbacks.on_epoch_end(epoch, logs)  # records and checkpoints: only the chief's
+        if epoch + 1 < cfg.epochs:
+            epoch_callbacks.on_epoch_begin(epoch + 1)
 
-    logger.on_epoch_begin(initial_epoch)
+    epoch_callbacks.on_train_begin()
+    epoch_callbacks.on_epoch_begin(initial_epoch)
     train_loop(model, optimizer, train_ds.with_options(options), cfg.epochs, loss, cfg.batch_size,
                state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch,
                on_epoch_end=on_epoch_end)
+    epoch_callbacks.on_train_end()
+
+
+def _check_multi_worker(cfg: TrainConfig) -> None:
+    """Refuses, under several workers (TF_CONFIG), what the custom loop does not run."""
+    unsupported = {
+        "target_rate": (cfg.target_rate is not None, "the one-call pipeline runs on Keras fit"),
+        "mode": (cfg.mode == "finetune", "quantized fine-tuning runs on Keras fit"),
+        "kdtemp": (cfg.kdtemp > 0, "distillation runs on Keras fit"),
+        "eval_tr": (cfg.eval_tr, "the training-set evaluation runs Keras evaluate"),
+        "lr_sched": (cfg.lr_sched.startswith("plat"), "the plateau schedule needs fit's "
+                     "validation loss"),
+        "nan_recover": (cfg.nan_recover > 0, "recovery restarts fit; the loop stops with the "
+                        "error"),
+    }
+    for name, (used, why) in unsupported.items():
+        if used:
+            raise UsageError(
+                f"Invalid value for argument `{name}`. Received: {getattr(cfg, name)!r} with "
+                f"TF_CONFIG set (several workers). Expected it unset there: {why}, which does "
+                "not run under MultiWorkerMirroredStrategy. Run it on one machine (--mgpu for "
+                "several GPUs).")
 
 
 def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):

@@ -76,5 +76,22 @@ def test_run_py_multi_worker_only_the_chief_writes(tmp_path):
     final = json.load(open(chief / "final.json"))
     assert final["within_budget"]
     assert os.path.isfile(chief / "latest.ckpt.npz") and os.path.isfile(chief / "model_compressed.sqjl")
-    assert [json.loads(l)["epoch"] for l in open(chief / "metrics.jsonl")] == [1, 2]
+    records = [json.loads(line) for line in open(chief / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["val_accuracy"] <= 1 and r["val_top5"] >= r["val_accuracy"]
+               for r in records)  # the finalised model's, as fit's validation
+    assert os.listdir(chief / "tensorboard")  # the same epoch callbacks as fit
     assert not os.path.exists(tmp_path / "log1") or os.listdir(tmp_path / "log1") == []
+
+
+@pytest.mark.parametrize("name, value", [
+    ("target_rate", 533.0), ("mode", "finetune"), ("kdtemp", 2.0), ("eval_tr", True),
+    ("lr_sched", "plat,0.1,0.01"), ("nan_recover", 2)])
+def test_what_the_multi_worker_loop_cannot_run_is_a_usage_error(name, value):
+    from sqjl_tf import trainer
+
+    cfg = trainer.TrainConfig(**{name: value})
+    with pytest.raises(trainer.UsageError, match=f"`{name}`.*with TF_CONFIG set.*Expected it "
+                       "unset there"):
+        trainer._check_multi_worker(cfg)
+    trainer._check_multi_worker(trainer.TrainConfig())  # the defaults run there
