@@ -2,7 +2,10 @@
 
 :func:`parse_lr_schedule` turns the reference's ``lr_sched`` strings into Keras 3
 ``LearningRateSchedule`` objects, evaluated at every optimizer iteration
-(``optimizer.iterations``, 0 for the first step):
+(``optimizer.iterations``, 0 for the first step): Keras's own ``CosineDecay``,
+``PiecewiseConstantDecay`` and ``ExponentialDecay`` where their semantics are the
+reference's, thin classes here where they differ (a constant, the cosine's start
+after the warm-up, the warm-up's ramp, the plateau's relative threshold):
 
 * ``""`` / ``"const"``: constant ``base_lr``;
 * ``"cos"`` / ``"cos,min_lr"``: cosine, per iteration, from ``base_lr`` to
@@ -32,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -91,117 +94,36 @@ class ConstantSchedule(_SCHEDULES):
 
 
 @keras.saving.register_keras_serializable(package="sqjl_tf")
-class CosineSchedule(_SCHEDULES):
-    """Cosine decay per iteration from ``base_lr`` to ``min_lr``.
+class DelayedSchedule(_SCHEDULES):
+    """A schedule that starts after ``delay`` iterations, holding its first value until then.
 
-    ``lr(t) = min_lr + (base_lr - min_lr) * (1 + cos(pi * s)) / 2`` with
-    ``s = clip((t - start_step) / (total_steps - start_step), 0, 1)``: constant
-    ``base_lr`` before ``start_step`` (the warm-up), ``min_lr`` from
-    ``total_steps`` on.
+    ``lr(t) = schedule(max(0, t - delay))``: the cosine decays over the iterations
+    after the warm-up (the reference's), Keras's ``CosineDecay`` from its step 0.
 
     Args:
-        base_lr: initial value.
-        min_lr: final value.
-        total_steps: iterations of the whole training.
-        start_step: iteration where the decay starts (the warm-up's length).
+        schedule: the delayed ``LearningRateSchedule``.
+        delay: iterations before it starts, >= 0.
 
     Example:
-        >>> round(float(CosineSchedule(1.0, 0.0, total_steps=100)(50)), 6)
+        >>> cos = keras.optimizers.schedules.CosineDecay(1.0, decay_steps=100)
+        >>> round(float(DelayedSchedule(cos, delay=10)(60)), 6)
         0.5
     """
 
-    def __init__(self, base_lr: float, min_lr: float, total_steps: int, start_step: int = 0):
-        self.base_lr = float(base_lr)
-        self.min_lr = float(min_lr)
-        self.total_steps = int(total_steps)
-        self.start_step = int(start_step)
+    def __init__(self, schedule, delay: int):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if not isinstance(schedule, _SCHEDULES):
+            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
+        self.schedule = schedule
+        self.delay = int(delay)
 
     def __call__(self, step):
-        span = float(max(1, self.total_steps - self.start_step))
-        s = tf.clip_by_value((_step(step) - float(self.start_step)) / span, 0.0, 1.0)
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * s))
-        return self.min_lr + (self.base_lr - self.min_lr) * cosine
+        return self.schedule(tf.maximum(_step(step) - float(self.delay), 0.0))
 
     def get_config(self):
-        return {
-            "base_lr": self.base_lr,
-            "min_lr": self.min_lr,
-            "total_steps": self.total_steps,
-            "start_step": self.start_step,
-        }
-
-
-@keras.saving.register_keras_serializable(package="sqjl_tf")
-class StepSchedule(_SCHEDULES):
-    """Multiplied by ``factor`` (0.5: halved) at each milestone epoch.
-
-    Args:
-        base_lr: value of epoch 0.
-        milestones: epochs (positive integers) where the rate is multiplied.
-        steps_per_epoch: iterations per epoch.
-        factor: the multiplier.
-
-    Example:
-        >>> float(StepSchedule(1.0, [1, 2], steps_per_epoch=10)(25))
-        0.25
-    """
-
-    def __init__(
-        self,
-        base_lr: float,
-        milestones: Sequence[int],
-        steps_per_epoch: int,
-        factor: float = 0.5,
-    ):
-        self.base_lr = float(base_lr)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.factor = float(factor)
-
-    def __call__(self, step):
-        epoch = tf.floor(_step(step) / float(self.steps_per_epoch))
-        milestones = tf.constant(self.milestones or [math.inf], tf.float32)
-        passed = tf.reduce_sum(tf.cast(milestones <= epoch, tf.float32))
-        return self.base_lr * tf.pow(self.factor, passed)
-
-    def get_config(self):
-        return {
-            "base_lr": self.base_lr,
-            "milestones": list(self.milestones),
-            "steps_per_epoch": self.steps_per_epoch,
-            "factor": self.factor,
-        }
-
-
-@keras.saving.register_keras_serializable(package="sqjl_tf")
-class ExponentialSchedule(_SCHEDULES):
-    """Multiplied by ``gamma`` at each epoch: ``base_lr * gamma ** epoch``.
-
-    Args:
-        base_lr: value of epoch 0.
-        gamma: the per-epoch multiplier.
-        steps_per_epoch: iterations per epoch.
-
-    Example:
-        >>> round(float(ExponentialSchedule(1.0, 0.5, steps_per_epoch=10)(20)), 6)
-        0.25
-    """
-
-    def __init__(self, base_lr: float, gamma: float, steps_per_epoch: int):
-        self.base_lr = float(base_lr)
-        self.gamma = float(gamma)
-        self.steps_per_epoch = int(steps_per_epoch)
-
-    def __call__(self, step):
-        epoch = tf.floor(_step(step) / float(self.steps_per_epoch))
-        return self.base_lr * tf.pow(self.gamma, epoch)
-
-    def get_config(self):
-        return {
-            "base_lr": self.base_lr,
-            "gamma": self.gamma,
-            "steps_per_epoch": self.steps_per_epoch,
-        }
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "delay": self.delay}
 
 
 @keras.saving.register_keras_serializable(package="sqjl_tf")
@@ -383,17 +305,24 @@ def parse_lr_schedule(
         min_lr = _floats(text, args)[0] if args else 0.0
         if not 0 <= min_lr <= base_lr:
             raise _bad("lr_sched", text, _GRAMMAR)
-        schedule = CosineSchedule(base_lr, min_lr, total_steps, start_step=warmup_steps)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            base_lr, decay_steps=max(1, total_steps - warmup_steps), alpha=min_lr / base_lr)
+        if warmup_steps:
+            schedule = DelayedSchedule(schedule, warmup_steps)
     elif kind == "step" and args:
         values = _floats(text, args)
         if not all(v == int(v) and v >= 1 for v in values):
             raise _bad("lr_sched", text, _GRAMMAR)
-        schedule = StepSchedule(base_lr, [int(v) for v in values], steps_per_epoch)
+        milestones = sorted(int(v) for v in values)  # lr of epoch e: base * 0.5 ** #{m <= e}
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [m * steps_per_epoch - 1 for m in milestones],
+            [base_lr * 0.5 ** i for i in range(len(milestones) + 1)])
     elif kind == "exp" and len(args) == 1:
         (gamma,) = _floats(text, args)
         if not gamma > 0:
             raise _bad("lr_sched", text, _GRAMMAR)
-        schedule = ExponentialSchedule(base_lr, gamma, steps_per_epoch)
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            base_lr, decay_steps=steps_per_epoch, decay_rate=gamma, staircase=True)
     elif kind == "plat" and len(args) == 2:
         factor, threshold = _floats(text, args)
         if not (0 < factor < 1 and threshold >= 0):

@@ -15,7 +15,7 @@ import tensorflow as tf
 from fakedata import learnable_images
 
 import sqjl_tf
-from sqjl_tf import trainer
+from sqjl_tf import compressible_kernels, finalize_model, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_README = os.path.join(ROOT, "..", "shared", "seed", "ANNC-README.md")
@@ -204,45 +204,82 @@ def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
     assert [e["size_bits"] > first["size_bits"] for e in epochs] == [True, True, False]
 
 
-def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
-        dense_lenet, idx_dir, tmp_path):
-    dense_dir, _ = dense_lenet
+# A compression run, then fine-tunings from it: one step per test, the steps as module
+# fixtures (any test runs alone with what it needs).
+@pytest.fixture(scope="module")
+def compression_run(dense_lenet, idx_dir, tmp_path_factory):
+    """A 1-epoch ADMM run at 0.05 x 3 bits: (its folder, its record, the sparse model's nnz)."""
+    logdir = tmp_path_factory.mktemp("c")
     first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
                         arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
-                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
-                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+                        prox=True, logdir=str(logdir), export=("keras",),
+                        pretrain=os.path.join(dense_lenet[0], "model_dense.keras"), **COMMON)
+    sparse = keras.models.load_model(first["files"]["keras_sparse"])
+    nnz = [int(np.count_nonzero(k.variable.numpy())) for k in compressible_kernels(sparse)]
+    return logdir, first, nnz
+
+
+@pytest.fixture(scope="module")
+def float_first(compression_run, idx_dir, tmp_path_factory):
+    """Float first, then quantized to ADMM's widths over nonzero centres."""
+    _, first, _ = compression_run
+    logdir = tmp_path_factory.mktemp("ft")
+    tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                        arch="caffelenet", epochs=2, float_epochs=1, keep_support=True,
+                        weightbits=first["allocated_bits"], logdir=str(logdir),
+                        export=("keras",), pretrain=first["files"]["keras_sparse"],
+                        **dict(COMMON, lr=0.005))
+    return logdir, tuned
+
+
+@pytest.fixture(scope="module")
+def gradual(compression_run, idx_dir, tmp_path_factory):
+    """From ADMM's trained weights W (its checkpoint), unpruned, pruned gradually."""
+    logdir, first, _ = compression_run
+    return trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
+                       arch="caffelenet", epochs=2, float_epochs=1, prune_epochs=1,
+                       prune_to=first["allocated_nnz"], keep_support=True,
+                       weightbits=first["allocated_bits"],
+                       logdir=str(tmp_path_factory.mktemp("gp")), export=("keras",),
+                       pretrain=str(logdir / "latest.ckpt.npz"), **dict(COMMON, lr=0.005))
+
+
+def test_compression_keeps_its_pruned_float_model_within_the_budget(compression_run):
+    _, first, nnz = compression_run
     widths = first["allocated_bits"]
     assert len(widths) == 4 and all(1 <= b <= 8 for b in widths)
     sparse = keras.models.load_model(first["files"]["keras_sparse"])
     final = keras.models.load_model(first["files"]["keras"])
-    from sqjl_tf import compressible_kernels
-
-    nnz = []
     for s, f in zip(compressible_kernels(sparse), compressible_kernels(final)):
         s_w, f_w = s.variable.numpy(), f.variable.numpy()
         assert np.all((f_w != 0) <= (s_w != 0))  # finalised support within the sparse one
-        nnz.append(int(np.count_nonzero(s_w)))
     assert sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
     assert max(len(np.unique(k.variable.numpy())) for k in compressible_kernels(sparse)) > 2**8
-    # The run loads back: its checkpoint's W and ADMM state give the same pruned model.
-    from sqjl_tf import finalize_model
+    assert first["allocated_nnz"] == nnz
+    assert "keras_float" not in first["files"]  # a compression run has no float phase
 
-    loaded, state, meta = trainer.load_admm_run(str(tmp_path / "c"))
-    assert meta["epoch"] == 1 and [int(b) for b in state.current_bits] == widths
+
+def test_a_compression_run_loads_back_to_the_same_pruned_model(compression_run):
+    logdir, first, _ = compression_run
+    loaded, state, meta = trainer.load_admm_run(str(logdir))
+    assert meta["epoch"] == 1 and [int(b) for b in state.current_bits] == first["allocated_bits"]
+    sparse = keras.models.load_model(first["files"]["keras_sparse"])
     for a, b in zip(compressible_kernels(finalize_model(loaded, state, quantize=False)),
                     compressible_kernels(sparse)):
         np.testing.assert_array_equal(a.variable.numpy(), b.variable.numpy())
-    # Float first, then quantized to ADMM's widths over nonzero centres: every kept weight
-    # stays, so the model is exactly the size the ADMM allocation planned.
-    tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
-                        arch="caffelenet", epochs=2, float_epochs=1, keep_support=True,
-                        weightbits=widths, logdir=str(tmp_path / "ft"), export=("keras",),
-                        pretrain=first["files"]["keras_sparse"], **dict(COMMON, lr=0.005))
-    assert [layer["nnz"] for layer in tuned["layers"]] == nnz
+
+
+def test_load_admm_run_refuses_a_finetune_run_and_a_missing_folder(float_first, tmp_path):
     with pytest.raises(ValueError, match="a run of mode 'finetune'. Expected a compression"):
-        trainer.load_admm_run(str(tmp_path / "ft"))
+        trainer.load_admm_run(str(float_first[0]))
     with pytest.raises(ValueError, match="`logdir`. Received: .*missing: .*config.json"):
         trainer.load_admm_run(str(tmp_path / "nothing"))
+
+
+def test_float_first_finetuning_is_the_size_the_allocation_planned(compression_run, float_first):
+    _, first, nnz = compression_run
+    widths, tuned = first["allocated_bits"], float_first[1]
+    assert [layer["nnz"] for layer in tuned["layers"]] == nnz  # every kept weight stays
     assert all(layer["bits"] <= b for layer, b in zip(tuned["layers"], widths))
     assert tuned["size_bits"] <= sum(b * n for b, n in zip(widths, nnz)) <= first["budget_bits"]
     # The float phase's model is kept: the same support, in full precision (more distinct
@@ -252,34 +289,35 @@ def test_finetune_from_the_pruned_float_model_uses_the_whole_allocation(
         w = k.variable.numpy()
         assert int(np.count_nonzero(w)) == n
         assert len(np.unique(w[w != 0])) > 2**b or n <= 2**b
-    assert "keras_float" not in first["files"]  # a compression run has no float phase
-    # Or from ADMM's trained weights W (its checkpoint), unpruned, pruned gradually to
-    # ADMM's allocation (allocated_nnz): the same nonzeros per layer at the end.
-    assert first["allocated_nnz"] == nnz
-    gradual = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
-                          arch="caffelenet", epochs=2, float_epochs=1, prune_epochs=1,
-                          prune_to=first["allocated_nnz"], keep_support=True, weightbits=widths,
-                          logdir=str(tmp_path / "gp"), export=("keras",),
-                          pretrain=str(tmp_path / "c" / "latest.ckpt.npz"),
-                          **dict(COMMON, lr=0.005))
+
+
+def test_gradual_pruning_from_the_checkpoint_ends_at_the_allocation(compression_run, gradual):
+    _, first, nnz = compression_run
     assert [layer["nnz"] for layer in gradual["layers"]] == nnz
     assert gradual["size_bits"] <= first["budget_bits"]
-    # --from_run names the compression run instead: the same start, widths and targets,
-    # and the run's dataset, data folder and architecture.
+
+
+def test_from_run_takes_the_runs_start_widths_targets_and_data(compression_run, gradual,
+                                                               idx_dir, tmp_path):
+    logdir, first, nnz = compression_run
     same = trainer.run(mode="finetune", epochs=2, float_epochs=1, prune_epochs=1,
-                       keep_support=True, from_run=str(tmp_path / "c"),
-                       logdir=str(tmp_path / "fr"), export=("keras",), **dict(COMMON, lr=0.005))
+                       keep_support=True, from_run=str(logdir), logdir=str(tmp_path / "fr"),
+                       export=("keras",), **dict(COMMON, lr=0.005))
     assert same["layers"] == gradual["layers"] and same["size_bits"] == gradual["size_bits"]
     config = json.load(open(tmp_path / "fr" / "config.json"))
-    assert config["weightbits"] == widths and config["prune_to"] == nnz
+    assert config["weightbits"] == first["allocated_bits"] and config["prune_to"] == nnz
     assert (config["arch"], config["dataset"], config["data_dir"]) == (
         "caffelenet", "fashion_mnist", idx_dir)
+
+
+def test_from_run_refuses_another_arch_and_a_finetune_run(compression_run, float_first,
+                                                          tmp_path):
     with pytest.raises(trainer.UsageError, match="`arch`. Received: 'resnet20'. Expected the "
                                                  "--from_run run's architecture \\('caffelenet'\\)"):
-        trainer.run(mode="finetune", arch="resnet20", from_run=str(tmp_path / "c"),
+        trainer.run(mode="finetune", arch="resnet20", from_run=str(compression_run[0]),
                     logdir=str(tmp_path / "y"))
     with pytest.raises(trainer.UsageError, match="`from_run`. .*found mode 'finetune'"):
-        trainer.run(mode="finetune", from_run=str(tmp_path / "ft"), logdir=str(tmp_path / "x"))
+        trainer.run(mode="finetune", from_run=str(float_first[0]), logdir=str(tmp_path / "x"))
 
 
 def test_distillation_teacher_is_the_given_model(dense_lenet, idx_dir, tmp_path, monkeypatch):
