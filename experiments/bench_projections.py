@@ -25,8 +25,9 @@ from absl import app, flags, logging  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import reference_numpy as reference  # noqa: E402
+import tf_projections as _tf_projections  # noqa: E402
 
-from sqjl_tf import _kmeans, _tf_projections, projections  # noqa: E402
+from sqjl_tf import _kmeans, projections  # noqa: E402
 from sqjl_tf.budget import budget_bits  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -9,8 +9,8 @@
 All take a list of per-layer arrays (NumPy arrays or TensorFlow tensors /
 variables, any shape) and return the same kind. They compute in NumPy, which
 is the fastest on a CPU (``experiments/bench_projections.py`` times the
-TensorFlow and XLA kernels of ``_tf_projections`` beside them); the TF kernels
-are not dispatched to yet (not measured on a GPU).
+TensorFlow and XLA kernels of ``experiments/tf_projections.py`` beside them; they
+stay out of the library until a GPU measurement says where they win).
 
 Example:
     >>> import numpy as np

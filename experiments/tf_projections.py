@@ -1,12 +1,12 @@
-"""TensorFlow (optionally XLA-compiled) kernels of the projections.
+"""TensorFlow (optionally XLA-compiled) kernels of the projections: a benchmark's candidates.
 
 These are pure tensor-to-tensor functions (no variables inside, so they can be
 ``jit_compile``d and called on mirrored variables' values; assign outside).
 On a CPU the NumPy kernels of ``_knapsack``/``_kmeans`` are faster (measured in
 ``experiments/bench_projections.py``: XLA's sort is slow on CPU); on a GPU the
 global sort of the sparse projection is where TensorFlow should win. They are
-timed in the benchmark but not dispatched to by ``projections`` yet: that needs
-a measurement on a GPU first.
+timed in the benchmark and kept out of the library (``sqjl_tf.projections``) until
+a measurement on a GPU says where they win.
 """
 
 from __future__ import annotations
