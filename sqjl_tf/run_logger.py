@@ -46,11 +46,12 @@ class RunLogger(keras.callbacks.Callback):
         optimizer: the optimizer to checkpoint.
         admm_state: a callable returning the ``ADMMState`` (or None).
         save_every: epochs between periodic checkpoints (0: none).
-        monitor: the log key that selects the best checkpoint.
+        monitor: the log key that selects the best checkpoint: lower is better
+            for a loss (a key ending in ``loss``), higher for anything else.
         is_chief: whether this worker writes files.
         extra_eval: optional ``f(epoch) -> dict`` of more metrics (e.g. the
             training-set accuracy for ``eval_tr``).
-        best_value: best monitored value so far (when resuming).
+        best_value: best monitored value so far (when resuming; None: none yet).
         log_epochs: log one line per epoch (False where Keras's ``fit`` prints its own).
         variables: optional callable returning further run state to
             checkpoint, ``{name: variable}`` (see ``save_checkpoint``).
@@ -65,7 +66,7 @@ class RunLogger(keras.callbacks.Callback):
         monitor: str = "val_accuracy",
         is_chief: bool = True,
         extra_eval: Optional[Callable[[int], dict]] = None,
-        best_value: float = -math.inf,
+        best_value: Optional[float] = None,
         variables: Optional[Callable[[], Mapping[str, Any]]] = None,
         log_epochs: bool = True,
     ):
@@ -78,7 +79,10 @@ class RunLogger(keras.callbacks.Callback):
         self.monitor = monitor
         self.is_chief = is_chief
         self.extra_eval = extra_eval
-        self.best_value = best_value
+        self._lower_is_better = monitor.endswith("loss")
+        if best_value is None or not math.isfinite(best_value):
+            best_value = math.inf if self._lower_is_better else -math.inf
+        self.best_value = float(best_value)
         self.variables = variables
         self._start = time.time()
 
@@ -106,7 +110,8 @@ class RunLogger(keras.callbacks.Callback):
         with open(os.path.join(self.logdir, RunDir.METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
         value = logs.get(self.monitor)
-        improved = value is not None and math.isfinite(float(value)) and value > self.best_value
+        improved = value is not None and math.isfinite(float(value)) and (
+            value < self.best_value if self._lower_is_better else value > self.best_value)
         if improved:
             self.best_value = float(value)
         meta = {"epoch": epoch + 1, "best_value": self.best_value, "monitor": self.monitor}

@@ -697,7 +697,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
                                          "guard/recoveries": guard.recoveries_variable})
 
     initial_epoch = cfg.start_epoch
-    best = -math.inf
+    best = None  # RunLogger starts from the worst value
     if resume:
         if not optimizer.built:
             optimizer.build(trained.trainable_variables)
@@ -708,7 +708,7 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         meta = load_checkpoint(resume, student, optimizer, admm.state if admm else None,
                                variables=run_state())
         initial_epoch = int(meta["epoch"])
-        best = float(meta.get("best_value", best))
+        best = meta.get("best_value")
         if _is_chief(strategy):
             truncate_metrics(cfg.logdir, initial_epoch)  # epochs after the checkpoint's go
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)

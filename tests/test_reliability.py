@@ -364,3 +364,20 @@ def _npy(array):
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("monitor, values, best_epoch", [
+    ("val_accuracy", [0.5, 0.8, 0.7], 2),  # higher is better
+    ("val_loss", [0.9, 0.4, 0.6], 2),       # a loss: lower is better
+])
+def test_best_checkpoint_is_the_best_epoch_whichever_way_the_metric_goes(
+        monitor, values, best_epoch, tmp_path):
+    model, cb, opt, _ = _admm_model()
+    cb.build(model)
+    logger = RunLogger(str(tmp_path), opt, lambda: cb.state, monitor=monitor)
+    logger.set_model(model)
+    for epoch, value in enumerate(values):
+        logger.on_epoch_begin(epoch)
+        logger.on_epoch_end(epoch, {monitor: value})
+    meta = checkpoint.read_metadata(os.path.join(tmp_path, RunDir.BEST))
+    assert meta["epoch"] == best_epoch and meta["best_value"] == values[best_epoch - 1]
