@@ -4,8 +4,9 @@
 ``mode="finetune"`` its ``finetune.py``; ``mode="pretrain"`` trains a dense
 model (so a user without one has one command for it); ``mode="evaluate"``
 prints accuracy and the compression report. Every argument is validated before
-any data is read, and the data and the models are read (and checked against the
-arguments) before any file is written.
+any data is read (:mod:`sqjl_tf.config`), and the data and the models are read
+and checked against the arguments (:mod:`sqjl_tf.model_io`) before any file of
+the run folder (:class:`sqjl_tf.rundir.RunDir`) is written.
 
 Example:
     >>> from sqjl_tf import trainer
@@ -20,279 +21,17 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import sys
-import zipfile
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict
 
 from absl import logging
 
 from sqjl_tf._files import atomic_path
 from sqjl_tf._usage import UsageError
+from sqjl_tf.config import (RUN_IDENTITY, TrainConfig, admm_config, check_multi_worker,
+                            resolved)
+from sqjl_tf.model_io import built_model, check_finetune_targets, checked_load, short_error
 from sqjl_tf.rundir import RunDir
-
-MODES = ("compress", "pretrain", "finetune", "evaluate")
-OPTIMIZERS = ("sgd", "adam")
-EXPORTS = ("keras", "saved_model", "compressed", "tflite")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Arguments of :func:`run`; names and meanings as the reference's flags.
-
-    ``dataset``, ``arch`` and ``data_dir`` left None are taken from ``from_run``'s
-    run when given, else ``dataset="mnist"``, ``arch="caffelenet"``.
-    """
-
-    mode: str = "compress"
-    dataset: Optional[str] = None
-    data_dir: Optional[str] = None
-    arch: Optional[str] = None
-    workers: int = 4
-    epochs: int = 90
-    warmupT: float = 0.0
-    start_epoch: int = 0
-    batch_size: int = 128
-    lr: float = 0.1
-    lr_sched: str = "cos"
-    bit_budget: float = 8.0
-    nnz_budget: float = 1.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    rho: float = 1e-3
-    rho_growth: float = 1.0
-    gclip: float = 0.0
-    projint: int = 0
-    dualint: int = 0
-    pretrain: Optional[str] = None
-    logdir: str = "log"
-    save_every: int = 0
-    mgpu: bool = False
-    log_interval: int = -1
-    seed: Optional[int] = None
-    eval_tr: bool = False
-    prox: bool = False
-    dp: float = 0.0
-    quant: bool = False
-    prune: bool = False
-    bwlb: int = 1
-    bits_epoch: Optional[int] = None
-    kdtemp: float = 0.0
-    teacher: Optional[str] = None
-    optim: str = "sgd"
-    fixedbits: bool = False
-    weightbits: Optional[Sequence[int]] = None
-    float_epochs: int = 0
-    keep_support: bool = False
-    train_centres: bool = False
-    prune_to: Optional[Sequence[int]] = None
-    prune_epochs: int = 0
-    from_run: Optional[str] = None
-    overwrite: bool = False
-    target_rate: Optional[float] = None  # the one-call pipeline (sqjl_tf.compress)
-    export: Sequence[str] = ("keras", "saved_model", "compressed")
-    limit: Optional[int] = None
-    image_size: int = 224
-    nan_recover: int = 0
-    importance: str = "magnitude"
-
-    # ------------------------------------------------------------ validation
-    def _validate_target_rate(self, bad, finite) -> None:
-        if not (finite(self.target_rate) and float(self.target_rate) >= 4):
-            bad("target_rate", self.target_rate, "a compression rate >= 4 (e.g. 533)")
-        if self.mode != "compress":
-            bad("target_rate", self.target_rate, "unset unless --mode=compress")
-        if self.nnz_budget != 1.0 or self.bit_budget != 8.0:
-            bad("target_rate", self.target_rate, "unset with --nnz_budget/--bit_budget (the "
-                "reference's ADMM stage alone), or given alone: the pipeline chooses the split")
-        if self.epochs < 3:
-            bad("epochs", self.epochs, "an integer >= 3 with --target_rate (one per stage)")
-        for name in ("prune", "quant", "kdtemp", "float_epochs", "prune_to", "weightbits",
-                     "from_run"):
-            if getattr(self, name, None):
-                bad(name, getattr(self, name), "unset with --target_rate (the pipeline's "
-                    "stages set it)")
-
-    def validate(self) -> None:
-        """Checks every argument and combination; raises :class:`UsageError`."""
-
-        def bad(name, value, expected):
-            raise UsageError(
-                f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
-            )
-
-        def finite(x):
-            try:
-                return math.isfinite(float(x))
-            except (TypeError, ValueError):
-                return False
-
-        if self.mode not in MODES:
-            bad("mode", self.mode, f"one of {', '.join(MODES)}")
-        if self.optim.lower() not in OPTIMIZERS:
-            bad("optim", self.optim, f"one of {', '.join(OPTIMIZERS)}")
-        if self.quant and self.prune:
-            bad("quant", self.quant, "not both --quant and --prune (use neither for joint compression)")
-        try:
-            _admm_config(self)  # the ADMM options: validated where they are defined
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        if not (finite(self.lr) and float(self.lr) > 0):
-            bad("lr", self.lr, "a finite float > 0")
-        if self.target_rate is not None:
-            self._validate_target_rate(bad, finite)
-        for name in ("momentum", "weight_decay", "gclip", "warmupT", "dp", "kdtemp"):
-            value = getattr(self, name)
-            if not (finite(value) and float(value) >= 0):
-                bad(name, value, "a finite float >= 0")
-        if not float(self.momentum) < 1:
-            bad("momentum", self.momentum, "a float in [0, 1)")
-        if not float(self.dp) < 1:
-            bad("dp", self.dp, "a float in [0, 1)")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 1), ("start_epoch", 0),
-                          ("image_size", 8), ("nan_recover", 0), ("save_every", 0)):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= low):
-                bad(name, value, f"an integer >= {low}")
-        if self.start_epoch >= self.epochs:
-            bad("start_epoch", self.start_epoch, f"an integer < epochs={self.epochs}")
-        if self.limit is not None and not (isinstance(self.limit, int) and self.limit > 0):
-            bad("limit", self.limit, "a positive integer")
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
-            bad("seed", self.seed, f"an integer in [0, {2**32 - 1}]")
-        for fmt in self.export:
-            if fmt not in EXPORTS:
-                bad("export", fmt, f"a comma list of {', '.join(EXPORTS)}")
-        if self.weightbits is not None:
-            if self.mode != "finetune":
-                bad("weightbits", self.weightbits, "only with --mode=finetune")
-            if not self.weightbits or not all(isinstance(b, int) and 1 <= b <= 8
-                                              for b in self.weightbits):
-                bad("weightbits", self.weightbits, "a comma list of integers in [1, 8], one per "
-                    "compressible layer")
-        if not (isinstance(self.float_epochs, int) and self.float_epochs >= 0):
-            bad("float_epochs", self.float_epochs, "an integer >= 0")
-        if self.float_epochs and self.mode != "finetune":
-            bad("float_epochs", self.float_epochs, "0 unless --mode=finetune")
-        if self.keep_support and self.mode != "finetune":
-            bad("keep_support", self.keep_support, "False unless --mode=finetune")
-        if self.prune_to is not None:
-            if self.mode != "finetune":
-                bad("prune_to", self.prune_to, "only with --mode=finetune")
-            if not self.prune_to or not all(isinstance(n, int) and n >= 0 for n in self.prune_to):
-                bad("prune_to", self.prune_to, "a comma list of integers >= 0, one per "
-                    "compressible layer")
-        if not (isinstance(self.prune_epochs, int) and 0 <= self.prune_epochs <= self.float_epochs):
-            bad("prune_epochs", self.prune_epochs,
-                f"an integer in [0, float_epochs={self.float_epochs}] (pruning is done in full "
-                "precision)")
-        if self.prune_epochs and self.prune_to is None:
-            bad("prune_epochs", self.prune_epochs, "0 without --prune_to")
-        if self.train_centres and self.mode != "finetune":
-            bad("train_centres", self.train_centres, "False unless --mode=finetune")
-        if self.teacher is not None:
-            if not float(self.kdtemp) > 0:
-                bad("teacher", self.teacher, "no teacher unless kdtemp > 0")
-            if not os.path.isfile(self.teacher):
-                bad("teacher", self.teacher, "an existing model file (.keras, .weights.h5, .sqjl "
-                    "or checkpoint) of the uncompressed pretrained model")
-        if self.mode in ("finetune", "evaluate") and not self.pretrain:
-            bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
-        if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
-            bad("pretrain", self.pretrain, "an existing .keras, .weights.h5, .sqjl or checkpoint "
-                "file, a torchvision AlexNet state dict (.pth, or .torch.npz), or 'keras' for "
-                "keras.applications ImageNet weights")
-        try:
-            from sqjl_tf.schedules import parse_lr_schedule
-
-            parse_lr_schedule(self.lr_sched, self.lr, steps_per_epoch=1, epochs=self.epochs,
-                              warmup_epochs=self.warmupT)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
-        from sqjl_tf.data import available_datasets
-        from sqjl_tf.models import available_models
-
-        dataset, arch = self.dataset or "", self.arch or ""  # None: resolved by run()
-        if dataset.lower().replace("-", "_") not in available_datasets() + ("fmnist",):
-            bad("dataset", self.dataset, f"one of {', '.join(available_datasets())}")
-        models = available_models()
-        if arch.lower() not in {m.lower() for m in models}:
-            builtin = [m for m in models if not m.startswith("keras.")]
-            apps = [m for m in models if m.startswith("keras.")]
-            bad("arch", self.arch, f"one of {', '.join(builtin)}, or keras.<Application> for a "
-                f"keras.applications model ({', '.join(apps)})")
-        if self.mode != "evaluate":
-            RunDir(self.logdir).check_writable()
-
-
-_DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}
-
-
-def _admm_config(cfg: TrainConfig):
-    """The ``ADMMConfig`` of a run: every field of it that ``TrainConfig`` has, by name.
-
-    An ADMM option is defined (and validated) once, in ``ADMMConfig``; a field
-    of the same name in ``TrainConfig`` and a flag in ``run.py`` expose it.
-    """
-    from sqjl_tf.admm import ADMMConfig
-
-    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ADMMConfig)
-               if f.name != "mode" and hasattr(cfg, f.name)}
-    return ADMMConfig(mode="quant" if cfg.quant else "prune" if cfg.prune else "joint",
-                      **options)
-
-
-def _resolved(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with what it leaves to be worked out filled in (``from_run``, defaults).
-
-    A fine-tuning ``from_run`` (a finished compression run's folder) starts from
-    that run's trained weights W (``latest.ckpt.npz``, unpruned) and ends at its
-    allocation: ``weightbits`` = ``allocated_bits``, ``prune_to`` =
-    ``allocated_nnz`` of its ``final.json``; ``dataset``, ``data_dir`` and
-    ``arch`` not given are the run's (a different ``arch`` is an error). Without
-    ``from_run``, ``dataset`` and ``arch`` not given take their defaults.
-    """
-    if cfg.from_run is None:
-        return dataclasses.replace(
-            cfg, **{k: v for k, v in _DEFAULTS.items() if getattr(cfg, k) is None})
-
-    def bad(expected):
-        raise UsageError(f"Invalid value for argument `from_run`. Received: {cfg.from_run!r}. "
-                         f"Expected {expected}.")
-
-    if cfg.mode != "finetune":
-        bad("no run unless --mode=finetune")
-    given = [name for name in ("pretrain", "weightbits", "prune_to")
-             if getattr(cfg, name) is not None]
-    if given:
-        bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
-    run_dir = RunDir(cfg.from_run, "from_run")
-    ckpt = run_dir.file(RunDir.LATEST)
-    if not all(os.path.isfile(run_dir.file(n))
-               for n in (RunDir.CONFIG, RunDir.FINAL, RunDir.LATEST)):
-        bad(f"a finished compression run's folder (with {RunDir.CONFIG}, {RunDir.FINAL} and "
-            f"{RunDir.LATEST})")
-    record = run_dir.read_json(RunDir.FINAL, bad)
-    bits, nnz = record.get("allocated_bits"), record.get("allocated_nnz")
-    if record.get("mode") != "compress" or not bits or not nnz:
-        bad("a joint compression run whose final.json has allocated_bits and allocated_nnz "
-            f"(found mode {record.get('mode')!r})")
-    if not all(isinstance(v, list) and all(isinstance(n, int) and n >= 0 for n in v)
-               for v in (bits, nnz)):
-        bad(f"a final.json whose allocated_bits and allocated_nnz are lists of integers "
-            f"(found {bits!r} and {nnz!r})")
-    run_config = run_dir.read_json(RunDir.CONFIG, bad)
-    run_arch = run_config.get("arch", _DEFAULTS["arch"])
-    if not isinstance(run_arch, str):
-        bad(f"a config.json whose arch is a name (found {run_arch!r})")
-    if cfg.arch is not None and cfg.arch.lower() != run_arch.lower():
-        raise UsageError(f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected "
-                         f"the --from_run run's architecture ({run_arch!r}), or no --arch.")
-    taken = {k: run_config.get(k, _DEFAULTS.get(k)) for k in ("dataset", "data_dir", "arch")
-             if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, pretrain=ckpt, weightbits=[int(b) for b in bits],
-                               prune_to=[int(n) for n in nnz], **taken)
-
 
 # ---------------------------------------------------------------- building
 def _strategy(cfg: TrainConfig):
@@ -328,143 +67,6 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int, admm=None):
     return ADMMOptimizer(inner, admm, weight_decay=cfg.weight_decay, gclip=cfg.gclip)
 
 
-def _load_model(path: str, cfg: TrainConfig, info):
-    """A model from a .keras / .sqjl file, or the arch with weights from a file."""
-    import keras
-
-    from sqjl_tf.models import build_model
-
-    if path and path.endswith(".keras"):
-        return keras.models.load_model(path, compile=False)
-    if path and path.endswith(".sqjl"):
-        from sqjl_tf.export import load_compressed
-
-        return load_compressed(path)
-    model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp,
-                        **({"pretrained": True} if path == "keras" else {}))
-    if path and path != "keras":
-        if path.endswith((".pth", ".pt")) or path.endswith(".torch.npz"):
-            from sqjl_tf.models.convert import load_torchvision_alexnet
-
-            load_torchvision_alexnet(model, path)  # torchvision AlexNet state dict
-        elif path.endswith(".npz"):
-            from sqjl_tf.checkpoint import load_checkpoint
-
-            load_checkpoint(path, model)
-        else:
-            model.load_weights(path)
-    return model
-
-
-# What reading a damaged or foreign model file raises (the readers are Keras, h5py, NumPy's
-# zip files, torch's pickles): each is a usage error naming the file.
-_UNREADABLE = (ValueError, OSError, KeyError, IndexError, TypeError, ImportError, EOFError,
-               RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
-
-
-def _short(err: BaseException, limit: int = 300) -> str:
-    """``err`` as one line of at most ``limit`` characters, with its type."""
-    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _checked_load(cfg: TrainConfig, info, name: str = "pretrain", arch_given: bool = False):
-    """Loads the model file in argument ``name`` (pretrain or teacher) and checks it.
-
-    The model must take the dataset's images and give its classes. A whole-model
-    file (``.keras``, ``.sqjl``) brings its own architecture: given as ``pretrain``
-    with ``arch_given`` (``arch`` set by the caller, not defaulted), it must be
-    ``cfg.arch``'s.
-
-    Raises:
-        UsageError: if the file cannot be read or does not fit.
-    """
-    path = getattr(cfg, name)
-    try:
-        model = _load_model(path, cfg, info)
-    except _UNREADABLE as err:
-        raise UsageError(
-            f"Invalid value for argument `{name}`. Received: {path!r}. Expected a "
-            f"loadable model file for arch={cfg.arch!r} ({_short(err)})."
-        ) from err
-    expected = (None,) + tuple(info.input_shape)
-    if tuple(model.input_shape) != expected or model.output_shape[-1] != info.num_classes:
-        raise UsageError(
-            f"Invalid value for argument `{name}`. Received: {path!r}, a model with "
-            f"input {model.input_shape} and {model.output_shape[-1]} outputs. Expected input "
-            f"{expected} and {info.num_classes} outputs for dataset={cfg.dataset!r}."
-        )
-    if name == "pretrain" and arch_given and path.endswith((".keras", ".sqjl")):
-        _check_architecture(cfg, model, info)
-    return model
-
-
-def _check_architecture(cfg: TrainConfig, model, info) -> None:
-    """A whole-model ``pretrain`` file must hold ``cfg.arch``: the same weights, same shapes."""
-    reference = _built(cfg, info)
-    got = [tuple(w.shape) for w in model.weights]
-    want = [tuple(w.shape) for w in reference.weights]
-    if got == want:
-        return
-    if len(got) != len(want):
-        found = f"{len(got)} weights where a {cfg.arch} model has {len(want)}"
-    else:
-        i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
-        found = (f"weight {model.weights[i].path!r} of shape {got[i]} where a {cfg.arch} model "
-                 f"has {want[i]}")
-    raise UsageError(
-        f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}, a model "
-        f"{model.name!r} of another architecture than arch={cfg.arch!r} ({found}). Expected a "
-        f"{cfg.arch} model, or no `arch` to take the file's architecture.")
-
-
-def _built(cfg: TrainConfig, info):
-    """A new model of architecture ``cfg.arch`` for the dataset of ``info``."""
-    from sqjl_tf.models import build_model
-
-    try:
-        return build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
-    except ValueError as err:
-        raise UsageError(
-            f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected an "
-            f"architecture for dataset={cfg.dataset!r} (input {tuple(info.input_shape)}, "
-            f"{info.num_classes} classes) ({_short(err)})."
-        ) from err
-
-
-def _check_finetune_targets(cfg: TrainConfig, model) -> None:
-    """``weightbits`` and ``prune_to`` must fit the model: one entry per compressible layer.
-
-    The fine-tuning callback checks them too, but only once training starts,
-    after the run folder is written.
-    """
-    import keras
-    import numpy as np
-
-    from sqjl_tf.layers import compressible_kernels
-
-    kernels = compressible_kernels(model)
-    names = ", ".join(k.name for k in kernels)
-
-    def bad(name, value, expected):
-        if cfg.from_run:  # the values came from the run's final.json
-            expected += f" (the run's final.json gives {name}={value!r})"
-            name, value = "from_run", cfg.from_run
-        raise UsageError(f"Invalid value for argument `{name}`. Received: {value!r}. "
-                         f"Expected {expected}.")
-
-    if cfg.weightbits is not None and len(cfg.weightbits) != len(kernels):
-        bad("weightbits", cfg.weightbits, f"{len(kernels)} widths, one per compressible layer "
-            f"of the pretrain model ({names})")
-    if cfg.prune_to is not None:
-        nonzeros = [int(np.count_nonzero(keras.ops.convert_to_numpy(k.variable)))
-                    for k in kernels]
-        if len(cfg.prune_to) != len(kernels) or any(
-                n > m for n, m in zip(cfg.prune_to, nonzeros)):
-            bad("prune_to", cfg.prune_to, f"{len(kernels)} counts, one per compressible layer "
-                f"of the pretrain model ({names}), each at most the layer's nonzeros {nonzeros}")
-
-
 def _metrics():
     import keras
 
@@ -475,13 +77,6 @@ def _metrics():
 
 
 _FLOAT_KERAS = RunDir.model_file("model_float", ".keras")  # a float-first fine-tuning's
-
-# What a run is: resuming with another value of one of these is a different run (the
-# fine-tuning ones shape the state its checkpoints hold).
-_RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
-                 "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
-                 "keep_support", "train_centres")
-
 
 # ------------------------------------------------------------------- modes
 def run(**kwargs: Any) -> Dict[str, Any]:
@@ -501,14 +96,14 @@ def run(**kwargs: Any) -> Dict[str, Any]:
             files to put where).
     """
     arch_given = kwargs.get("arch") is not None  # else the default, or the pretrain file's
-    cfg = _resolved(TrainConfig(**kwargs))
+    cfg = resolved(TrainConfig(**kwargs))
     cfg.validate()
     run_dir = RunDir(cfg.logdir)
     if cfg.mode != "evaluate":
         if cfg.overwrite:
             run_dir.check_overwrite()
         else:
-            run_dir.check_resume(dataclasses.asdict(cfg), _RUN_IDENTITY)
+            run_dir.check_resume(dataclasses.asdict(cfg), RUN_IDENTITY)
     import keras
     import tensorflow as tf
 
@@ -517,17 +112,17 @@ def run(**kwargs: Any) -> Dict[str, Any]:
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _check_multi_worker(cfg)
+        check_multi_worker(cfg)
     test_ds, test_info = _load_split(cfg, "test")
     if cfg.mode == "evaluate":
         return _evaluate(cfg, test_ds, test_info, arch_given)
     train_ds, info = _load_split(cfg, "train")
     with strategy.scope():
-        model = (_checked_load(cfg, info, arch_given=arch_given) if cfg.pretrain
-                 else _built(cfg, info))
-        teacher = _checked_load(cfg, info, "teacher") if cfg.teacher else None
+        model = (checked_load(cfg, info, arch_given=arch_given) if cfg.pretrain
+                 else built_model(cfg, info))
+        teacher = checked_load(cfg, info, "teacher") if cfg.teacher else None
     if cfg.mode == "finetune":
-        _check_finetune_targets(cfg, model)
+        check_finetune_targets(cfg, model)
     if cfg.limit is None and cfg.batch_size > info.num_examples:  # with --limit: one batch
         raise UsageError(
             f"Invalid value for argument `batch_size`. Received: {cfg.batch_size}. Expected an "
@@ -552,7 +147,7 @@ def _load_split(cfg: TrainConfig, split: str):
     except ValueError as err:  # the arguments are valid: the files are not
         raise UsageError(
             f"Invalid value for argument `data_dir`. Received: {cfg.data_dir!r}. Expected "
-            f"readable {cfg.dataset} files ({_short(err)})."
+            f"readable {cfg.dataset} files ({short_error(err)})."
         ) from err
 
 
@@ -597,7 +192,7 @@ def admm_callback(cfg: TrainConfig):
     """
     from sqjl_tf.callback import ADMMCallback
 
-    return ADMMCallback(**dataclasses.asdict(_admm_config(cfg)), per_layer_logs=True)
+    return ADMMCallback(**dataclasses.asdict(admm_config(cfg)), per_layer_logs=True)
 
 
 def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
@@ -909,7 +504,7 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_ep
     TensorBoard) with the same logs: the training loss, the ADMM logs, and the
     finalised model's test accuracy as ``val_accuracy``/``val_top5``, as the
     ADMM callback's validation in ``fit``. What the loop cannot run is refused
-    by :func:`_check_multi_worker` before any work.
+    by :func:`check_multi_worker` before any work.
     """
     import keras
     import tensorflow as tf
@@ -933,27 +528,6 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_ep
                state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch,
                on_epoch_end=on_epoch_end)
     epoch_callbacks.on_train_end()
-
-
-def _check_multi_worker(cfg: TrainConfig) -> None:
-    """Refuses, under several workers (TF_CONFIG), what the custom loop does not run."""
-    unsupported = {
-        "target_rate": (cfg.target_rate is not None, "the one-call pipeline runs on Keras fit"),
-        "mode": (cfg.mode == "finetune", "quantized fine-tuning runs on Keras fit"),
-        "kdtemp": (cfg.kdtemp > 0, "distillation runs on Keras fit"),
-        "eval_tr": (cfg.eval_tr, "the training-set evaluation runs Keras evaluate"),
-        "lr_sched": (cfg.lr_sched.startswith("plat"), "the plateau schedule needs fit's "
-                     "validation loss"),
-        "nan_recover": (cfg.nan_recover > 0, "recovery restarts fit; the loop stops with the "
-                        "error"),
-    }
-    for name, (used, why) in unsupported.items():
-        if used:
-            raise UsageError(
-                f"Invalid value for argument `{name}`. Received: {getattr(cfg, name)!r} with "
-                f"TF_CONFIG set (several workers). Expected it unset there: {why}, which does "
-                "not run under MultiWorkerMirroredStrategy. Run it on one machine (--mgpu for "
-                "several GPUs).")
 
 
 def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
@@ -1058,7 +632,7 @@ def _evaluate(cfg, test_ds, info, arch_given=False):
 
     from sqjl_tf.budget import compression_report
 
-    model = _checked_load(cfg, info, arch_given=arch_given)
+    model = checked_load(cfg, info, arch_given=arch_given)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=_metrics())
     scores = model.evaluate(test_ds, verbose=0, return_dict=True)

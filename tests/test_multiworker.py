@@ -88,10 +88,10 @@ def test_run_py_multi_worker_only_the_chief_writes(tmp_path):
     ("target_rate", 533.0), ("mode", "finetune"), ("kdtemp", 2.0), ("eval_tr", True),
     ("lr_sched", "plat,0.1,0.01"), ("nan_recover", 2)])
 def test_what_the_multi_worker_loop_cannot_run_is_a_usage_error(name, value):
-    from sqjl_tf import trainer
+    from sqjl_tf import config
 
-    cfg = trainer.TrainConfig(**{name: value})
-    with pytest.raises(trainer.UsageError, match=f"`{name}`.*with TF_CONFIG set.*Expected it "
+    cfg = config.TrainConfig(**{name: value})
+    with pytest.raises(config.UsageError, match=f"`{name}`.*with TF_CONFIG set.*Expected it "
                        "unset there"):
-        trainer._check_multi_worker(cfg)
-    trainer._check_multi_worker(trainer.TrainConfig())  # the defaults run there
+        config.check_multi_worker(cfg)
+    config.check_multi_worker(config.TrainConfig())  # the defaults run there

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fakedata import write_fashion_mnist
 
-from sqjl_tf import trainer
+from sqjl_tf import config, trainer
 from sqjl_tf.guards import NonFiniteGuard
 from sqjl_tf.models import build_model
 from sqjl_tf.rundir import RunDir
@@ -187,7 +187,7 @@ def test_checkpoint_run_state_round_trip_older_checkpoints_and_shapes(tmp_path):
 
 
 def _check_resume(cfg):
-    RunDir(cfg.logdir).check_resume(dataclasses.asdict(cfg), trainer._RUN_IDENTITY)
+    RunDir(cfg.logdir).check_resume(dataclasses.asdict(cfg), config.RUN_IDENTITY)
 
 
 def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
