@@ -66,6 +66,15 @@ def _check_positive(name: str, value) -> float:
     return out
 
 
+def _inner(schedule) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The schedule a wrapper wraps (its config when deserialized); checked."""
+    if isinstance(schedule, dict):
+        schedule = keras.saving.deserialize_keras_object(schedule)
+    if not isinstance(schedule, _SCHEDULES):
+        raise _bad("schedule", schedule, "a keras LearningRateSchedule")
+    return schedule
+
+
 def _step(step) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(step), tf.float32)
 
@@ -111,11 +120,7 @@ class DelayedSchedule(_SCHEDULES):
     """
 
     def __init__(self, schedule, delay: int):
-        if isinstance(schedule, dict):
-            schedule = keras.saving.deserialize_keras_object(schedule)
-        if not isinstance(schedule, _SCHEDULES):
-            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
-        self.schedule = schedule
+        self.schedule = _inner(schedule)
         self.delay = int(delay)
 
     def __call__(self, step):
@@ -201,11 +206,7 @@ class LinearWarmup(_SCHEDULES):
     """
 
     def __init__(self, schedule, warmup_steps: int):
-        if isinstance(schedule, dict):
-            schedule = keras.saving.deserialize_keras_object(schedule)
-        if not isinstance(schedule, _SCHEDULES):
-            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
-        self.schedule = schedule
+        self.schedule = _inner(schedule)
         self.warmup_steps = int(warmup_steps)
 
     def __call__(self, step):
@@ -573,11 +574,7 @@ class ScaledSchedule(_SCHEDULES):
     """
 
     def __init__(self, schedule, scale: float = 1.0):
-        if isinstance(schedule, dict):
-            schedule = keras.saving.deserialize_keras_object(schedule)
-        if not isinstance(schedule, _SCHEDULES):
-            raise _bad("schedule", schedule, "a keras LearningRateSchedule")
-        self.schedule = schedule
+        self.schedule = _inner(schedule)
         self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="lr_scale")
 
     def __call__(self, step):
