@@ -182,13 +182,8 @@ def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, c
     assert again["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
 
 
-def test_finetune_mode_keeps_size(dense_lenet, idx_dir, tmp_path):
-    pytest.importorskip("sqjl_tf.finetune")
-    dense_dir, _ = dense_lenet
-    first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
-                        arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
-                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
-                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+def test_finetune_mode_keeps_size(compression_run, idx_dir, tmp_path):
+    first = compression_run[1]
     tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
                         arch="caffelenet", epochs=1, logdir=str(tmp_path / "ft"),
                         pretrain=first["files"]["keras"], export=("keras",),
@@ -320,15 +315,13 @@ def test_from_run_refuses_another_arch_and_a_finetune_run(compression_run, float
         trainer.run(mode="finetune", from_run=str(float_first[0]), logdir=str(tmp_path / "x"))
 
 
-def test_distillation_teacher_is_the_given_model(dense_lenet, idx_dir, tmp_path, monkeypatch):
+def test_distillation_teacher_is_the_given_model(dense_lenet, compression_run, idx_dir, tmp_path,
+                                                 monkeypatch):
     from sqjl_tf import distill
 
     dense_dir, _ = dense_lenet
     dense = keras.models.load_model(os.path.join(dense_dir, "model_dense.keras"))
-    first = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
-                        arch="caffelenet", epochs=1, nnz_budget=0.05, bit_budget=3, rho=0.05,
-                        prox=True, logdir=str(tmp_path / "c"), export=("keras",),
-                        pretrain=os.path.join(dense_dir, "model_dense.keras"), **COMMON)
+    first = compression_run[1]
     teachers = []
     real = distill.Distiller
 
