@@ -43,7 +43,6 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gzip  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -51,6 +50,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from idx_numpy import read_idx  # noqa: E402  (this script's folder)
 from hand_allocation import (  # noqa: E402  (this script's folder)
     KERNEL_SIZES, LAYERS, TOTAL_KERNEL, target_densities)
 
@@ -92,23 +92,6 @@ flags.DEFINE_integer("threads", 2, "TensorFlow intra/inter-op threads (0: TF def
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
 MEAN, STD = 0.2860, 0.3530
-
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path):
-    """Reads an IDX file (plain or gzip) into a NumPy array (NumPy only)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"Not an IDX file: {path!r}")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim, count=int(np.prod(shape)))
-    return arr.reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(data_dir, stem):

@@ -42,7 +42,6 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gzip  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -51,6 +50,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from allocation import LAYERS, TOTAL_KERNEL, VARIANTS, allocation, budget_bits  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fashion_mnist"))
+from idx_numpy import read_idx  # noqa: E402  (the LeNet benchmark's folder)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "npz of the dense ResNet-20 (keys <layer>.<i>).",
@@ -80,23 +82,7 @@ flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 
 MEAN, STD = 0.2860, 0.3530  # sqjl_tf's Fashion-MNIST normalisation
 DEBIAN_DATA = "/usr/share/datasets/fashion-mnist"
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 LOGIT_TOLERANCE = 1e-3  # relative to the largest logit
-
-
-def read_idx(path):
-    """Reads an IDX file (plain or gzip) into a NumPy array."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"Not an IDX file: {path!r}")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim, count=int(np.prod(shape)))
-    return arr.reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(stem):
