@@ -30,6 +30,7 @@ from absl import logging
 from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
+from sqjl_tf.admm import ADMMConfig
 from sqjl_tf.callback import ADMMCallback
 from sqjl_tf.finetune import QuantizedFinetuneCallback
 from sqjl_tf.layers import compressible_kernels
@@ -358,7 +359,7 @@ def compress(
         if loss is None:
             raise _bad("loss", None, "a Keras loss (the model is not compiled with one)")
     recipe = recipe or Recipe()
-    ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget)  # validates the budget now
+    ADMMConfig(nnz_budget=nnz_budget, bit_budget=bit_budget)  # validates the budget now
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     train = _as_dataset(train_data, "train_data", batch_size, True, seed)
