@@ -15,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqjl_tf._usage import UsageError
 from sqjl_tf.rundir import RunDir
+
+if TYPE_CHECKING:  # the ADMM module imports TensorFlow
+    from sqjl_tf.admm import ADMMConfig
 
 MODES = ("compress", "pretrain", "finetune", "evaluate")
 OPTIMIZERS = ("sgd", "adam")
@@ -27,7 +30,7 @@ EXPORTS = ("keras", "saved_model", "compressed", "tflite")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Arguments of :func:`run`; names and meanings as the reference's flags.
+    """Arguments of :func:`sqjl_tf.trainer.run`; names and meanings as the reference's flags.
 
     ``dataset``, ``arch`` and ``data_dir`` left None are taken from ``from_run``'s
     run when given, else ``dataset="mnist"``, ``arch="caffelenet"``.
@@ -217,13 +220,13 @@ class TrainConfig:
 _DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}
 
 
-def admm_config(cfg: TrainConfig):
+def admm_config(cfg: TrainConfig) -> "ADMMConfig":
     """The ``ADMMConfig`` of a run: every field of it that ``TrainConfig`` has, by name.
 
     An ADMM option is defined (and validated) once, in ``ADMMConfig``; a field
     of the same name in ``TrainConfig`` and a flag in ``run.py`` expose it.
     """
-    from sqjl_tf.admm import ADMMConfig
+    from sqjl_tf.admm import ADMMConfig  # noqa: F811 (at run time)
 
     options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ADMMConfig)
                if f.name != "mode" and hasattr(cfg, f.name)}
