@@ -89,6 +89,7 @@ from absl import logging
 
 from sqjl_tf import projections
 from sqjl_tf._copy import detach_optimizer, uncompiled_copy
+from sqjl_tf._state import variable_property
 from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
@@ -325,22 +326,9 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
         self._last_batch = -1
 
     # ---------------------------------------------------------------- state
-    @property
-    def quantizing(self) -> bool:
-        """False while the ``float_epochs`` run (a variable: checkpointed)."""
-        return bool(self._quantizing.numpy())
-
-    @quantizing.setter
-    def quantizing(self, value: bool) -> None:
-        self._quantizing.assign(bool(value))
-
-    @property
-    def _pruned(self) -> bool:
-        return bool(self._pruned_flag.numpy())
-
-    @_pruned.setter
-    def _pruned(self, value: bool) -> None:
-        self._pruned_flag.assign(bool(value))
+    quantizing = variable_property(
+        "_quantizing", bool, "False while the ``float_epochs`` run (a variable: checkpointed).")
+    _pruned = variable_property("_pruned_flag", bool)
 
     @property
     def _prune_from(self) -> List[int]:

@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from sqjl_tf._state import variable_property
+
 
 class NonFiniteError(FloatingPointError):
     """Training became NaN or infinite (the loss, a gradient or a weight)."""
@@ -132,14 +134,8 @@ class NonFiniteGuard(keras.callbacks.TerminateOnNaN):
         self._epoch = 0
         self._gradient_steps = 0
 
-    @property
-    def recoveries(self) -> int:
-        """Recoveries done in the run (``recoveries_variable``'s value)."""
-        return int(self.recoveries_variable.numpy())
-
-    @recoveries.setter
-    def recoveries(self, value: int) -> None:
-        self.recoveries_variable.assign(int(value))
+    recoveries = variable_property(
+        "recoveries_variable", int, "Recoveries done in the run (``recoveries_variable``'s value).")
 
     def on_train_begin(self, logs=None):
         self._gradient_steps = non_finite_gradient_steps(self.model.optimizer)

@@ -41,6 +41,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from sqjl_tf._state import variable_property
+
 _GRAMMAR = (
     "one of '' or 'const', 'cos' or 'cos,MIN_LR' (MIN_LR in [0, base_lr]), "
     "'step,M1,M2,...' (positive integer epochs), 'exp,GAMMA' (GAMMA > 0), "
@@ -428,32 +430,10 @@ class PlateauCallback(keras.callbacks.Callback):
         self._cooldown = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_cooldown")
         self._reset()
 
-    @property
-    def best(self) -> float:
-        """The best monitored value so far."""
-        return float(self._best.numpy())
-
-    @best.setter
-    def best(self, value: float) -> None:
-        self._best.assign(float(value))
-
-    @property
-    def num_bad_epochs(self) -> int:
-        """Epochs without improvement since the last improvement or reduction."""
-        return int(self._bad.numpy())
-
-    @num_bad_epochs.setter
-    def num_bad_epochs(self, value: int) -> None:
-        self._bad.assign(int(value))
-
-    @property
-    def cooldown_counter(self) -> int:
-        """Epochs of cooldown left."""
-        return int(self._cooldown.numpy())
-
-    @cooldown_counter.setter
-    def cooldown_counter(self, value: int) -> None:
-        self._cooldown.assign(int(value))
+    best = variable_property("_best", float, "The best monitored value so far.")
+    num_bad_epochs = variable_property(
+        "_bad", int, "Epochs without improvement since the last improvement or reduction.")
+    cooldown_counter = variable_property("_cooldown", int, "Epochs of cooldown left.")
 
     def checkpoint_variables(self) -> Dict[str, tf.Variable]:
         """The callback's state by name: the best value and the two counters.
