@@ -5,6 +5,7 @@ and import nothing of sqjl_tf (whose reader is ``sqjl_tf.data``).
 """
 
 import gzip
+import os
 
 import numpy as np
 
@@ -24,3 +25,16 @@ def read_idx(path):
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim, count=int(np.prod(shape)))
     return arr.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def find_idx(folders, stem):
+    """The path of the IDX file ``stem`` (e.g. ``train-images-idx3-ubyte``), gzip or plain,
+    under either spelling (``-idx`` / ``.idx``), in the first of ``folders`` that holds it."""
+    folders = [d for d in folders if d]
+    for folder in folders:
+        for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
+                     stem.replace("-idx", ".idx")):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    raise FileNotFoundError(f"{stem}[.gz] not found in {' nor '.join(map(repr, folders))}")

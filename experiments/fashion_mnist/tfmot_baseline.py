@@ -50,7 +50,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from idx_numpy import read_idx  # noqa: E402  (this script's folder)
+from idx_numpy import find_idx, read_idx  # noqa: E402  (this script's folder)
 from hand_allocation import (  # noqa: E402  (this script's folder)
     KERNEL_SIZES, LAYERS, TOTAL_KERNEL, target_densities)
 
@@ -94,22 +94,13 @@ flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
 MEAN, STD = 0.2860, 0.3530
 
 
-def _find(data_dir, stem):
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
-                 stem.replace("-idx", ".idx")):
-        p = os.path.join(data_dir, name)
-        if os.path.exists(p):
-            return p
-    raise FileNotFoundError(f"{stem}[.gz] not found in {data_dir!r}")
-
-
 def load_fashion_mnist(data_dir, limit=0):
     def images(stem):
-        x = read_idx(_find(data_dir, stem)).astype(np.float32) / 255.0
+        x = read_idx(find_idx([data_dir], stem)).astype(np.float32) / 255.0
         return ((x - MEAN) / STD)[..., None]
 
     def labels(stem):
-        return read_idx(_find(data_dir, stem)).astype(np.int64)
+        return read_idx(find_idx([data_dir], stem)).astype(np.int64)
 
     x_tr, y_tr = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
     x_te, y_te = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")

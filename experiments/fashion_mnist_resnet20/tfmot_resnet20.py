@@ -52,7 +52,7 @@ from absl import app, flags, logging  # noqa: E402
 from allocation import LAYERS, TOTAL_KERNEL, VARIANTS, allocation, budget_bits  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fashion_mnist"))
-from idx_numpy import read_idx  # noqa: E402  (the LeNet benchmark's folder)
+from idx_numpy import find_idx, read_idx  # noqa: E402  (the LeNet benchmark's folder)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "npz of the dense ResNet-20 (keys <layer>.<i>).",
@@ -86,13 +86,7 @@ LOGIT_TOLERANCE = 1e-3  # relative to the largest logit
 
 
 def _find(stem):
-    for folder in [d for d in (FLAGS.data_dir, DEBIAN_DATA) if d]:
-        for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
-                     stem.replace("-idx", ".idx")):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                return path
-    raise FileNotFoundError(f"{stem}[.gz] not found in {FLAGS.data_dir!r} nor {DEBIAN_DATA}")
+    return find_idx([FLAGS.data_dir, DEBIAN_DATA], stem)
 
 
 def load_split(prefix):
