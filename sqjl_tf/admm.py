@@ -451,9 +451,21 @@ class ADMMState(tf.Module):
         quantized, _ = projections.quantize_with_bits(weights, self.current_bits, mode == "joint")
         return quantized
 
-    def finalize_in_place(self) -> None:
-        """Overwrites every kernel with its finalised value."""
+    def finalize_in_place(self) -> List[np.ndarray]:
+        """Overwrites every kernel with its finalised value.
+
+        Returns:
+            The kernels' values before, for :meth:`restore_kernels` (to measure the
+            finalised model in the middle of training).
+        """
+        saved = [np.array(k.variable.numpy()) for k in self._kernels]
         for k, w in zip(self._kernels, self.finalized_weights()):
+            k.variable.assign(w)
+        return saved
+
+    def restore_kernels(self, saved: Sequence[np.ndarray]) -> None:
+        """Puts back the kernel values :meth:`finalize_in_place` returned."""
+        for k, w in zip(self._kernels, saved):
             k.variable.assign(w)
 
     def logs(self) -> Dict[str, float]:

@@ -138,13 +138,11 @@ class ADMMCallback(keras.callbacks.Callback):
             return
         self._finish_epoch()  # validation shows the model after this epoch's projections
         if self.validate_finalized:
-            self._saved = [np.array(k.variable.numpy()) for k in self.state.kernels]
-            self.state.finalize_in_place()
+            self._saved = self.state.finalize_in_place()
 
     def on_test_end(self, logs=None):
         if self._saved is not None:
-            for k, w in zip(self.state.kernels, self._saved):
-                k.variable.assign(w)
+            self.state.restore_kernels(self._saved)
             self._saved = None
 
     def on_epoch_end(self, epoch, logs=None):

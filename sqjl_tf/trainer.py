@@ -485,13 +485,11 @@ def _finalized_evaluation(admm, evaluate):
     def finalized():
         if admm is None:
             return evaluate()
-        saved = [k.variable.numpy() for k in admm.state.kernels]
-        admm.state.finalize_in_place()
+        saved = admm.state.finalize_in_place()
         try:
             return evaluate()
         finally:
-            for k, w in zip(admm.state.kernels, saved):
-                k.variable.assign(w)
+            admm.state.restore_kernels(saved)
 
     return finalized
 
