@@ -50,6 +50,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
+from peer_jobs import finished_ok  # noqa: E402  (this script's folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: Debian's location).")
 flags.DEFINE_string("dense", None, "A trained dense caffelenet .keras; pretrained here if absent.")
@@ -350,13 +352,7 @@ class _TfmotRun:
     def row(self):
         """Waits for the process (if any) and returns the table row, or None on failure."""
         if self.proc is not None:
-            self.proc.wait()
-            self.log.close()
-            if self.proc.returncode != 0:
-                with open(self.log.name) as f:
-                    tail = f.read()[-3000:]
-                logging.error("TFMOT %s %s/%s failed (log: %s):\n%s", self.variant, self.nnz,
-                              self.bits, self.log.name, tail)
+            if not finished_ok(self.proc, self.log, f"{self.variant} {self.nnz}/{self.bits}"):
                 return None
         elif not self.finished():
             if FLAGS.table_only:

@@ -51,6 +51,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+sys.path.append(os.path.join(ROOT, "experiments", "fashion_mnist"))  # after HERE: allocation.py is ours
+
+from peer_jobs import finished_ok  # noqa: E402  (the LeNet benchmark's folder)
 
 from allocation import KERNEL_SIZES, VARIANTS, allocation, epoch_split  # noqa: E402
 
@@ -391,13 +394,7 @@ class _TfmotRun:
         if self.proc is None and not self.finished():
             self.start()
         if self.proc is not None:
-            self.proc.wait()
-            self.log.close()
-            if self.proc.returncode != 0:
-                with open(self.log.name) as f:
-                    tail = f.read()[-3000:]
-                logging.error("TFMOT %s %s/%s failed (log: %s):\n%s", self.variant, self.nnz,
-                              self.bits, self.log.name, tail)
+            if not finished_ok(self.proc, self.log, f"{self.variant} {self.nnz}/{self.bits}"):
                 return None
         return self._measured()
 
