@@ -12,6 +12,7 @@ from absl import logging
 from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf.admm import ADMMConfig, ADMMState
 from sqjl_tf.guards import NonFiniteError, non_finite_message
+from sqjl_tf.optimizer import _build_before_fit
 
 
 class ADMMCallback(keras.callbacks.Callback):
@@ -94,6 +95,7 @@ class ADMMCallback(keras.callbacks.Callback):
         self._deferred = not self.model.weights
         if not self._deferred:
             self.build(self.model).start()
+            _build_before_fit(self.model)
         # else: a model that fit() builds in its first step (subclassed, or Sequential
         # without Input): the state starts after that step, which trains it densely.
 

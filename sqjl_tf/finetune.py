@@ -92,6 +92,7 @@ from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf._state import variable_property
 from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
+from sqjl_tf.optimizer import _build_before_fit
 
 MAX_BITS = projections.MAX_BITS
 _PRUNE_EVERY = 50  # steps between mask updates of the gradual pruning
@@ -609,6 +610,7 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.build(self.model)
+        _build_before_fit(self.model)
         if self.train_centres and self._tapped is not self.model.optimizer:
             optimizer = self.model.optimizer
             if not hasattr(optimizer, "add_gradient_tap"):

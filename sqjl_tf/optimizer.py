@@ -259,3 +259,17 @@ def _global_gradient(g):
     if replica is not None and replica.num_replicas_in_sync > 1:
         return replica.all_reduce(tf.distribute.ReduceOp.SUM, g)
     return g
+
+
+def _build_before_fit(model) -> None:
+    """Builds ``model``'s optimizer on its trainable variables, if ``fit`` has not.
+
+    Without a distribution strategy, ``fit`` leaves the optimizer to build
+    itself in the first step: its variables are then made while the step is
+    traced, and TensorFlow traces the step a second time. Built here (at
+    ``on_train_begin``), the step is traced once.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    variables = model.trainable_variables
+    if optimizer is not None and not optimizer.built and variables:
+        optimizer.build(variables)

@@ -291,11 +291,11 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         return dict(training_state(), **{"lr/scale": schedule.scale,
                                          "guard/recoveries": guard.recoveries_variable})
 
+    # Built now, not in fit's first step: a variable made there costs a second trace of it.
+    optimizer.build(trained.trainable_variables)
     initial_epoch = cfg.start_epoch
     best = None  # RunLogger starts from the worst value
     if resume:
-        if not optimizer.built:
-            optimizer.build(trained.trainable_variables)
         if finetune is not None and any(name.startswith("finetune/")
                                         for name in state_names(resume)):
             finetune.build(trained)  # its variables, to restore (fit keeps them: same model)

@@ -1,8 +1,8 @@
 """Runs the same ADMM compression on 1 device and on MirroredStrategy over 2 CPUs.
 
-Prints one JSON line with the max weight difference and the bits/nnz of each run.
-Run as a subprocess: the logical CPU devices must be set before TF starts.
-Argument: the sparse projection's importance ("magnitude" or "fisher").
+Prints one JSON line: for each importance given, the max weight difference and the
+bits/nnz of each run. Run as a subprocess: the logical CPU devices must be set before TF
+starts. Arguments: the sparse projection's importances ("magnitude", "fisher").
 """
 
 import json
@@ -37,12 +37,12 @@ def build():
 init = build().get_weights()
 
 
-def run(strategy, custom_loop):
+def run(strategy, custom_loop, importance):
     with strategy.scope():
         model = build()
         model.set_weights(init)
         cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=4, rho=0.05, projint=4, dualint=8,
-                                  importance=sys.argv[1])
+                                  importance=importance)
         opt = sqjl_tf.ADMMOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), cb, weight_decay=1e-4)
         if custom_loop:
             state = cb.build(model)
@@ -55,12 +55,21 @@ def run(strategy, custom_loop):
     return [w.numpy() for w in model.weights], state.current_bits, state.current_nnz
 
 
-single = run(tf.distribute.OneDeviceStrategy("/cpu:0"), False)
-mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-results = {"replicas": mirrored.num_replicas_in_sync, "single": single[1:]}
-for name, custom in (("mirrored_fit", False), ("mirrored_loop", True), ("single_loop", True)):
-    strategy = mirrored if name.startswith("mirrored") else tf.distribute.OneDeviceStrategy("/cpu:0")
-    weights, bits, nnz = run(strategy, custom)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single[0], weights))
-    results[name] = {"bits": bits, "nnz": nnz, "max_weight_diff": diff}
-sys.stdout.write(json.dumps(results) + "\n")
+MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one: its collectives' keys
+
+
+def compare(importance):
+    single = run(tf.distribute.OneDeviceStrategy("/cpu:0"), False, importance)
+    mirrored = MIRRORED
+    results = {"replicas": mirrored.num_replicas_in_sync, "single": single[1:]}
+    for name, custom in (("mirrored_fit", False), ("mirrored_loop", True), ("single_loop", True)):
+        strategy = (mirrored if name.startswith("mirrored")
+                    else tf.distribute.OneDeviceStrategy("/cpu:0"))
+        weights, bits, nnz = run(strategy, custom, importance)
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single[0], weights))
+        results[name] = {"bits": bits, "nnz": nnz, "max_weight_diff": diff}
+    return results
+
+
+sys.stdout.write(json.dumps({importance: compare(importance) for importance in sys.argv[1:]})
+                 + "\n")
