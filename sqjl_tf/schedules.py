@@ -348,15 +348,17 @@ def _base_optimizer(optimizer):
     return optimizer
 
 
-class PlateauCallback(keras.callbacks.Callback):
-    """Reduces the learning rate when a metric stops improving (``plat``).
+class PlateauCallback(keras.callbacks.ReduceLROnPlateau):
+    """Keras's ``ReduceLROnPlateau`` with the reference's semantics (``plat``).
 
-    PyTorch's ``ReduceLROnPlateau`` semantics with a relative threshold: at
-    each epoch end, the monitored value improves if it is below ``best * (1 -
-    threshold)`` (mode "min") or above ``best * (1 + threshold)`` (mode "max");
-    after more than ``patience`` epochs without improvement the rate is
-    multiplied by ``factor`` (not below ``min_lr``) and ``cooldown`` epochs
-    follow during which bad epochs are not counted.
+    Where it differs from Keras's, it is PyTorch's ``ReduceLROnPlateau``, which
+    the reference used: the monitored value improves if it is below ``best *
+    (1 - threshold)`` (mode "min") or above ``best * (1 + threshold)`` (mode
+    "max"), a relative threshold; the rate is multiplied by ``factor`` (not
+    below ``min_lr``) after *more than* ``patience`` epochs without
+    improvement, then ``cooldown`` epochs follow in which none are counted.
+    The best value and the counters are variables, so that a run's checkpoint
+    holds them (:meth:`checkpoint_variables`).
 
     The rate lowered is ``schedule``'s when one is given (a
     :class:`PlateauSchedule`, possibly inside a :class:`LinearWarmup`);
@@ -376,9 +378,8 @@ class PlateauCallback(keras.callbacks.Callback):
         cooldown: epochs to wait after a reduction.
         min_lr: lower bound of the rate.
         reset_on_train_begin: start each ``fit`` afresh (best value and
-            counters, as Keras's ``ReduceLROnPlateau``); False keeps them, for
-            a ``fit`` that resumes a run with this state restored (see
-            :meth:`checkpoint_variables`).
+            counters, as Keras's); False keeps them, for a ``fit`` that resumes
+            a run with this state restored.
 
     Raises:
         ValueError: on an invalid argument.
@@ -400,7 +401,6 @@ class PlateauCallback(keras.callbacks.Callback):
         min_lr: float = 0.0,
         reset_on_train_begin: bool = True,
     ):
-        super().__init__()
         if not (math.isfinite(float(factor)) and 0 < float(factor) < 1):
             raise _bad("factor", factor, "a number in (0, 1)")
         if not (math.isfinite(float(threshold)) and float(threshold) >= 0):
@@ -413,27 +413,31 @@ class PlateauCallback(keras.callbacks.Callback):
             schedule = schedule.schedule
         if schedule is not None and not isinstance(schedule, PlateauSchedule):
             raise _bad("schedule", schedule, "a PlateauSchedule (or a LinearWarmup around one)")
-        if mode == "auto":
-            mode = "max" if "acc" in monitor else "min"
-        self.factor = float(factor)
+        # The state Keras's callback keeps (best, wait, cooldown_counter), in variables.
+        self._best = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="plateau_best")
+        self._wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_bad_epochs")
+        self._cooldown = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_cooldown")
+        # Keras reduces once ``wait >= patience``; PyTorch once ``bad epochs > patience``.
+        super().__init__(monitor=monitor, factor=float(factor), patience=int(patience) + 1,
+                         mode=("max" if "acc" in monitor else "min") if mode == "auto" else mode,
+                         min_delta=0.0, cooldown=int(cooldown), min_lr=float(min_lr))
         self.threshold = float(threshold)
         self.schedule = schedule
-        self.monitor = monitor
-        self.mode = mode
-        self.patience = int(patience)
-        self.cooldown = int(cooldown)
-        self.min_lr = float(min_lr)
         self.reset_on_train_begin = bool(reset_on_train_begin)
-        # The state is in variables, so that a run's checkpoint holds it (checkpoint_variables).
-        self._best = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="plateau_best")
-        self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_bad_epochs")
-        self._cooldown = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_cooldown")
-        self._reset()
 
-    best = variable_property("_best", float, "The best monitored value so far.")
-    num_bad_epochs = variable_property(
-        "_bad", int, "Epochs without improvement since the last improvement or reduction.")
+    wait = variable_property("_wait", int, "Epochs without improvement since the last "
+                             "improvement or reduction.")
     cooldown_counter = variable_property("_cooldown", int, "Epochs of cooldown left.")
+
+    @property
+    def best(self) -> Optional[float]:
+        """The best monitored value so far (None before the first)."""
+        value = float(self._best.numpy())
+        return None if math.isnan(value) else value
+
+    @best.setter
+    def best(self, value: Optional[float]) -> None:
+        self._best.assign(math.nan if value is None else float(value))
 
     def checkpoint_variables(self) -> Dict[str, tf.Variable]:
         """The callback's state by name: the best value and the two counters.
@@ -441,17 +445,25 @@ class PlateauCallback(keras.callbacks.Callback):
         With the lowered rate itself (the :class:`PlateauSchedule`'s
         ``variable``), what a checkpoint needs to resume the schedule exactly.
         """
-        return {"best": self._best, "bad_epochs": self._bad, "cooldown": self._cooldown}
+        return {"best": self._best, "bad_epochs": self._wait, "cooldown": self._cooldown}
 
-    def _reset(self) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
-
-    def _improved(self, value: float) -> bool:
+    def _is_improvement(self, monitor_value, reference_value) -> bool:
+        if reference_value is None:
+            return True
         if self.mode == "min":
-            return value < self.best * (1.0 - self.threshold) if self.best != math.inf else True
-        return value > self.best * (1.0 + self.threshold) if self.best != -math.inf else True
+            return float(monitor_value) < reference_value * (1.0 - self.threshold)
+        return float(monitor_value) > reference_value * (1.0 + self.threshold)
+
+    def _reduce_optimizer_lr(self, optimizer, epoch, name="") -> bool:
+        del optimizer, name  # the rate lowered is the schedule's, or the unwrapped optimizer's
+        old = self.get_lr()
+        new = max(old * self.factor, self.min_lr)
+        if old - new <= 1e-8:  # PyTorch's eps
+            return False
+        self._set_lr(new)
+        logging.info("Epoch %d: %s plateaued, learning rate %g -> %g.", epoch + 1, self.monitor,
+                     old, new)
+        return True
 
     def _target(self):
         if self.schedule is not None:
@@ -491,32 +503,8 @@ class PlateauCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        value = logs.get(self.monitor)
-        if value is None:
-            logging.warning(
-                "PlateauCallback: metric %r is not in the logs (%s); skipping.",
-                self.monitor,
-                ", ".join(sorted(logs)),
-            )
-            return
-        value = float(value)
-        if self._improved(value):
-            self.best = value
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
-        if self.num_bad_epochs > self.patience:
-            old = self.get_lr()
-            new = max(old * self.factor, self.min_lr)
-            if old - new > 1e-8:
-                self._set_lr(new)
-                logging.info("Epoch %d: %s plateaued, learning rate %g -> %g.", epoch + 1,
-                             self.monitor, old, new)
-            self.cooldown_counter = self.cooldown
-            self.num_bad_epochs = 0
+        self._target()  # another schedule's rate: refused before any epoch is counted
+        super().on_epoch_end(epoch, logs)
         logs["lr_plateau"] = self.get_lr()
 
 
