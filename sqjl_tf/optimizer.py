@@ -153,6 +153,9 @@ class ADMMOptimizer(keras.optimizers.Optimizer):
             return None  # not started yet, or prune-only: no V/U
         return state
 
+    # Plain Python over the variables, no tensor-dependent branch: traced as written, without
+    # AutoGraph's conversion (a tenth of a small model's tracing).
+    @tf.autograph.experimental.do_not_convert
     def apply(self, grads, trainable_variables=None):
         if self._admm_lost and self.admm is None:
             raise RuntimeError(

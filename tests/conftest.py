@@ -4,6 +4,7 @@ Session-scoped, so one per test process (pytest-xdist worker); tests read them a
 write into them.
 """
 
+import collections
 import importlib.util
 import os
 import sys
@@ -13,6 +14,17 @@ import pytest
 import fakedata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files with the most ``slow`` tests first, each file's tests in their order.
+
+    pytest-xdist hands whole files (``--dist loadfile``) to its workers in this order
+    (``--no-loadscope-reorder``): the longest work is started first, so that no worker is
+    left alone with a long file at the end.
+    """
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: the order is otherwise kept
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,7 @@ def _check(cb, compressed, x, x_other, tmp_path, template=None, min_coverage=0.0
     ("ResNet50", 0.02, 3),         # ~533x
     ("EfficientNetB0", 0.05, 4),   # 160x
 ])
+@pytest.mark.slow
 def test_keras_applications(name, nnz_budget, bit_budget, tmp_path):
     kwargs = dict(weights=None, input_shape=(32, 32, 3), classes=10)
     if name == "MobileNetV2":

@@ -145,6 +145,7 @@ def test_pretrain_writes_a_dense_model(dense_lenet):
     assert record["test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, capfd):
     dense_dir, _ = dense_lenet
     logdir = str(tmp_path / "c")
@@ -182,6 +183,7 @@ def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, c
     assert again["test_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_mode_keeps_size(compression_run, idx_dir, tmp_path):
     first = compression_run[1]
     tuned = trainer.run(mode="finetune", dataset="fashion_mnist", data_dir=idx_dir,
@@ -315,6 +317,7 @@ def test_from_run_refuses_another_arch_and_a_finetune_run(compression_run, float
         trainer.run(mode="finetune", from_run=str(float_first[0]), logdir=str(tmp_path / "x"))
 
 
+@pytest.mark.slow
 def test_distillation_teacher_is_the_given_model(dense_lenet, compression_run, idx_dir, tmp_path,
                                                  monkeypatch):
     from sqjl_tf import distill
@@ -437,6 +440,7 @@ def test_wrong_architecture_pretrain_is_a_usage_error(dense_lenet, cifar_dir, tm
     assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_divergence_is_one_clear_line_and_exit_1_then_the_resume_too(idx_dir, tmp_path):
     logdir = f"--logdir={tmp_path}/run"
     common = ["--dataset=fashion_mnist", f"--data_dir={idx_dir}", "--arch=caffelenet", "-b", "32"]

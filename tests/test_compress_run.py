@@ -24,6 +24,7 @@ def finished(data, tmp_path_factory):
     return logdir, record
 
 
+@pytest.mark.slow
 def test_the_run_folder_holds_a_model_within_budget(finished):
     logdir, record = finished
     with open(os.path.join(logdir, "final.json")) as f:

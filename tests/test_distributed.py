@@ -25,6 +25,7 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("importance", IMPORTANCES)
 def test_mirrored_fit_and_custom_loop_match_single_device(results, importance):
     result = results[importance]

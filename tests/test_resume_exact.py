@@ -105,6 +105,7 @@ def compress_reference(data, tmp_path_factory):
     return str(logdir), record
 
 
+@pytest.mark.slow
 def test_compression_killed_mid_epoch_resumes_exactly(data, compress_reference, tmp_path,
                                                       monkeypatch):
     want_dir, want = compress_reference
@@ -118,6 +119,7 @@ def test_compression_killed_mid_epoch_resumes_exactly(data, compress_reference, 
     assert _epochs(args["logdir"]) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_finetune_killed_while_pruning_and_while_quantized_resumes_exactly(
         data, finetune_start, tmp_path, monkeypatch):
     want_dir = tmp_path / "whole"
@@ -137,6 +139,7 @@ def test_finetune_killed_while_pruning_and_while_quantized_resumes_exactly(
     assert _epochs(args["logdir"]) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_once(
         data, compress_reference, tmp_path, monkeypatch):
     from sqjl_tf import run_logger
