@@ -4,8 +4,9 @@ Every crafted file below declares far more than its size can hold; loading it
 must raise a ValueError before allocating what it declares. Each group of
 files is loaded in one child process (TensorFlow and NumPy allocate outside
 Python, so only the process's peak resident memory tells): the child reports
-its peak after each file and the parent reads the child's own peak from
-``os.wait4``. What a loader may add to the child's peak after TensorFlow, Keras and
+its peak after each file and when it is done, as Linux's ``VmHWM`` (the peak of
+its own image: ``ru_maxrss`` would count the test process's too, which a child
+started by fork or vfork and exec inherits). What a loader may add to the child's peak after TensorFlow, Keras and
 sqjl_tf are imported is bounded (256 MiB); the whole child stays under 1.5 GiB
 (importing TensorFlow alone peaks at 0.6-1.0 GiB, depending on the machine).
 """
@@ -31,7 +32,7 @@ from sqjl_tf.export import compressed as fmt
 from sqjl_tf.export import load_compressed, save_compressed
 from sqjl_tf.models import convert
 
-_PEAK_KIB = 3 << 19  # 1.5 GiB, as ru_maxrss counts on Linux: the whole child
+_PEAK_KIB = 3 << 19  # 1.5 GiB: the whole child
 _GROWTH_KIB = 1 << 18  # 256 MiB: what loading a file may add to the peak after the imports
 _HUGE = 10 ** 6  # a Dense of _HUGE x _HUGE float32 weights: 4 TB
 
@@ -43,9 +44,16 @@ _HUGE = 10 ** 6  # a Dense of _HUGE x _HUGE float32 weights: 4 TB
 _CHILD = r'''
 import json, resource, sys, time, traceback
 
+def peak_kib():
+    try:  # this image's peak; ru_maxrss also holds the parent's, inherited through exec
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 import keras, tensorflow  # noqa: F401 - the imports' peak is the baseline
 import sqjl_tf.checkpoint, sqjl_tf.export, sqjl_tf.models.convert  # noqa: F401
-print(json.dumps({"baseline_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+print(json.dumps({"baseline_kib": peak_kib()}), flush=True)
 
 def load_sqjl(path):
     from sqjl_tf.export import load_compressed
@@ -71,7 +79,8 @@ for name, loader, path in json.loads(sys.argv[1]):
             message += "\n" + traceback.format_exc()[-3000:]
     print(json.dumps({"name": name, "error": error, "message": message,
                       "seconds": time.perf_counter() - start,
-                      "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+                      "peak_kib": peak_kib()}), flush=True)
+print(json.dumps({"final_peak_kib": peak_kib()}), flush=True)
 '''
 
 
@@ -80,28 +89,26 @@ def _load_in_child(cases, tmp_path):
     out_path = tmp_path / "child.out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     with open(out_path, "wb") as out:
-        child = subprocess.Popen(
+        child = subprocess.run(
             [sys.executable, "-c", _CHILD, json.dumps([[n, l, str(p)] for n, l, p in cases])],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, env=env, timeout=300,
         )
-        try:
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not a sibling's
-        finally:
-            child.returncode = 0  # reaped by wait4
     text = out_path.read_text(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-5000:]
-    reports, baseline = {}, None
+    assert child.returncode == 0, text[-5000:]
+    reports, baseline, peak = {}, None, None
     for line in text.splitlines():
         if line.startswith('{"baseline_kib"'):
             baseline = json.loads(line)["baseline_kib"]
+        if line.startswith('{"final_peak_kib"'):
+            peak = json.loads(line)["final_peak_kib"]
         if line.startswith('{"name"'):
             report = json.loads(line)
             reports[report["name"]] = report
-    assert baseline is not None, text[-5000:]
+    assert baseline is not None and peak is not None, text[-5000:]
     for report in reports.values():
         report["growth_kib"] = report["peak_kib"] - baseline
     assert set(reports) == {name for name, _, _ in cases}, text[-5000:]
-    return reports, usage.ru_maxrss
+    return reports, peak
 
 
 def _assert_refused(report, needle):
