@@ -6,9 +6,9 @@ files is loaded in one child process (TensorFlow and NumPy allocate outside
 Python, so only the process's peak resident memory tells): the child reports
 its peak after each file and when it is done, as Linux's ``VmHWM`` (the peak of
 its own image: ``ru_maxrss`` would count the test process's too, which a child
-started by fork or vfork and exec inherits). What a loader may add to the child's peak after TensorFlow, Keras and
-sqjl_tf are imported is bounded (256 MiB); the whole child stays under 1.5 GiB
-(importing TensorFlow alone peaks at 0.6-1.0 GiB, depending on the machine).
+started by fork or vfork and exec inherits). What a loader may add to the
+child's peak after TensorFlow, Keras and sqjl_tf are imported is bounded
+(256 MiB); the whole child stays under 1 GiB (the imports alone peak at ~0.6 GiB).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sqjl_tf.export import compressed as fmt
 from sqjl_tf.export import load_compressed, save_compressed
 from sqjl_tf.models import convert
 
-_PEAK_KIB = 3 << 19  # 1.5 GiB: the whole child
+_PEAK_KIB = 1 << 20  # 1 GiB: the whole child
 _GROWTH_KIB = 1 << 18  # 256 MiB: what loading a file may add to the peak after the imports
 _HUGE = 10 ** 6  # a Dense of _HUGE x _HUGE float32 weights: 4 TB
 
