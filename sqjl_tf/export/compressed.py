@@ -50,7 +50,7 @@ from absl import logging
 from sqjl_tf._files import write_bytes
 from sqjl_tf.export import bitpack
 from sqjl_tf.export.bitpack import PositionEncoding
-from sqjl_tf.layers import compressible_kernels
+from sqjl_tf.layers import _iter_layers, compressible_kernels
 
 __all__ = [
     "MAGIC",
@@ -219,16 +219,34 @@ class FileSizeBreakdown:
 
 
 def _architecture_json(model: keras.Model) -> str:
-    """The model's Keras config as JSON; ``null`` for a model that cannot be rebuilt from one."""
-    from sqjl_tf._copy import uncompiled_copy
+    """The model's Keras config as JSON; ``null`` for a model that cannot be rebuilt from one.
 
-    if uncompiled_copy(model) is None:  # e.g. subclassed without get_config
+    Rebuilt, to be sure, as :func:`_rebuild` will: in a ``keras.StatelessScope`` that
+    leaves its variables unallocated, so the check costs no copy of the weights. A
+    model whose config fails to rebuild it (a subclassed model without
+    ``get_config``), or rebuilds other weights, is stored without one.
+    """
+    before = len(_pending_variables())
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        if isinstance(config, dict):
+            # Only the architecture: compiling needs the losses/metrics at load time.
+            config = {k: v for k, v in config.items() if k != "compile_config"}
+        # The model's own layer classes stand for what a loader passes as custom_objects.
+        classes = {type(layer).__name__: type(layer) for layer in _iter_layers(model)}
+        with keras.StatelessScope(initialize_variables=False):
+            sketch = keras.saving.deserialize_keras_object(copy.deepcopy(config),
+                                                           custom_objects=classes)
+        shapes = [tuple(w.shape) for w in getattr(sketch, "weights", ())]
+        if shapes != [tuple(w.shape) for w in model.weights]:
+            return "null"
+        return json.dumps(config, separators=(",", ":"), sort_keys=True)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild means: no architecture
+        logging.info("%s cannot be rebuilt from its config (%s: %s).", model.name,
+                     type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
         return "null"
-    config = keras.saving.serialize_keras_object(model)
-    if isinstance(config, dict):
-        # Only the architecture: compiling needs the losses/metrics at load time.
-        config = {k: v for k, v in config.items() if k != "compile_config"}
-    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+    finally:
+        del _pending_variables()[before:]  # the sketch's: never allocated
 
 
 def _to_numpy(variable: keras.Variable) -> np.ndarray:

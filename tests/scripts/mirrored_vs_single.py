@@ -23,7 +23,7 @@ from sqjl_tf.loop import train_loop  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 rng = np.random.default_rng(0)
-x = rng.standard_normal((512, 16)).astype("float32")
+x = rng.standard_normal((256, 16)).astype("float32")  # 4 steps of 64 an epoch
 y = np.argmax(x @ rng.standard_normal((16, 4)), 1).astype("int32")
 keras.utils.set_random_seed(0)
 
@@ -47,10 +47,10 @@ def run(strategy, custom_loop, importance):
         if custom_loop:
             state = cb.build(model)
             data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-            train_loop(model, opt, data, 3, LOSS, 64, state=state, strategy=strategy)
+            train_loop(model, opt, data, 2, LOSS, 64, state=state, strategy=strategy)
         else:
             model.compile(optimizer=opt, loss=LOSS)
-            model.fit(x, y, batch_size=64, epochs=3, shuffle=False, verbose=0, callbacks=[cb])
+            model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
             state = cb.state
     return [w.numpy() for w in model.weights], state.current_bits, state.current_nnz
 
