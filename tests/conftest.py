@@ -40,6 +40,25 @@ def run_py():
 
 
 @pytest.fixture(scope="session")
+def run_main(run_py):
+    """run.py's command in this process: ``run_main(args)`` returns its exit status.
+
+    As ``app.run`` calls ``main``: 0 when it returns, else the status it exits with.
+    absl's ``FLAGS`` are process-wide: each call resets them before parsing.
+    """
+
+    def call(args):
+        run_py.FLAGS.unparse_flags()
+        try:
+            run_py.main(run_py._parse_flags(["run.py", *args]))
+        except SystemExit as stop:
+            return stop.code
+        return 0
+
+    return call
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
     """A learnable 28x28 10-class Fashion-MNIST as gzip IDX files: 256 train, 128 test images."""
     return fakedata.write_fashion_mnist(str(tmp_path_factory.mktemp("fashion_mnist")))

@@ -76,18 +76,19 @@ def test_flag_errors_exit_2(args, needle, tmp_path):
     assert not os.path.exists(f"{tmp_path}/run")
 
 
-def test_from_run_flag_takes_the_runs_arch_and_refuses_another(tmp_path):
+def test_from_run_flag_takes_the_runs_arch_and_refuses_another(tmp_path, run_main, capfd):
     run_dir = tmp_path / "compressed"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"arch": "caffelenet", "dataset": "mnist"}))
     (run_dir / "final.json").write_text(json.dumps(
         {"mode": "compress", "allocated_bits": [3], "allocated_nnz": [5]}))
     (run_dir / "latest.ckpt.npz").write_bytes(b"")
-    proc = _run_cli("--mode=finetune", f"--from_run={run_dir}", "--arch=resnet20",
-                    f"--logdir={tmp_path}/run")
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    status = run_main(["--mode=finetune", f"--from_run={run_dir}", "--arch=resnet20",
+                       f"--logdir={tmp_path}/run"])
+    err = capfd.readouterr().err
+    assert status == 2, err[-2000:]
     assert ("`arch`. Received: 'resnet20'. Expected the --from_run run's architecture "
-            "('caffelenet')") in proc.stderr
+            "('caffelenet')") in err
     assert not os.path.exists(f"{tmp_path}/run")
 
 
@@ -443,16 +444,21 @@ def test_wrong_architecture_pretrain_is_a_usage_error(dense_lenet, cifar_dir, tm
 
 
 @pytest.mark.slow
-def test_divergence_is_one_clear_line_and_exit_1_then_the_resume_too(idx_dir, tmp_path):
+def test_divergence_is_one_clear_line_and_exit_1_then_the_resume_too(idx_dir, tmp_path, run_main,
+                                                                     capfd, caplog):
     logdir = f"--logdir={tmp_path}/run"
     common = ["--dataset=fashion_mnist", f"--data_dir={idx_dir}", "--arch=caffelenet", "-b", "32"]
-    # A good epoch (in this process: the command it stands for), then a diverging resume.
-    trainer.run(dataset="fashion_mnist", data_dir=idx_dir, arch="caffelenet", batch_size=32,
-                epochs=1, logdir=f"{tmp_path}/run")
-    proc = _run_cli(*common, "--epochs=2", "--lr=1e6", "--projint=2", "--dualint=2", logdir)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert re.search(r"Training became non-finite at epoch 2, batch \d+ \(", proc.stderr)
-    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
+    # The command (in this process): a good epoch, then a diverging resume.
+    assert run_main([*common, "--epochs=1", logdir]) == 0
+    capfd.readouterr()
+    caplog.clear()
+    status = run_main([*common, "--epochs=2", "--lr=1e6", "--projint=2", "--dualint=2", logdir])
+    out = capfd.readouterr().err + caplog.text  # absl logs through Python's logging here
+    assert status == 1, out[-2000:]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert re.match(r"Training became non-finite at epoch 2, batch \d+ \(", errors[0])
+    assert "Traceback" not in out and "IndexError" not in out
     assert json.loads(open(f"{tmp_path}/run/metrics.jsonl").readline())["epoch"] == 1
 
 

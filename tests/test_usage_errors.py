@@ -136,20 +136,9 @@ LATE = {"weightbits_count", "prune_to_count", "prune_to_too_many", "batch_too_la
 
 
 @pytest.fixture(scope="module")
-def cli(run_py):
-    """Calls run.py's ``main`` as ``app.run`` would; returns the exit status.
-
-    absl's ``FLAGS`` are process-wide: each call resets them before parsing.
-    """
-    module = run_py
-
-    def call(args):
-        module.FLAGS.unparse_flags()
-        with pytest.raises(SystemExit) as stop:  # main returning means the case trained
-            module.main(module._parse_flags(["run.py", *args]))
-        return stop.value.code
-
-    return call
+def cli(run_main):
+    """run.py's command in this process; returns its exit status."""
+    return run_main
 
 
 def _args(flags, files, logdir):
