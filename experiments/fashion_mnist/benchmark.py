@@ -108,11 +108,22 @@ flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Wh
 flags.DEFINE_integer("seed", 1, "Random seed.")
 
 
-def _pretrain(work):
-    from sqjl_tf import trainer
+_DENSE_KEYS = ("epochs", "lr", "lr_sched", "momentum", "weight_decay", "batch_size", "seed",
+               "limit")
 
+
+def _pretrain(work):
+    """The dense model's path and its run's record (None for --dense); trained if not done."""
     if FLAGS.dense:
         return FLAGS.dense, None
+    args = dict(mode="pretrain", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
+                arch="caffelenet", epochs=FLAGS.pretrain_epochs, lr=0.01, lr_sched="cos",
+                momentum=0.9, weight_decay=5e-4, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                limit=FLAGS.limit, export=("keras",), logdir=os.path.join(work, "dense"))
+    record = _finished_run(args, _DENSE_KEYS)
+    if record is not None:
+        logging.info("dense: reusing the finished run in %s", args["logdir"])
+        return record["files"]["keras"], record
     if FLAGS.table_only:
         path = os.path.join(work, "dense", "model_dense.keras")
         if not os.path.isfile(path):
@@ -120,11 +131,9 @@ def _pretrain(work):
                 f"Invalid value for flag `--dense`. Received: None with --table_only. Expected "
                 f"the dense model's path (none found at {path}).")
         return path, None
-    record = trainer.run(mode="pretrain", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
-                         arch="caffelenet", epochs=FLAGS.pretrain_epochs, lr=0.01, lr_sched="cos",
-                         momentum=0.9, weight_decay=5e-4, batch_size=FLAGS.batch_size,
-                         seed=FLAGS.seed, limit=FLAGS.limit, export=("keras",),
-                         logdir=os.path.join(work, "dense"))
+    from sqjl_tf import trainer
+
+    record = trainer.run(**args)
     return record["files"]["keras"], record
 
 
@@ -166,10 +175,12 @@ def _ft_lr_setting():
     return "lr / 10" if FLAGS.ft_lr is None else FLAGS.ft_lr
 
 
-def _finished_admm(args):
-    """The record of a finished ADMM stage in ``args['logdir']`` run with ``args``, or None.
+def _finished_run(args, keys, defaults=None):
+    """The record of a finished run in ``args['logdir']`` run with ``args`` (their ``keys``).
 
-    Lets a run whose fine-tuning is redone (or died) keep its ADMM stage.
+    None if there is none, or it ran with other values (``defaults``: of keys that
+    configs written before them lack). Lets a command run again skip the dense
+    model's training, and a run whose fine-tuning is redone (or died) keep its ADMM stage.
     """
     from sqjl_tf.rundir import RunDir
 
@@ -178,8 +189,8 @@ def _finished_admm(args):
     if not (os.path.isfile(config_file) and os.path.isfile(final_file)):
         return None
     with open(config_file) as f:
-        config = {**_ADMM_DEFAULTS, **json.load(f)}
-    if any(config.get(key) != args[key] for key in _ADMM_KEYS):
+        config = {**(defaults or {}), **json.load(f)}
+    if any(config.get(key) != args[key] for key in keys):
         return None
     with open(final_file) as f:
         record = json.load(f)
@@ -271,7 +282,7 @@ def _reusable_admm(args, work, nnz, bits):
               if os.path.isdir(path) and not path.endswith("_ft") and path != own
               and re.fullmatch(rf"sqjl_{re.escape(str(nnz))}_{bits}(_.+)?", os.path.basename(path))]
     for folder in [own] + others:
-        record = _finished_admm(dict(args, logdir=folder))
+        record = _finished_run(dict(args, logdir=folder), _ADMM_KEYS, _ADMM_DEFAULTS)
         if record is not None:
             return folder, record
     return own, None
@@ -543,11 +554,12 @@ def main(argv):
         dense_acc = trainer.run(mode="evaluate", dataset="fashion_mnist", data_dir=FLAGS.data_dir,
                                 arch="caffelenet", pretrain=dense_path,
                                 limit=FLAGS.limit)["test_accuracy"]
-    npz = (os.path.join(work, "dense_weights.npz") if FLAGS.table_only
-           else _dense_npz(dense_path, work))
+    npz = os.path.join(work, "dense_weights.npz")  # the TFMOT processes' start
     tfmot = [_TfmotRun(npz, nnz, bits, variant, work)
              for nnz, bits in budgets for variant in (FLAGS.tfmot_variants if FLAGS.tfmot else ())]
     waiting = [] if FLAGS.table_only else [run for run in tfmot if not run.finished()]
+    if waiting:
+        _dense_npz(dense_path, work)
 
     lock = threading.Lock()
 
