@@ -164,9 +164,8 @@ def _zlib_json(config) -> bytes:
     return zlib.compress(json.dumps(config).encode(), 9)
 
 
-@pytest.fixture(scope="module")
-def sqjl_reports(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sqjl")
+def _sqjl_cases(folder):
+    """``[(name, loader, path)]``: a valid .sqjl and the crafted ones, written in ``folder``."""
     cases = []
 
     def add(name, data):
@@ -208,8 +207,34 @@ def sqjl_reports(tmp_path_factory):
 
     # Not a model at all: a list.
     add("not_a_model", _sqjl_bytes(_zlib_json([[]] * 1000), tables))
+    return cases
 
-    return _load_in_child(cases, folder)
+
+@pytest.fixture(scope="module")
+def child_reports(tmp_path_factory):
+    """Every file of both groups loaded in one child (TensorFlow starts once there).
+
+    Returns ``({"sqjl": reports, "npz": reports}, the child's peak in KiB)``.
+    """
+    groups = {"sqjl": _sqjl_cases(tmp_path_factory.mktemp("sqjl")),
+              "npz": _npz_cases(tmp_path_factory.mktemp("npz"))}
+    cases = [(f"{group}/{name}", loader, path) for group, items in groups.items()
+             for name, loader, path in items]
+    reports, peak = _load_in_child(cases, tmp_path_factory.mktemp("child"))
+    return {group: {name.split("/", 1)[1]: report for name, report in reports.items()
+                    if name.startswith(group + "/")} for group in groups}, peak
+
+
+@pytest.fixture(scope="module")
+def sqjl_reports(child_reports):
+    reports, peak = child_reports
+    return reports["sqjl"], peak
+
+
+@pytest.fixture(scope="module")
+def npz_reports(child_reports):
+    reports, peak = child_reports
+    return reports["npz"], peak
 
 
 @pytest.mark.parametrize(
@@ -290,9 +315,8 @@ def _write_npz(path, members, compression=zipfile.ZIP_STORED):
     return path
 
 
-@pytest.fixture(scope="module")
-def npz_reports(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("npz")
+def _npz_cases(folder):
+    """``[(name, loader, path)]``: a valid checkpoint and the crafted .npz files, in ``folder``."""
     cases = []
 
     def add(name, path, loader="load_checkpoint"):
@@ -323,7 +347,7 @@ def npz_reports(tmp_path_factory):
                 member.write(zeros)
     assert bomb.stat().st_size < 4 << 20
     add("deflate_bomb", bomb)
-    return _load_in_child(cases, folder)
+    return cases
 
 
 @pytest.mark.parametrize(
