@@ -34,6 +34,7 @@ accounts for each of them (see :func:`load_compressed`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -226,7 +227,6 @@ def _architecture_json(model: keras.Model) -> str:
     model whose config fails to rebuild it (a subclassed model without
     ``get_config``), or rebuilds other weights, is stored without one.
     """
-    before = len(_pending_variables())
     try:
         config = keras.saving.serialize_keras_object(model)
         if isinstance(config, dict):
@@ -234,10 +234,10 @@ def _architecture_json(model: keras.Model) -> str:
             config = {k: v for k, v in config.items() if k != "compile_config"}
         # The model's own layer classes stand for what a loader passes as custom_objects.
         classes = {type(layer).__name__: type(layer) for layer in _iter_layers(model)}
-        with keras.StatelessScope(initialize_variables=False):
+        with _unallocated():
             sketch = keras.saving.deserialize_keras_object(copy.deepcopy(config),
                                                            custom_objects=classes)
-        shapes = [tuple(w.shape) for w in getattr(sketch, "weights", ())]
+            shapes = [tuple(w.shape) for w in getattr(sketch, "weights", ())]
         if shapes != [tuple(w.shape) for w in model.weights]:
             return "null"
         return json.dumps(config, separators=(",", ":"), sort_keys=True)
@@ -245,8 +245,6 @@ def _architecture_json(model: keras.Model) -> str:
         logging.info("%s cannot be rebuilt from its config (%s: %s).", model.name,
                      type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
         return "null"
-    finally:
-        del _pending_variables()[before:]  # the sketch's: never allocated
 
 
 def _to_numpy(variable: keras.Variable) -> np.ndarray:
@@ -771,6 +769,20 @@ def _pending_variables() -> List[Any]:
     return global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
 
 
+@contextlib.contextmanager
+def _unallocated():
+    """A ``keras.StatelessScope`` whose variables are never allocated, by it or a later one.
+
+    What is built inside is a sketch: shapes and initializers only, dropped on exit.
+    """
+    before = len(_pending_variables())
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        del _pending_variables()[before:]
+
+
 def _deserialize(
     config: Any, custom_objects: Optional[Mapping[str, Any]], safe_mode: bool, reader: _Reader
 ) -> keras.Model:
@@ -809,31 +821,26 @@ def _rebuild(
     variables never allocated, and the architecture deserialized as Keras
     does (the same variables, names included).
     """
-    before = len(_pending_variables())
-    try:
-        with keras.StatelessScope(initialize_variables=False):
-            try:
-                sketch = _deserialize(config, custom_objects, safe_mode, reader)
-            except ValueError as exc:
-                if "stateless scope" not in str(exc):
-                    raise
-                raise reader.error(
-                    "its architecture has a layer that makes a variable from a value rather "
-                    "than an initializer, so its size cannot be checked before it is allocated "
-                    "(pass model=an instance of the architecture, built)"
-                ) from exc
-            _check_shapes(*_split_weights(sketch), kernel_records, weight_records, reader)
-            allocated = sum(
-                math.prod(int(d) for d in w.shape) * _itemsize(w.dtype) for w in sketch.weights
+    with _unallocated():
+        try:
+            sketch = _deserialize(config, custom_objects, safe_mode, reader)
+        except ValueError as exc:
+            if "stateless scope" not in str(exc):
+                raise
+            raise reader.error(
+                "its architecture has a layer that makes a variable from a value rather "
+                "than an initializer, so its size cannot be checked before it is allocated "
+                "(pass model=an instance of the architecture, built)"
+            ) from exc
+        _check_shapes(*_split_weights(sketch), kernel_records, weight_records, reader)
+        allocated = sum(
+            math.prod(int(d) for d in w.shape) * _itemsize(w.dtype) for w in sketch.weights
+        )
+        if allocated > _weight_budget(file_size):
+            raise reader.error(
+                f"its model's weights take {allocated:,} bytes, more than a file of "
+                f"{file_size:,} bytes holds (at most {_weight_budget(file_size):,})"
             )
-            if allocated > _weight_budget(file_size):
-                raise reader.error(
-                    f"its model's weights take {allocated:,} bytes, more than a file of "
-                    f"{file_size:,} bytes holds (at most {_weight_budget(file_size):,})"
-                )
-    finally:
-        # Never allocated: not by this scope, nor by the next one a Keras call leaves.
-        del _pending_variables()[before:]
     model = _deserialize(config, custom_objects, safe_mode, reader)
     _check_shapes(*_split_weights(model), kernel_records, weight_records, reader)
     return model
