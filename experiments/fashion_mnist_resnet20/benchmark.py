@@ -473,7 +473,9 @@ def _write(rows, dense_acc, out_dir):
         "ceil(log2(distinct nonzero values)), paper rate = 32 x 270,608 / sum(bits x nnz) over "
         "the 22 kernels; file rate = all float32 weights (BatchNorm and biases included) / the "
         "bit-packed file of `sqjl_tf.save_compressed`. Wall times overlap when TFMOT ran beside "
-        "sqjl_tf (`--jobs`).", "",
+        "sqjl_tf (`--jobs`)."
+        + (f" Reduced run: only the first {FLAGS.limit:,} images of each split (`--limit`)."
+           if FLAGS.limit else ""), "",
         "| method | budget (nnz, bits) | accuracy | paper rate | file rate | within budget | "
         "empty layers | epochs | wall time (min) |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
