@@ -57,7 +57,8 @@ flags.DEFINE_integer("dualint", 0, "how many batches to wait before updating dup
 flags.DEFINE_bool("evaluate", False, "evaluate model on validation set (= --mode=evaluate)",
                   short_name="e")
 flags.DEFINE_string("pretrain", None, "file to load pretrained model (.keras, .weights.h5, .sqjl, "
-                    "checkpoint .npz, or 'keras' for keras.applications weights)")
+                    "a checkpoint folder, a run folder (its latest.ckpt), or 'keras' for keras.applications "
+                    "weights)")
 flags.DEFINE_string("logdir", "log", "The directory used to save the trained models")
 flags.DEFINE_integer("save-every", 0, "Saves checkpoints at every specified number of epochs",
                      lower_bound=0)
@@ -84,11 +85,11 @@ flags.DEFINE_bool("keep_support", False, "finetune: codebooks of nonzero centres
 flags.DEFINE_bool("train_centres", False, "finetune: train the codebooks' centres by gradient "
                   "(Adam) in the quantized epochs instead of re-fitting them (TFMOT's clustering)")
 flags.DEFINE_list("prune_to", None, "finetune: nonzeros each layer ends with (e.g. a compression "
-                  "run's allocated_nnz, from its latest.ckpt.npz); the support shrinks to them")
+                  "run's allocated_nnz, from its final.json); the support shrinks to them")
 flags.DEFINE_integer("prune_epochs", 0, "finetune: full-precision epochs over which the support "
                      "shrinks to --prune_to (cubic schedule; 0: at once)", lower_bound=0)
 flags.DEFINE_string("from_run", None, "finetune: a finished compression run's folder; start from "
-                    "its trained weights (latest.ckpt.npz) and end at its allocation (sets "
+                    "its trained weights (latest.ckpt) and end at its allocation (sets "
                     "--pretrain, --weightbits, --prune_to from its final.json, and --dataset, "
                     "--data_dir, --arch not given from its config.json)")
 flags.DEFINE_string("teacher", None, "with --kdtemp: the uncompressed pretrained model to distil "

@@ -207,6 +207,15 @@ class ADMMState(tf.Module):
         self._index = {id(k.variable): i for i, k in enumerate(self._kernels)}
         self._index_by_path = {k.variable.path: i for i, k in enumerate(self._kernels)}
 
+    # What a checkpoint of this object holds (tf.train.Checkpoint): its variables only, not the
+    # model's layers and kernels it refers to (the model's own checkpoint holds those).
+    _CHECKPOINTED = ("duplicates", "duals", "fisher", "bits", "nnz", "residuals", "rho", "step",
+                     "epoch", "started")
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        return {name: child for name, child in children.items() if name in self._CHECKPOINTED}
+
     def _check_floor_fits(self, sizes: List[int]) -> None:
         """The budget must pay for the floor at the cheapest width, else no training starts."""
         config = self.config

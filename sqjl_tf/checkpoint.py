@@ -1,41 +1,52 @@
-"""Training checkpoints: model, optimizer and ADMM state in one atomic file.
+"""Training checkpoints: model, optimizer, ADMM state and run state, by ``tf.train.Checkpoint``.
 
-A checkpoint is a single ``.npz`` file holding every model weight, every
-optimizer variable (the iteration count included, so learning-rate schedules
-resume), the ADMM state (V, U, bits, nnz, schedule position), any further named
-run state (``variables``: the learning-rate scale, a plateau-lowered rate, the
-fine-tuning callback's shadows, masks, codebooks and schedule, the layers'
-random-seed states) and a JSON metadata record. It is written to a temporary
-file in the same folder and renamed over the target (:mod:`sqjl_tf._files`), so a
-crash during a save leaves the previous checkpoint intact and loadable.
+A checkpoint is a folder (``latest.ckpt``, ``best.ckpt``, ``epoch_0004.ckpt`` in a
+run folder) kept by a ``tf.train.CheckpointManager``: one TensorFlow checkpoint
+(``ckpt-N.index`` and ``ckpt-N.data-*``) and the ``checkpoint`` file that points
+at it. A save writes the next ``ckpt-N+1`` beside the current one and then
+replaces the pointer atomically, so a process killed during a save leaves the
+previous checkpoint in place and loadable; what the killed save left is removed
+by the next one.
+
+Everything is saved by object, the way ``tf.train.Checkpoint`` does it: the
+model's variables, the optimizer's (its iteration count included, so learning
+rate schedules resume), the ``ADMMState``'s (V, U, bits, nnz, rho, schedule
+position), any further named run state (``variables``: the learning-rate scale,
+a plateau-lowered rate, the fine-tuning callback's shadows, masks and centres,
+its pruning step) and a JSON metadata record (epoch, best value).
+
+Restoring checks the file before TensorFlow reads a tensor: every tensor the
+index declares must be paid for by the data file's size (a crafted index cannot
+make it allocate more), and every object asked for must be in the checkpoint.
 
 Example:
-    >>> save_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state, {"epoch": 3},
+    >>> save_checkpoint("run/latest.ckpt", model, optimizer, cb.state, {"epoch": 3},
     ...                 variables={"lr/scale": schedule.scale})
-    >>> meta = load_checkpoint("run/latest.ckpt.npz", model, optimizer, cb.state,
+    >>> meta = load_checkpoint("run/latest.ckpt", model, optimizer, cb.state,
     ...                        variables={"lr/scale": schedule.scale})
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-import zipfile
+import re
+import shutil
 from typing import Any, Dict, List, Mapping, Optional
 
-import numpy as np
-from absl import logging
+_FORMAT = "sqjl_tf.checkpoint/2"  # 1: the single .npz file of sqjl_tf <= 0.x
+_POINTER = "checkpoint"  # the CheckpointManager's file naming the current checkpoint
+_PREFIX = "ckpt"
+_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"  # the key suffix of a variable's value
+_METADATA_KEY = "metadata" + _VALUE
+_STATE_KEY = re.compile(r"state/(.+)/\.ATTRIBUTES/VARIABLE_VALUE")
+_OWN_FILE = re.compile(rf"{_PREFIX}-\d+(\.index|\.data-\d+-of-\d+|_temp.*)")
 
-from sqjl_tf._files import atomic_path
-from sqjl_tf._npz import check_sizes
 
-_FORMAT = "sqjl_tf.checkpoint/1"  # "state/" entries are new, and optional: still version 1
-_STATE = "state/"
-
-
-def _numpy(variable) -> np.ndarray:
-    """The value of a ``tf.Variable`` or ``keras.Variable`` as a NumPy array."""
-    return np.asarray(variable.numpy())
+def exists(path: str) -> bool:
+    """Whether ``path`` is a checkpoint folder that names a checkpoint (cheap, no TF)."""
+    return os.path.isfile(os.path.join(path, _POINTER))
 
 
 def _check_names(variables: Mapping[str, Any]) -> None:
@@ -43,6 +54,23 @@ def _check_names(variables: Mapping[str, Any]) -> None:
         if not (isinstance(name, str) and name and "\0" not in name):
             raise ValueError(f"Invalid value for argument `variables`. Received: a name {name!r}. "
                              "Expected non-empty strings naming the variables.")
+
+
+def _root(model, optimizer, admm_state, variables, metadata=None):
+    """The ``tf.train.Checkpoint`` of a run's objects; ``metadata`` a string variable."""
+    import tensorflow as tf
+
+    objects = {"model": model}
+    if optimizer is not None and optimizer.built:
+        objects["optimizer"] = optimizer
+    if admm_state is not None:
+        objects["admm"] = admm_state
+    if variables:
+        _check_names(variables)
+        objects["state"] = dict(variables)
+    if metadata is not None:
+        objects["metadata"] = metadata
+    return tf.train.Checkpoint(**objects)
 
 
 def save_checkpoint(
@@ -53,185 +81,197 @@ def save_checkpoint(
     metadata: Optional[Dict[str, Any]] = None,
     variables: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """Writes a checkpoint atomically (temporary file, then rename).
+    """Writes a checkpoint into the folder ``path``, replacing the one it holds.
 
     Args:
-        path: target file (``.npz``).
+        path: the checkpoint folder (created if needed; it holds only checkpoint files).
         model: the Keras model.
-        optimizer: its optimizer (optional).
+        optimizer: its optimizer (optional; saved once built).
         admm_state: an ``ADMMState`` (optional).
         metadata: JSON-serialisable dict (epoch, metrics...).
         variables: further run state, ``{name: tf.Variable or keras.Variable}``
             (optional); :func:`load_checkpoint` restores them by name.
 
     Returns:
-        ``path``.
+        The prefix of the TensorFlow checkpoint written (``path/ckpt-N``).
 
     Raises:
         ValueError: if a name in ``variables`` is not a non-empty string.
     """
-    arrays = {}
-    for i, w in enumerate(model.weights):
-        arrays[f"model/{i}"] = np.asarray(w.numpy())
-    if optimizer is not None and optimizer.built:
-        for i, v in enumerate(optimizer.variables):
-            arrays[f"optimizer/{i}"] = np.asarray(v.numpy())
-    if admm_state is not None:
-        for key, value in admm_state.get_state().items():
-            arrays[f"admm/{key}"] = np.asarray(value)
-    if variables:
-        _check_names(variables)
-        for name, variable in variables.items():
-            arrays[_STATE + name] = _numpy(variable)
-    meta = {"format": _FORMAT, "num_model_weights": len(model.weights)}
+    import tensorflow as tf
+
+    meta = {"format": _FORMAT}
     meta.update(metadata or {})
-    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    return path
+    record = tf.Variable(json.dumps(meta), dtype=tf.string, trainable=False)
+    root = _root(model, optimizer, admm_state, variables, record)
+    os.makedirs(path, exist_ok=True)
+    previous = tf.train.latest_checkpoint(path) if exists(path) else None
+    number = int(previous.rsplit("-", 1)[1]) + 1 if previous else 1
+    manager = tf.train.CheckpointManager(root, path, max_to_keep=1, checkpoint_name=_PREFIX)
+    prefix = manager.save(checkpoint_number=number)
+    _remove_others(path, prefix)
+    return prefix
 
 
-def read_metadata(path: str) -> Dict[str, Any]:
-    """The metadata record of a checkpoint (cheap: reads one entry)."""
-    with _open(path) as data:
-        return _metadata(data, path)
-
-
-def state_names(path: str) -> List[str]:
-    """The names of the run state (``variables`` of :func:`save_checkpoint`) a checkpoint holds.
-
-    Cheap: reads the archive's directory, no array.
-
-    Example:
-        >>> "lr/scale" in state_names("run/latest.ckpt.npz")
-        True
-    """
-    with _open(path) as data:
-        return sorted(k[len(_STATE):] for k in data.files if k.startswith(_STATE))
+def _remove_others(path: str, prefix: str) -> None:
+    """Removes the checkpoint files in ``path`` that are not ``prefix``'s (a killed save's)."""
+    current = os.path.basename(prefix)
+    for name in os.listdir(path):
+        if _OWN_FILE.fullmatch(name) and not name.startswith(current + "."):
+            target = os.path.join(path, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
 
 
 def _invalid(path: str, what: Any) -> ValueError:
     """The error of a file that is not a checkpoint: it names the file and what is wrong."""
     return ValueError(
-        f"Invalid value for argument `path`. Received: '{path}'. Invalid checkpoint file: {what}. "
-        "Expected a file written by save_checkpoint."
-    )
+        f"Invalid value for argument `path`. Received: '{path}'. Invalid checkpoint: {what}. "
+        "Expected a checkpoint folder written by save_checkpoint.")
 
 
-def _metadata(data, path: str) -> Dict[str, Any]:
-    """The checkpoint's metadata record, a dict (a ValueError for anything else)."""
+def prefix_of(path: str) -> str:
+    """The TensorFlow checkpoint prefix a checkpoint folder (or a prefix) names.
+
+    Raises:
+        FileNotFoundError: if ``path`` names no checkpoint.
+    """
+    import tensorflow as tf
+
+    if os.path.isfile(path + ".index"):
+        return path
+    if not exists(path):
+        raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
+    prefix = tf.train.latest_checkpoint(path)
+    if prefix is None or not os.path.isfile(prefix + ".index"):
+        raise FileNotFoundError(f"Checkpoint not found: '{path}' names no checkpoint file "
+                                f"(its '{_POINTER}' file is unreadable or stale).")
+    return prefix
+
+
+def _reader(path: str):
+    """``(prefix, reader)`` of a checked checkpoint: nothing declared beyond the data's size."""
+    import numpy as np
+    import tensorflow as tf
+
+    prefix = prefix_of(path)
+    data_size = sum(os.path.getsize(f) for f in glob.glob(glob.escape(prefix) + ".data-*"))
     try:
-        meta = json.loads(bytes(data["metadata"]).decode())
-    except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
-        raise _invalid(path, f"unreadable metadata ({type(err).__name__})") from err
-    if not isinstance(meta, dict) or not isinstance(meta.get("num_model_weights"), int):
-        raise _invalid(path, "metadata without the number of model weights")
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError) as err:
+        raise _invalid(path, f"unreadable index ({type(err).__name__})") from err
+    declared = 0
+    for key, shape in shapes.items():
+        dtype = dtypes[key]
+        # A string takes at least its one-byte length; a number its size.
+        declared += int(np.prod(shape, dtype=np.float64)) * (1 if dtype == tf.string else dtype.size)
+    if declared > data_size:
+        raise _invalid(path, f"its index declares {declared:.4g} bytes of tensors, its data "
+                             f"holds {data_size}")
+    return prefix, reader
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+    """The metadata record of a checkpoint (cheap: reads one entry).
+
+    Raises:
+        FileNotFoundError: if ``path`` names no checkpoint.
+        ValueError: if it is not a checkpoint of this format.
+    """
+    import tensorflow as tf
+
+    _, reader = _reader(path)
+    try:
+        meta = json.loads(reader.get_tensor(_METADATA_KEY).decode())
+    except (tf.errors.OpError, ValueError, RecursionError) as err:
+        raise _invalid(path, f"no readable metadata ({type(err).__name__})") from err
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise _invalid(path, f"unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     return meta
 
 
-def _open(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
-    try:
-        check_sizes(path)  # save_checkpoint stores its members uncompressed
-        data = np.load(path, allow_pickle=False)
-        if "metadata" not in data.files:
-            raise ValueError("no metadata entry")
-        return data
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise _invalid(path, err) from err
+def _unescape(name: str) -> str:
+    """A name as given, from its checkpoint key (TF writes "/" as ".S" and "." as "..")."""
+    return re.sub(r"\.(.)", lambda m: "/" if m.group(1) == "S" else m.group(1), name)
+
+
+def state_names(path: str) -> List[str]:
+    """The names of the run state (``variables`` of :func:`save_checkpoint`) a checkpoint holds.
+
+    Example:
+        >>> "lr/scale" in state_names("run/latest.ckpt")
+        True
+    """
+    _, reader = _reader(path)
+    return sorted(_unescape(m.group(1)) for m in map(_STATE_KEY.fullmatch,
+                                                     reader.get_variable_to_shape_map()) if m)
+
+
+def read_arrays(path: str) -> Dict[str, Any]:
+    """Every tensor a checkpoint holds, as NumPy arrays keyed by object path (for inspection).
+
+    A run-state variable's key is ``"state/" + its name``; the others are
+    ``tf.train.Checkpoint``'s object paths (``"admm/bits"``, ``"optimizer/_iterations"``).
+
+    Example:
+        >>> read_arrays("run/latest.ckpt")["state/lr/scale"]
+        array(1., dtype=float32)
+    """
+    _, reader = _reader(path)
+    arrays = {}
+    for key in reader.get_variable_to_shape_map():
+        match = _STATE_KEY.fullmatch(key)
+        if match:
+            arrays["state/" + _unescape(match.group(1))] = reader.get_tensor(key)
+        elif key.endswith(_VALUE) and key != _METADATA_KEY and not key.startswith("save_counter"):
+            arrays[key[:-len(_VALUE)]] = reader.get_tensor(key)
+    return arrays
 
 
 def load_checkpoint(path: str, model, optimizer=None, admm_state=None,
                     variables: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Restores what :func:`save_checkpoint` wrote.
+    """Restores what :func:`save_checkpoint` wrote, into the objects given.
 
-    The optimizer is built on the model's trainable variables if needed. Every
-    shape is checked before anything is assigned.
+    The optimizer is built on the model's trainable variables if needed. What
+    the checkpoint holds beyond the objects given (an optimizer, when only the
+    model is asked for) is left unread.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint folder (or a ``ckpt-N`` prefix in it).
         model: a model of the same architecture.
         optimizer: the optimizer to restore (optional).
         admm_state: the ``ADMMState`` to restore (optional).
         variables: run state to restore by name, ``{name: variable}``, as
-            given to :func:`save_checkpoint` (optional). A name the checkpoint
-            does not hold (one written before that state was saved) keeps its
-            variable's value, with a warning; entries not asked for are ignored.
+            given to :func:`save_checkpoint` (optional).
 
     Returns:
         The metadata dict.
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a checkpoint, or does not match the
-            model (number or shapes of weights) or ``variables`` (shapes).
+        FileNotFoundError: if ``path`` names no checkpoint.
+        ValueError: if it is not a checkpoint, or does not hold every object
+            given, with its shapes (a different architecture or configuration).
+            The objects may then be partly restored.
     """
-    with _open(path) as data:
-        meta = _metadata(data, path)
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"Invalid checkpoint file '{path}': unknown format {meta.get('format')!r}.")
-        weights = model.weights
-        if meta["num_model_weights"] != len(weights):
-            raise ValueError(
-                f"Invalid checkpoint file '{path}' for this model: it holds "
-                f"{meta['num_model_weights']} weights, the model has {len(weights)} "
-                "(a different architecture?)."
-            )
-        missing = [f"model/{i}" for i in range(len(weights)) if f"model/{i}" not in data.files]
-        if missing:
-            raise _invalid(path, f"no entries {missing}")
-        values = [data[f"model/{i}"] for i in range(len(weights))]
-        for w, v in zip(weights, values):
-            if tuple(w.shape) != v.shape:
-                raise ValueError(
-                    f"Invalid checkpoint file '{path}' for this model: weight '{w.path}' has "
-                    f"shape {tuple(w.shape)}, the checkpoint {v.shape} (a different architecture?)."
-                )
-        state_values = _state_values(data, path, variables or {})
-        for w, v in zip(weights, values):
-            w.assign(v)
-        if optimizer is not None:
-            keys = sorted(
-                (k for k in data.files if k.startswith("optimizer/")),
-                key=lambda k: int(k.split("/")[1]),
-            )
-            if keys:
-                if not optimizer.built:
-                    optimizer.build(model.trainable_variables)
-                if len(keys) != len(optimizer.variables):
-                    raise ValueError(
-                        f"Invalid checkpoint file '{path}' for this optimizer: it holds "
-                        f"{len(keys)} optimizer variables, the optimizer has "
-                        f"{len(optimizer.variables)}."
-                    )
-                for v, k in zip(optimizer.variables, keys):
-                    v.assign(data[k])
-        if admm_state is not None:
-            state = {k[len("admm/"):]: data[k] for k in data.files if k.startswith("admm/")}
-            if state:
-                admm_state.set_state(state)
-        for name, (variable, value) in state_values.items():
-            variable.assign(value)
+    import tensorflow as tf
+
+    meta = read_metadata(path)
+    prefix, _ = _reader(path)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    root = _root(model, optimizer, admm_state, variables)
+    try:
+        status = root.read(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()
+    except AssertionError as err:
+        raise ValueError(f"Invalid checkpoint '{path}' for this run: it lacks some of its "
+                         f"objects (a different architecture or configuration?): "
+                         f"{' '.join(str(err).split())[:300]}") from err
+    except ValueError as err:  # a shape that differs
+        raise ValueError(f"Invalid checkpoint '{path}' for this run (a different architecture "
+                         f"or configuration?): {err}") from err
+    except tf.errors.OpError as err:
+        raise _invalid(path, f"unreadable data ({type(err).__name__})") from err
     return meta
-
-
-def _state_values(data, path: str, variables: Mapping[str, Any]) -> Dict[str, tuple]:
-    """``{name: (variable, value)}`` of the ``variables`` the checkpoint holds, shapes checked."""
-    _check_names(variables)
-    found, missing = {}, []
-    for name, variable in variables.items():
-        key = _STATE + name
-        if key not in data.files:
-            missing.append(name)
-            continue
-        value = data[key]
-        if tuple(variable.shape) != value.shape:
-            raise ValueError(
-                f"Invalid checkpoint file '{path}' for this run: its state {name!r} has shape "
-                f"{value.shape}, the run's {tuple(variable.shape)} (another configuration?).")
-        found[name] = (variable, value)
-    if missing:
-        logging.warning("Checkpoint %s holds no %s (written before that state was saved): "
-                        "kept as they are.", path, ", ".join(missing))
-    return found

@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqjl_tf._usage import UsageError
+from sqjl_tf.checkpoint import exists as checkpoint_exists
 from sqjl_tf.rundir import RunDir
 
 if TYPE_CHECKING:  # the ADMM module imports TensorFlow
@@ -185,15 +186,16 @@ class TrainConfig:
         if self.teacher is not None:
             if not float(self.kdtemp) > 0:
                 bad("teacher", self.teacher, "no teacher unless kdtemp > 0")
-            if not os.path.isfile(self.teacher):
-                bad("teacher", self.teacher, "an existing model file (.keras, .weights.h5, .sqjl "
-                    "or checkpoint) of the uncompressed pretrained model")
+            if not _model_source(self.teacher):
+                bad("teacher", self.teacher, "an existing model file (.keras, .weights.h5, .sqjl), "
+                    "checkpoint folder or run folder of the uncompressed pretrained model")
         if self.mode in ("finetune", "evaluate") and not self.pretrain:
             bad("pretrain", self.pretrain, f"a model file for --mode={self.mode}")
-        if self.pretrain and self.pretrain != "keras" and not os.path.isfile(self.pretrain):
-            bad("pretrain", self.pretrain, "an existing .keras, .weights.h5, .sqjl or checkpoint "
-                "file, a torchvision AlexNet state dict (.pth, or .torch.npz), or 'keras' for "
-                "keras.applications ImageNet weights")
+        if self.pretrain and self.pretrain != "keras" and not _model_source(self.pretrain):
+            bad("pretrain", self.pretrain, "an existing .keras, .weights.h5 or .sqjl file, a "
+                "checkpoint folder (latest.ckpt) or a run folder holding one, a torchvision "
+                "AlexNet state dict (.pth, or .torch.npz), or 'keras' for keras.applications "
+                "ImageNet weights")
         try:
             from sqjl_tf.schedules import parse_lr_schedule
 
@@ -234,11 +236,17 @@ def admm_config(cfg: TrainConfig) -> "ADMMConfig":
                       **options)
 
 
+def _model_source(path: str) -> bool:
+    """Whether ``path`` names a model file, a checkpoint folder or a run folder holding one."""
+    return os.path.isfile(path) or checkpoint_exists(path) or checkpoint_exists(
+        os.path.join(path, RunDir.LATEST))
+
+
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with what it leaves to be worked out filled in (``from_run``, defaults).
 
     A fine-tuning ``from_run`` (a finished compression run's folder) starts from
-    that run's trained weights W (``latest.ckpt.npz``, unpruned) and ends at its
+    that run's trained weights W (``latest.ckpt``, unpruned) and ends at its
     allocation: ``weightbits`` = ``allocated_bits``, ``prune_to`` =
     ``allocated_nnz`` of its ``final.json``; ``dataset``, ``data_dir`` and
     ``arch`` not given are the run's (a different ``arch`` is an error). Without
@@ -260,8 +268,8 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
         bad(f"no --{', --'.join(given)} beside it (it sets them from the run)")
     run_dir = RunDir(cfg.from_run, "from_run")
     ckpt = run_dir.file(RunDir.LATEST)
-    if not all(os.path.isfile(run_dir.file(n))
-               for n in (RunDir.CONFIG, RunDir.FINAL, RunDir.LATEST)):
+    if not (all(os.path.isfile(run_dir.file(n)) for n in (RunDir.CONFIG, RunDir.FINAL))
+            and checkpoint_exists(ckpt)):
         bad(f"a finished compression run's folder (with {RunDir.CONFIG}, {RunDir.FINAL} and "
             f"{RunDir.LATEST})")
     record = run_dir.read_json(RunDir.FINAL, bad)

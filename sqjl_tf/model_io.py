@@ -7,11 +7,13 @@ raised before any file of the run is written.
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 
 from sqjl_tf._usage import UsageError
 from sqjl_tf.config import TrainConfig
+from sqjl_tf.rundir import RunDir
 
 def _load_model(path: str, cfg: TrainConfig, info):
     """A model from a .keras / .sqjl file, or the arch with weights from a file."""
@@ -28,14 +30,15 @@ def _load_model(path: str, cfg: TrainConfig, info):
     model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp,
                         **({"pretrained": True} if path == "keras" else {}))
     if path and path != "keras":
+        from sqjl_tf import checkpoint
+
+        run_checkpoint = os.path.join(path, RunDir.LATEST)  # path a run folder
         if path.endswith((".pth", ".pt")) or path.endswith(".torch.npz"):
             from sqjl_tf.models.convert import load_torchvision_alexnet
 
             load_torchvision_alexnet(model, path)  # torchvision AlexNet state dict
-        elif path.endswith(".npz"):
-            from sqjl_tf.checkpoint import load_checkpoint
-
-            load_checkpoint(path, model)
+        elif checkpoint.exists(path) or checkpoint.exists(run_checkpoint):
+            checkpoint.load_checkpoint(path if checkpoint.exists(path) else run_checkpoint, model)
         else:
             model.load_weights(path)
     return model

@@ -31,12 +31,12 @@ class RunLogger(keras.callbacks.Callback):
     The JSON record holds the epoch, the Keras logs (loss, accuracy and top-5
     of the finalised model under ``val_``, the ADMM logs: compression rate,
     residuals, bits and nnz per layer), the learning rate and the epoch's
-    seconds. Checkpoints: ``latest.ckpt.npz`` every epoch, ``best.ckpt.npz``
-    when ``monitor`` improves, ``epoch_XXXX.ckpt.npz`` every ``save_every``
+    seconds. Checkpoints: ``latest.ckpt`` every epoch, ``best.ckpt``
+    when ``monitor`` improves, ``epoch_XXXX.ckpt`` every ``save_every``
     epochs; each written atomically, and only by the chief worker.
 
     The epoch's record is appended before its checkpoints are written, and
-    ``latest.ckpt.npz`` is written last: a run killed in between resumes from
+    ``latest.ckpt`` is written last: a run killed in between resumes from
     the previous ``latest``, after :func:`truncate_metrics` has dropped the
     records of the epochs it does not hold (the best and periodic checkpoints
     of the epoch are written again).

@@ -29,6 +29,7 @@ from absl import logging
 
 from sqjl_tf._files import is_temporary, remove_temporaries, write_json
 from sqjl_tf._usage import UsageError
+from sqjl_tf.checkpoint import exists as checkpoint_exists
 
 
 class RunDir:
@@ -42,8 +43,8 @@ class RunDir:
     CONFIG = "config.json"
     FINAL = "final.json"
     METRICS = "metrics.jsonl"
-    LATEST = "latest.ckpt.npz"
-    BEST = "best.ckpt.npz"
+    LATEST = "latest.ckpt"  # checkpoint folders (sqjl_tf.checkpoint)
+    BEST = "best.ckpt"
     TENSORBOARD = "tensorboard"
     SAVED_MODEL = "saved_model"
     STAGES = "stages"  # the one-call pipeline's finished stages
@@ -52,7 +53,10 @@ class RunDir:
     LOCK = ".lock"
     _MODELS = ("model_dense", "model_compressed", "model_sparse", "model_float")
     _MODEL_FORMATS = (".keras", ".sqjl", ".tflite")
-    _EPOCH_CHECKPOINT = re.compile(r"epoch_\d{4,}\.ckpt\.npz")
+    _EPOCH_CHECKPOINT = re.compile(r"epoch_\d{4,}\.ckpt(\.npz)?")
+    # The single-file checkpoints of sqjl_tf before tf.train.Checkpoint: owned (--overwrite
+    # removes them), never resumed.
+    _LEGACY = ("latest.ckpt.npz", "best.ckpt.npz")
 
     def __init__(self, path: str, argument: str = "logdir"):
         self.path = path
@@ -71,13 +75,14 @@ class RunDir:
     @staticmethod
     def epoch_checkpoint(epoch: int) -> str:
         """The name of the checkpoint kept at the end of ``epoch`` (1-based)."""
-        return f"epoch_{epoch:04d}.ckpt.npz"
+        return f"epoch_{epoch:04d}.ckpt"
 
     @classmethod
     def owns(cls, name: str) -> bool:
         """Whether ``name`` (in a run folder) is a file or folder a run writes."""
         fixed = {cls.CONFIG, cls.FINAL, cls.METRICS, cls.LATEST, cls.BEST, cls.TENSORBOARD,
-                 cls.SAVED_MODEL, cls.STAGES, cls.ALLOCATION_MD, cls.ALLOCATION_PNG, cls.LOCK}
+                 cls.SAVED_MODEL, cls.STAGES, cls.ALLOCATION_MD, cls.ALLOCATION_PNG, cls.LOCK,
+                 *cls._LEGACY}
         stem, fmt = os.path.splitext(name)
         return (name in fixed or (stem in cls._MODELS and fmt in cls._MODEL_FORMATS)
                 or bool(cls._EPOCH_CHECKPOINT.fullmatch(name)) or is_temporary(name))
@@ -112,7 +117,7 @@ class RunDir:
 
     def started(self) -> bool:
         """Whether a run has checkpointed here (it can be resumed)."""
-        return os.path.isfile(self.file(self.LATEST)) or os.path.isdir(self.file(self.STAGES))
+        return checkpoint_exists(self.file(self.LATEST)) or os.path.isdir(self.file(self.STAGES))
 
     def read_json(self, name: str, bad: Callable[[str], Any]) -> Dict[str, Any]:
         """The JSON object in ``name``; calls ``bad(expected)`` (which raises) if it is not one."""
@@ -138,6 +143,13 @@ class RunDir:
                 was started with another value of one of ``identity``.
         """
         if not self.started():
+            legacy = [n for n in self._LEGACY if os.path.isfile(self.file(n))]
+            if legacy:
+                raise UsageError(
+                    f"Invalid value for argument `{self.argument}`. Received: {self.path!r}, "
+                    f"which holds a checkpoint of an older sqjl_tf ({legacy[0]}), which this "
+                    "version does not resume. Expected a run folder of this version; pass "
+                    f"--overwrite to start the run again, or another --{self.argument}.")
             return
 
         def bad(_expected):
@@ -168,7 +180,7 @@ class RunDir:
         temporary files of killed saves.
 
         Returns:
-            The path of ``latest.ckpt.npz`` if there is one to resume from, else None.
+            The path of ``latest.ckpt`` if there is a checkpoint to resume from, else None.
         """
         os.makedirs(self.path, exist_ok=True)
         if overwrite:
@@ -180,7 +192,7 @@ class RunDir:
             return None
         remove_temporaries(self.path)
         latest = self.file(self.LATEST)
-        return latest if os.path.isfile(latest) else None
+        return latest if checkpoint_exists(latest) else None
 
     def write_json(self, name: str, value: Any) -> str:
         """Writes ``value`` to ``name`` atomically; returns its path."""

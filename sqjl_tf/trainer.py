@@ -28,6 +28,7 @@ from absl import logging
 
 from sqjl_tf._files import atomic_path
 from sqjl_tf._usage import UsageError
+from sqjl_tf.checkpoint import exists as checkpoint_exists
 from sqjl_tf.config import (RUN_IDENTITY, TrainConfig, admm_config, check_multi_worker,
                             resolved)
 from sqjl_tf.model_io import built_model, check_finetune_targets, checked_load, short_error
@@ -202,7 +203,7 @@ def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
         logdir: the run's folder (``config.json`` of mode "compress", and the checkpoint).
         model: a built model of the run's architecture to load into (None: the run's
             ``model_compressed.keras``, written when it finished).
-        checkpoint: the checkpoint's file name in ``logdir``.
+        checkpoint: the checkpoint's folder name in ``logdir``.
 
     Returns:
         ``(model, state, meta)``: the model holding the trained weights W, the
@@ -223,8 +224,9 @@ def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
     run_dir = RunDir(logdir)
     config_file, ckpt = run_dir.file(RunDir.CONFIG), run_dir.file(checkpoint)
     saved = run_dir.file(RunDir.model_file("model_compressed", ".keras"))
-    needed = [config_file, ckpt] + ([saved] if model is None else [])
-    missing = [f for f in needed if not os.path.isfile(f)]
+    needed = [config_file] + ([saved] if model is None else [])
+    missing = [f for f in needed if not os.path.isfile(f)] + (
+        [] if checkpoint_exists(ckpt) else [ckpt])
     if missing:
         raise ValueError(f"Invalid value for argument `logdir`. Received: {logdir!r}. Expected "
                          f"a compression run's folder (missing: {', '.join(missing)}).")
@@ -441,7 +443,7 @@ def _restorer(cfg, model, optimizer, admm, variables):
 
     def restore() -> bool:
         path = RunDir(cfg.logdir).file(RunDir.LATEST)
-        if not os.path.isfile(path):
+        if not checkpoint_exists(path):
             return False
         load_checkpoint(path, model, optimizer, admm.state if admm else None,
                         variables=variables())

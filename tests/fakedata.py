@@ -70,3 +70,80 @@ def mlp(hidden, seed=0):
     return keras.Sequential(
         [keras.Input((16,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(4)]
     )
+
+
+def fake_checkpoint(run_folder):
+    """Makes ``run_folder`` look checkpointed (a ``latest.ckpt`` folder whose pointer names
+    ``ckpt-1``, with no checkpoint behind it): enough for what only asks whether a run started."""
+    folder = os.path.join(str(run_folder), "latest.ckpt")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    return folder
+
+
+# -------------------------------------------------- a crafted TensorFlow checkpoint
+# A TF checkpoint's index is a table of blocks, each followed by a type byte and the masked
+# CRC-32C of the block and that byte; TensorFlow checks them. To forge an entry, the blocks
+# are found (where a checksum matches) and signed again after the edit.
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc(crc):
+    crc ^= 0xFFFFFFFF
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _signed_spans(data):
+    """``[(start, end)]``: each block with its type byte, whose checksum follows it."""
+    spans, start, crc, end = [], 0, 0xFFFFFFFF, 0
+    while end < len(data) - 48:  # the last 48 bytes are the footer
+        crc = _CRC32C[(crc ^ data[end]) & 0xFF] ^ (crc >> 8)
+        if int.from_bytes(data[end + 1:end + 5], "little") == _masked_crc(crc):
+            spans.append((start, end + 1))
+            start = end = end + 5
+            crc = 0xFFFFFFFF
+        else:
+            end += 1
+    return spans
+
+
+def _sign(data, spans):
+    data = bytearray(data)
+    for start, end in spans:
+        crc = 0xFFFFFFFF
+        for byte in data[start:end]:
+            crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        data[end:end + 4] = _masked_crc(crc).to_bytes(4, "little")
+    return bytes(data)
+
+
+def crafted_checkpoint(folder, model):
+    """A checkpoint folder of ``model`` whose index declares a 16 TB state tensor (1 MB saved).
+
+    The tensor (state ``big``) has shape (8,) * 6 in the data and (127,) * 6 in the
+    index: TensorFlow would allocate what the index declares before reading.
+    """
+    import tensorflow as tf
+
+    from sqjl_tf.checkpoint import save_checkpoint
+
+    prefix = save_checkpoint(str(folder), model, metadata={"epoch": 1},
+                             variables={"big": tf.Variable(tf.zeros((8,) * 6))})
+    index = open(prefix + ".index", "rb").read()
+    dims = b"\x12\x02\x08\x08" * 6  # TensorShapeProto: six `dim { size: 8 }`
+    assert index.count(dims) == 1
+    with open(prefix + ".index", "wb") as f:
+        f.write(_sign(index.replace(dims, b"\x12\x02\x08\x7f" * 6), _signed_spans(index)))
+    return str(folder)

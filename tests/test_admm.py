@@ -217,7 +217,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, pretrained_weights):
 
     model, cb, opt = fresh_run()
     model.fit(x, y, epochs=1, callbacks=[cb], **fit)
-    path = os.path.join(tmp_path, "ckpt.npz")
+    path = os.path.join(tmp_path, "latest.ckpt")
     save_checkpoint(path, model, opt, cb.state, {"epoch": 1})
 
     model, cb, opt = fresh_run()
@@ -230,14 +230,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, pretrained_weights):
 
 def test_checkpoint_rejects_other_architecture(tmp_path):
     model = _model()
-    path = os.path.join(tmp_path, "ckpt.npz")
-    save_checkpoint(path, model)
+    path = os.path.join(tmp_path, "latest.ckpt")
+    prefix = save_checkpoint(path, model)
     other = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(4)])
     with pytest.raises(ValueError, match="different architecture"):
         load_checkpoint(path, other)
-    with open(path, "r+b") as f:
+    with open(prefix + ".index", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(ValueError, match="Invalid checkpoint file"):
+    with pytest.raises(ValueError, match="Invalid checkpoint: unreadable index"):
         load_checkpoint(path, model)
 
 

@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from fakedata import fake_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
@@ -203,7 +204,7 @@ def test_diagnose_rejects_a_folder_that_is_not_an_admm_run(tmp_path):
     assert proc.returncode != 0
     assert f"`--runs`. Received: '{tmp_path}'. Expected an ADMM run folder" in proc.stderr
     (tmp_path / "config.json").write_text(json.dumps({"mode": "pretrain"}))
-    (tmp_path / "latest.ckpt.npz").write_bytes(b"")
+    fake_checkpoint(tmp_path)
     proc = subprocess.run([sys.executable, script, f"--runs={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "a run of mode 'pretrain'. Expected a compression" in proc.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fakedata import learnable_images
+from fakedata import fake_checkpoint, learnable_images
 
 import sqjl_tf
 from sqjl_tf import compressible_kernels, finalize_model, trainer
@@ -82,7 +82,7 @@ def test_from_run_flag_takes_the_runs_arch_and_refuses_another(tmp_path, run_mai
     (run_dir / "config.json").write_text(json.dumps({"arch": "caffelenet", "dataset": "mnist"}))
     (run_dir / "final.json").write_text(json.dumps(
         {"mode": "compress", "allocated_bits": [3], "allocated_nnz": [5]}))
-    (run_dir / "latest.ckpt.npz").write_bytes(b"")
+    fake_checkpoint(run_dir)
     status = run_main(["--mode=finetune", f"--from_run={run_dir}", "--arch=resnet20",
                        f"--logdir={tmp_path}/run"])
     err = capfd.readouterr().err
@@ -239,7 +239,7 @@ def gradual(compression_run, idx_dir, tmp_path_factory):
                        prune_to=first["allocated_nnz"], keep_support=True,
                        weightbits=first["allocated_bits"],
                        logdir=str(tmp_path_factory.mktemp("gp")), export=("keras",),
-                       pretrain=str(logdir / "latest.ckpt.npz"), **dict(COMMON, lr=0.005))
+                       pretrain=str(logdir), **dict(COMMON, lr=0.005))
 
 
 def test_compression_keeps_its_pruned_float_model_within_the_budget(compression_run):

@@ -26,6 +26,7 @@ import zlib
 import keras
 import numpy as np
 import pytest
+from fakedata import crafted_checkpoint
 
 from sqjl_tf import checkpoint
 from sqjl_tf.export import compressed as fmt
@@ -214,10 +215,12 @@ def _sqjl_cases(folder):
 def child_reports(tmp_path_factory):
     """Every file of both groups loaded in one child (TensorFlow starts once there).
 
-    Returns ``({"sqjl": reports, "npz": reports}, the child's peak in KiB)``.
+    Returns ``({"sqjl": reports, "npz": reports, "checkpoint": reports}, the child's peak
+    in KiB)``.
     """
     groups = {"sqjl": _sqjl_cases(tmp_path_factory.mktemp("sqjl")),
-              "npz": _npz_cases(tmp_path_factory.mktemp("npz"))}
+              "npz": _npz_cases(tmp_path_factory.mktemp("npz")),
+              "checkpoint": _checkpoint_cases(tmp_path_factory.mktemp("checkpoint"))}
     cases = [(f"{group}/{name}", loader, path) for group, items in groups.items()
              for name, loader, path in items]
     reports, peak = _load_in_child(cases, tmp_path_factory.mktemp("child"))
@@ -235,6 +238,12 @@ def sqjl_reports(child_reports):
 def npz_reports(child_reports):
     reports, peak = child_reports
     return reports["npz"], peak
+
+
+@pytest.fixture(scope="module")
+def checkpoint_reports(child_reports):
+    reports, peak = child_reports
+    return reports["checkpoint"], peak
 
 
 @pytest.mark.parametrize(
@@ -286,7 +295,7 @@ def test_save_refuses_an_architecture_load_would_refuse(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Crafted .npz files.
+# Crafted .npz files (torchvision state dicts saved by NumPy).
 # ---------------------------------------------------------------------------
 
 
@@ -316,20 +325,18 @@ def _write_npz(path, members, compression=zipfile.ZIP_STORED):
 
 
 def _npz_cases(folder):
-    """``[(name, loader, path)]``: a valid checkpoint and the crafted .npz files, in ``folder``."""
+    """``[(name, loader, path)]``: the crafted .npz files, in ``folder``."""
     cases = []
 
-    def add(name, path, loader="load_checkpoint"):
+    def add(name, path, loader="load_torch_npz"):
         cases.append((name, loader, path))
 
-    valid = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    add("valid", checkpoint.save_checkpoint(str(folder / "valid.npz"), valid))
     huge = {"model/0.npy": _huge_npy()}
     add("huge_stored", _write_npz(folder / "huge_stored.npz", huge))
     add("huge_deflated", _write_npz(folder / "huge_deflated.npz", huge, zipfile.ZIP_DEFLATED))
     # np.load reads a member as an array when it starts with the .npy magic, whatever its name.
     add("huge_no_suffix", _write_npz(folder / "huge_no_suffix.npz", {"model/0": _huge_npy()}))
-    add("huge_torch_npz", _write_npz(folder / "huge.torch.npz", huge), "load_torch_npz")
+    add("huge_torch_npz", _write_npz(folder / "huge.torch.npz", huge))
     add("bzip2_member", _write_npz(folder / "bz2.npz", {"model/0.npy": _npy(np.zeros(3))},
                                    zipfile.ZIP_BZIP2))
     # A deflate bomb: a consistent header and 512 MiB of zeros in ~0.5 MB.
@@ -366,25 +373,47 @@ def test_crafted_npz_is_refused_within_bounded_memory(npz_reports, name, needle)
     _assert_refused(reports[name], needle)
 
 
-def test_valid_checkpoint_loads_in_the_child_within_bounded_memory(npz_reports):
-    reports, peak = npz_reports
+# ---------------------------------------------------------------------------
+# Checkpoints (tf.train.Checkpoint).
+# ---------------------------------------------------------------------------
+
+
+def _dense():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+
+def _checkpoint_cases(folder):
+    """``[(name, loader, path)]``: a valid checkpoint and a crafted one, in ``folder``."""
+    return [("valid", "load_checkpoint",
+             os.path.dirname(checkpoint.save_checkpoint(str(folder / "valid.ckpt"), _dense()))),
+            ("huge_declared", "load_checkpoint",
+             crafted_checkpoint(folder / "crafted.ckpt", _dense()))]
+
+
+def test_crafted_checkpoint_is_refused_within_bounded_memory(checkpoint_reports):
+    reports, _ = checkpoint_reports
+    _assert_refused(reports["huge_declared"], "its index declares 1.678e+13 bytes of tensors")
+
+
+def test_valid_checkpoint_loads_in_the_child_within_bounded_memory(checkpoint_reports):
+    reports, peak = checkpoint_reports
     assert reports["valid"]["error"] is None, reports["valid"]["message"]
     assert peak < _PEAK_KIB, peak
 
 
 def test_bad_checkpoint_metadata_is_a_value_error(tmp_path):
-    path = tmp_path / "meta.npz"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("metadata.npy", _npy(np.frombuffer(b"[" * 100_000, np.uint8)))
-    with pytest.raises(ValueError, match="Invalid checkpoint file: unreadable metadata"):
-        checkpoint.read_metadata(str(path))
+    import tensorflow as tf
+
+    tf.train.Checkpoint(metadata=tf.Variable("[" * 100_000)).write(str(tmp_path / "ckpt-1"))
+    with pytest.raises(ValueError, match="Invalid checkpoint: no readable metadata"):
+        checkpoint.read_metadata(str(tmp_path / "ckpt-1"))
 
 
-def test_a_checkpoint_missing_a_weight_is_a_value_error(tmp_path):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    path = _write_npz(tmp_path / "missing.npz", {"model/0.npy": _npy(np.zeros((4, 3), "f4"))})
-    with pytest.raises(ValueError, match=r"no entries \['model/1'\]"):
-        checkpoint.load_checkpoint(str(path), model)
+def test_a_checkpoint_of_another_architecture_is_a_value_error(tmp_path):
+    path = checkpoint.save_checkpoint(str(tmp_path / "latest.ckpt"), _dense())
+    deeper = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="lacks some of its objects"):
+        checkpoint.load_checkpoint(path, deeper)
 
 
 # ---------------------------------------------------------------------------

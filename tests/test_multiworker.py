@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from fakedata import write_fashion_mnist
+from sqjl_tf.checkpoint import exists as checkpoint_exists
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -77,7 +78,7 @@ def test_run_py_multi_worker_only_the_chief_writes(tmp_path):
     chief = tmp_path / "log0"
     final = json.load(open(chief / "final.json"))
     assert final["within_budget"]
-    assert os.path.isfile(chief / "latest.ckpt.npz") and os.path.isfile(chief / "model_compressed.sqjl")
+    assert checkpoint_exists(str(chief / "latest.ckpt")) and os.path.isfile(chief / "model_compressed.sqjl")
     records = [json.loads(line) for line in open(chief / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["val_accuracy"] <= 1 and r["val_top5"] >= r["val_accuracy"]

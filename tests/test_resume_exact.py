@@ -14,9 +14,10 @@ import os
 
 import numpy as np
 import pytest
-from fakedata import write_fashion_mnist
+from fakedata import fake_checkpoint, write_fashion_mnist
 
 from sqjl_tf import config, trainer
+from sqjl_tf.checkpoint import read_arrays, read_metadata
 from sqjl_tf.guards import NonFiniteGuard
 from sqjl_tf.models import build_model
 from sqjl_tf.rundir import RunDir
@@ -75,13 +76,12 @@ def _interrupted(monkeypatch, args, epoch, batch):
         _kill_after(patch, epoch, batch)
         with pytest.raises(_Killed):
             trainer.run(**args)
-    meta = json.loads(bytes(np.load(os.path.join(args["logdir"], RunDir.LATEST))["metadata"]))
+    meta = read_metadata(os.path.join(args["logdir"], RunDir.LATEST))
     assert meta["epoch"] == epoch - 1  # the last epoch's checkpoint, not the killed one's
 
 
 def _checkpoint(logdir):
-    with np.load(os.path.join(logdir, RunDir.LATEST)) as f:
-        return {k: f[k] for k in f.files if k != "metadata"}
+    return read_arrays(os.path.join(logdir, RunDir.LATEST))
 
 
 def _assert_same_checkpoint(got_dir, want_dir):
@@ -151,7 +151,9 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_on
     def killed_save(path, *a, **kw):  # the epoch-2 save dies half written
         if json.loads(open(os.path.join(args["logdir"], RunDir.METRICS)).read().splitlines()[-1])[
                 "epoch"] == 2:
-            open(os.path.join(os.path.dirname(path), ".tmp-k1ll3d.npz"), "wb").write(b"PK\3\4")
+            latest = os.path.join(args["logdir"], RunDir.LATEST)  # a save cut short there:
+            open(os.path.join(latest, "ckpt-2.index"), "wb").write(b"\0\1")  # no pointer to it
+            os.makedirs(os.path.join(latest, "ckpt-2_temp"))
             raise _Killed("killed during the save")
         return real(path, *a, **kw)
 
@@ -160,33 +162,56 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_on
         with pytest.raises(_Killed):
             trainer.run(**args)
     assert _epochs(args["logdir"]) == [1, 2]  # epoch 2's line, but epoch 1's checkpoint
-    assert ".tmp-k1ll3d.npz" in os.listdir(args["logdir"])
+    latest = os.path.join(args["logdir"], RunDir.LATEST)
+    assert "ckpt-2.index" in os.listdir(latest)
     trainer.run(**args)
     assert _epochs(args["logdir"]) == [1, 2, 3]
-    assert not [n for n in os.listdir(args["logdir"]) if n.startswith(".tmp")]
+    assert sorted(os.listdir(latest)) == [  # the killed save's files gone
+        "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
     _assert_same_checkpoint(args["logdir"], want_dir)
 
 
-def test_checkpoint_run_state_round_trip_older_checkpoints_and_shapes(tmp_path):
+def test_checkpoint_run_state_round_trip_missing_state_and_shapes(tmp_path):
     import keras
     import tensorflow as tf
 
     from sqjl_tf.checkpoint import load_checkpoint, save_checkpoint, state_names
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    saved = {"lr/scale": tf.Variable(0.25), "finetune/0/mask": tf.Variable([True, False])}
-    path = save_checkpoint(str(tmp_path / "new.npz"), model, metadata={"epoch": 1},
+    saved = {"lr/scale": tf.Variable(0.25), "finetune/0.mask": tf.Variable([True, False])}
+    path = save_checkpoint(str(tmp_path / "new.ckpt"), model, metadata={"epoch": 1},
                            variables=saved)
-    assert state_names(path) == ["finetune/0/mask", "lr/scale"]
-    restored = {"lr/scale": tf.Variable(1.0), "finetune/0/mask": tf.Variable([False, False])}
-    load_checkpoint(path, model, variables=restored)
+    assert state_names(path) == ["finetune/0.mask", "lr/scale"]
+    assert read_arrays(path)["state/lr/scale"] == np.float32(0.25)
+    restored = {"lr/scale": tf.Variable(1.0), "finetune/0.mask": tf.Variable([False, False])}
+    assert load_checkpoint(str(tmp_path / "new.ckpt"), model, variables=restored)["epoch"] == 1
     assert float(restored["lr/scale"].numpy()) == 0.25
-    assert restored["finetune/0/mask"].numpy().tolist() == [True, False]
-    old = save_checkpoint(str(tmp_path / "old.npz"), model, metadata={"epoch": 1})
-    assert load_checkpoint(old, model, variables=restored)["epoch"] == 1  # kept as they are
-    assert float(restored["lr/scale"].numpy()) == 0.25 and state_names(old) == []
-    with pytest.raises(ValueError, match="state 'finetune/0/mask' has shape \\(2,\\), the run's"):
-        load_checkpoint(path, model, variables={"finetune/0/mask": tf.Variable([True])})
+    assert restored["finetune/0.mask"].numpy().tolist() == [True, False]
+    old = save_checkpoint(str(tmp_path / "old.ckpt"), model, metadata={"epoch": 1})
+    with pytest.raises(ValueError, match="lacks some of its objects"):  # state it never saved
+        load_checkpoint(old, model, variables=restored)
+    with pytest.raises(ValueError, match="incompatible tensor with shape \\(2,\\)"):
+        load_checkpoint(path, model, variables={"finetune/0.mask": tf.Variable([True])})
+
+
+def test_a_checkpoint_folder_keeps_one_checkpoint_and_a_stale_pointer_is_not_found(tmp_path):
+    import keras
+
+    from sqjl_tf.checkpoint import load_checkpoint, save_checkpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    folder = tmp_path / "latest.ckpt"
+    for epoch in (1, 2, 3):
+        model.layers[0].kernel.assign(np.full((4, 3), epoch, np.float32))
+        save_checkpoint(str(folder), model, metadata={"epoch": epoch})
+    assert sorted(os.listdir(folder)) == ["checkpoint", "ckpt-3.data-00000-of-00001",
+                                          "ckpt-3.index"]
+    model.layers[0].kernel.assign(np.zeros((4, 3), np.float32))
+    assert load_checkpoint(str(folder), model)["epoch"] == 3
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == 3
+    os.remove(folder / "ckpt-3.index")  # the pointer names a checkpoint that is gone
+    with pytest.raises(FileNotFoundError, match="names no checkpoint file"):
+        load_checkpoint(str(folder), model)
 
 
 def _check_resume(cfg):
@@ -198,7 +223,7 @@ def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
     logdir.mkdir()
     started = dict(mode="finetune", weightbits=[3, 3], prune_to=[5, 9], float_epochs=2)
     (logdir / "config.json").write_text(json.dumps(started))
-    (logdir / RunDir.LATEST).write_bytes(b"")
+    fake_checkpoint(logdir)
     same = trainer.TrainConfig(logdir=str(logdir), **dict(started, prune_to=(5, 9)))
     _check_resume(same)  # a tuple is the run's list
     for name, value in (("weightbits", [2, 3]), ("prune_to", [5, 8]), ("float_epochs", 1)):

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from fakedata import fake_checkpoint
 
 from sqjl_tf._files import atomic_path, remove_temporaries, write_json
 from sqjl_tf._usage import UsageError
@@ -42,7 +43,8 @@ def test_killed_saves_leftovers_are_removed_files_and_folders(tmp_path):
 
 @pytest.mark.parametrize("name, owned", [
     ("config.json", True), ("model_compressed.sqjl", True), ("model_float.keras", True),
-    ("epoch_0012.ckpt.npz", True), ("stages", True), (".tmp-x-final.json", True),
+    ("epoch_0012.ckpt", True), ("latest.ckpt", True), ("best.ckpt", True), ("stages", True),
+    ("epoch_0012.ckpt.npz", True), ("latest.ckpt.npz", True), (".tmp-x-final.json", True),
     ("notes.txt", False), ("model_mine.keras", False), ("epoch_1.ckpt.npz", False),
     ("config.json.bak", False)])
 def test_a_run_owns_only_the_files_runs_write(name, owned):
@@ -53,8 +55,18 @@ def test_resume_compares_identity_arguments_numbers_within_rounding(tmp_path):
     run_dir = RunDir(str(tmp_path))
     run_dir.write_json(RunDir.CONFIG, {"nnz_budget": 0.1, "weightbits": [3, 4]})
     run_dir.check_resume({"nnz_budget": 0.2, "weightbits": (3, 4)}, ("weightbits",))  # not started
-    (tmp_path / RunDir.LATEST).write_bytes(b"")
+    fake_checkpoint(tmp_path)
     run_dir.check_resume({"nnz_budget": 0.1 + 1e-12, "weightbits": (3, 4)},
                          ("nnz_budget", "weightbits"))
     with pytest.raises(UsageError, match="`nnz_budget`. Received: 0.2 on resuming"):
         run_dir.check_resume({"nnz_budget": 0.2, "weightbits": [3, 4]}, ("nnz_budget",))
+
+
+def test_a_run_of_the_older_single_file_checkpoints_is_refused_not_restarted(tmp_path):
+    run_dir = RunDir(str(tmp_path))
+    run_dir.write_json(RunDir.CONFIG, {"nnz_budget": 0.1})
+    (tmp_path / "latest.ckpt.npz").write_bytes(b"PK")
+    with pytest.raises(UsageError, match="checkpoint of an older sqjl_tf \\(latest.ckpt.npz\\)"):
+        run_dir.check_resume({"nnz_budget": 0.1}, ("nnz_budget",))
+    run_dir.prepare(overwrite=True)  # what the error suggests: --overwrite removes it
+    assert os.listdir(tmp_path) == []

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from fakedata import write_fashion_mnist
+from fakedata import fake_checkpoint, write_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -65,15 +65,18 @@ def files(tmp_path_factory):
                             keras.layers.Dense(16), keras.layers.Dense(10)])
     f["mlp"] = str(root / "mlp.keras")  # fits the data, but is not a caffelenet
     mlp.save(f["mlp"])
+    f["garbage_ckpt"] = fake_checkpoint(root / "garbage")  # a pointer to ckpt-1, which is noise
     for key, name in (("garbage_pth", "garbage.pth"), ("garbage_keras", "garbage.keras"),
-                      ("garbage_npz", "garbage.ckpt.npz")):
+                      ("garbage_ckpt_index", "garbage/latest.ckpt/ckpt-1.index"),
+                      ("garbage_ckpt_data", "garbage/latest.ckpt/ckpt-1.data-00000-of-00001")):
         f[key] = str(root / name)
         with open(f[key], "wb") as out:
             out.write(np.random.default_rng(1).bytes(2000))
-    f["truncated_npz"] = save_checkpoint(str(root / "truncated.ckpt.npz"), lenet)
-    size = os.path.getsize(f["truncated_npz"])
-    with open(f["truncated_npz"], "r+b") as out:
-        out.truncate(size // 2)
+    f["truncated_ckpt"] = str(root / "truncated.ckpt")
+    prefix = save_checkpoint(f["truncated_ckpt"], lenet)
+    data = prefix + ".data-00000-of-00001"
+    with open(data, "r+b") as out:
+        out.truncate(os.path.getsize(data) // 2)
 
     def from_run(name, final):
         folder = root / name
@@ -82,7 +85,7 @@ def files(tmp_path_factory):
             {"mode": "compress", "arch": "caffelenet", "dataset": "fashion_mnist",
              "data_dir": f["data"]}))
         (folder / "final.json").write_text(final)
-        save_checkpoint(str(folder / "latest.ckpt.npz"), lenet)
+        save_checkpoint(str(folder / "latest.ckpt"), lenet)
         return str(folder)
 
     f["run_not_json"] = from_run("run_not_json", "{not json")
@@ -114,10 +117,10 @@ CASES = [
      "garbage.pth"),
     ("pretrain_garbage_keras", ["--data_dir={data}", "--pretrain={garbage_keras}"], "pretrain",
      "garbage.keras"),
-    ("pretrain_garbage_npz", ["--data_dir={data}", "--pretrain={garbage_npz}"], "pretrain",
-     "garbage.ckpt.npz"),
-    ("pretrain_truncated_npz", ["--data_dir={data}", "--pretrain={truncated_npz}"],
-     "pretrain", "truncated.ckpt.npz"),
+    ("pretrain_garbage_ckpt", ["--data_dir={data}", "--pretrain={garbage_ckpt}"], "pretrain",
+     "garbage/latest.ckpt"),
+    ("pretrain_truncated_ckpt", ["--data_dir={data}", "--pretrain={truncated_ckpt}"],
+     "pretrain", "truncated.ckpt"),
     ("pretrain_other_arch", ["--data_dir={data}", "--arch=caffelenet", "--pretrain={mlp}"],
      "pretrain", "mlp.keras"),
     ("from_run_final_not_json", ["--mode=finetune", "--from_run={run_not_json}"], "from_run",
@@ -131,7 +134,8 @@ CASES = [
 ]
 # Found only once the data or the models are read: the run folder must still be untouched.
 LATE = {"weightbits_count", "prune_to_count", "prune_to_too_many", "batch_too_large",
-        "idx_truncated_gz", "idx_garbage", "pretrain_truncated_npz", "pretrain_other_arch",
+        "idx_truncated_gz", "idx_garbage", "pretrain_garbage_ckpt", "pretrain_truncated_ckpt",
+        "pretrain_other_arch",
         "from_run_wrong_count"}
 
 

@@ -35,7 +35,7 @@ from absl import app, flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", None, "ADMM run folders (each with config.json and latest.ckpt.npz).")
+flags.DEFINE_list("runs", None, "ADMM run folders (each with config.json and latest.ckpt/).")
 flags.DEFINE_list("tfmot", [], "TFMOT result files (tfmot_baseline.py --out) to show beside.")
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: Debian's location).")
 flags.mark_flag_as_required("runs")
@@ -45,12 +45,13 @@ def _checked_runs(folders):
     """Each folder's config.json as a dict; usage errors before any work."""
     configs = []
     for folder in folders:
-        files = [os.path.join(folder, name) for name in ("config.json", "latest.ckpt.npz")]
+        # config.json, and the checkpoint folder's pointer (sqjl_tf.checkpoint, RunDir.LATEST)
+        files = [os.path.join(folder, name) for name in ("config.json", "latest.ckpt/checkpoint")]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
             raise app.UsageError(
                 f"Invalid value for flag `--runs`. Received: {folder!r}. Expected an ADMM run "
-                f"folder with config.json and latest.ckpt.npz (missing: {', '.join(missing)}).")
+                f"folder with config.json and latest.ckpt/ (missing: {', '.join(missing)}).")
         with open(files[0]) as f:
             cfg = json.load(f)
         if cfg.get("mode") != "compress":
