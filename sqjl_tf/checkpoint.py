@@ -1,19 +1,20 @@
 """Training checkpoints: model, optimizer, ADMM state and run state, by ``tf.train.Checkpoint``.
 
 A checkpoint is a folder (``latest.ckpt``, ``best.ckpt``, ``epoch_0004.ckpt`` in a
-run folder) kept by a ``tf.train.CheckpointManager``: one TensorFlow checkpoint
-(``ckpt-N.index`` and ``ckpt-N.data-*``) and the ``checkpoint`` file that points
-at it. A save writes the next ``ckpt-N+1`` beside the current one and then
-replaces the pointer atomically, so a process killed during a save leaves the
+run folder) laid out as a ``tf.train.CheckpointManager`` keeps one: one TensorFlow
+checkpoint (``ckpt-N.index`` and ``ckpt-N.data-*``) and the ``checkpoint`` file
+that points at it (``tf.train.latest_checkpoint`` reads it). A save writes the
+next ``ckpt-N+1`` beside the current one and then replaces the pointer atomically, so a process killed during a save leaves the
 previous checkpoint in place and loadable; what the killed save left is removed
 by the next one.
 
 Everything is saved by object, the way ``tf.train.Checkpoint`` does it: the
 model's variables, the optimizer's (its iteration count included, so learning
 rate schedules resume), the ``ADMMState``'s (V, U, bits, nnz, rho, schedule
-position), any further named run state (``variables``: the learning-rate scale,
-a plateau-lowered rate, the fine-tuning callback's shadows, masks and centres,
-its pruning step) and a JSON metadata record (epoch, best value).
+position) and any further named run state (``variables``: the learning-rate
+scale, a plateau-lowered rate, the fine-tuning callback's shadows, masks and
+centres, its pruning step). Beside it, ``ckpt-N.json`` holds a metadata record
+(epoch, best value), written before the pointer moves.
 
 Restoring checks the file before TensorFlow reads a tensor: every tensor the
 index declares must be paid for by the data file's size (a crafted index cannot
@@ -35,13 +36,15 @@ import re
 import shutil
 from typing import Any, Dict, List, Mapping, Optional
 
+from sqjl_tf._files import is_temporary, write_json
+
 _FORMAT = "sqjl_tf.checkpoint/2"  # 1: the single .npz file of sqjl_tf <= 0.x
 _POINTER = "checkpoint"  # the CheckpointManager's file naming the current checkpoint
 _PREFIX = "ckpt"
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"  # the key suffix of a variable's value
-_METADATA_KEY = "metadata" + _VALUE
 _STATE_KEY = re.compile(r"state/(.+)/\.ATTRIBUTES/VARIABLE_VALUE")
-_OWN_FILE = re.compile(rf"{_PREFIX}-\d+(\.index|\.data-\d+-of-\d+|_temp.*)")
+_OWN_FILE = re.compile(rf"{_PREFIX}-\d+(\.index|\.data-\d+-of-\d+|_temp.*|\.json)")
+_MAX_METADATA = 1 << 20  # bytes: a record of a few numbers
 
 
 def exists(path: str) -> bool:
@@ -56,8 +59,8 @@ def _check_names(variables: Mapping[str, Any]) -> None:
                              "Expected non-empty strings naming the variables.")
 
 
-def _root(model, optimizer, admm_state, variables, metadata=None):
-    """The ``tf.train.Checkpoint`` of a run's objects; ``metadata`` a string variable."""
+def _root(model, optimizer, admm_state, variables):
+    """The ``tf.train.Checkpoint`` of a run's objects."""
     import tensorflow as tf
 
     objects = {"model": model}
@@ -68,8 +71,6 @@ def _root(model, optimizer, admm_state, variables, metadata=None):
     if variables:
         _check_names(variables)
         objects["state"] = dict(variables)
-    if metadata is not None:
-        objects["metadata"] = metadata
     return tf.train.Checkpoint(**objects)
 
 
@@ -102,13 +103,17 @@ def save_checkpoint(
 
     meta = {"format": _FORMAT}
     meta.update(metadata or {})
-    record = tf.Variable(json.dumps(meta), dtype=tf.string, trainable=False)
-    root = _root(model, optimizer, admm_state, variables, record)
+    root = _root(model, optimizer, admm_state, variables)
     os.makedirs(path, exist_ok=True)
     previous = tf.train.latest_checkpoint(path) if exists(path) else None
     number = int(previous.rsplit("-", 1)[1]) + 1 if previous else 1
-    manager = tf.train.CheckpointManager(root, path, max_to_keep=1, checkpoint_name=_PREFIX)
-    prefix = manager.save(checkpoint_number=number)
+    prefix = os.path.join(path, f"{_PREFIX}-{number}")
+    write_json(prefix + ".json", meta)
+    root.write(prefix)
+    # The commit: the pointer, replaced atomically. Not a tf.train.CheckpointManager's save,
+    # which first makes its save counter, a variable: made inside a MultiWorkerMirroredStrategy's
+    # scope on the chief alone, that is a collective the other workers never join.
+    tf.compat.v1.train.update_checkpoint_state(path, prefix, all_model_checkpoint_paths=[prefix])
     _remove_others(path, prefix)
     return prefix
 
@@ -117,7 +122,7 @@ def _remove_others(path: str, prefix: str) -> None:
     """Removes the checkpoint files in ``path`` that are not ``prefix``'s (a killed save's)."""
     current = os.path.basename(prefix)
     for name in os.listdir(path):
-        if _OWN_FILE.fullmatch(name) and not name.startswith(current + "."):
+        if (_OWN_FILE.fullmatch(name) and not name.startswith(current + ".")) or is_temporary(name):
             target = os.path.join(path, name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
 
@@ -179,13 +184,15 @@ def read_metadata(path: str) -> Dict[str, Any]:
         FileNotFoundError: if ``path`` names no checkpoint.
         ValueError: if it is not a checkpoint of this format.
     """
-    import tensorflow as tf
-
-    _, reader = _reader(path)
+    prefix, _ = _reader(path)
     try:
-        meta = json.loads(reader.get_tensor(_METADATA_KEY).decode())
-    except (tf.errors.OpError, ValueError, RecursionError) as err:
-        raise _invalid(path, f"no readable metadata ({type(err).__name__})") from err
+        if os.path.getsize(prefix + ".json") > _MAX_METADATA:
+            raise ValueError(f"over {_MAX_METADATA} bytes")
+        with open(prefix + ".json", "rb") as f:
+            meta = json.loads(f.read().decode())
+    except (OSError, ValueError, RecursionError) as err:
+        raise _invalid(path, f"no readable metadata {os.path.basename(prefix)}.json "
+                             f"({type(err).__name__})") from err
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise _invalid(path, f"unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     return meta
@@ -224,7 +231,7 @@ def read_arrays(path: str) -> Dict[str, Any]:
         match = _STATE_KEY.fullmatch(key)
         if match:
             arrays["state/" + _unescape(match.group(1))] = reader.get_tensor(key)
-        elif key.endswith(_VALUE) and key != _METADATA_KEY and not key.startswith("save_counter"):
+        elif key.endswith(_VALUE) and not key.startswith("save_counter"):
             arrays[key[:-len(_VALUE)]] = reader.get_tensor(key)
     return arrays
 

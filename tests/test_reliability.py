@@ -205,7 +205,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b.numpy())
     checkpoint.save_checkpoint(path, model, metadata={"epoch": 2})  # the next save tidies up
     assert sorted(os.listdir(path)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
-                                        "ckpt-2.index"]
+                                        "ckpt-2.index", "ckpt-2.json"]
 
 
 @pytest.mark.slow

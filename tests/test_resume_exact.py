@@ -167,7 +167,7 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_on
     trainer.run(**args)
     assert _epochs(args["logdir"]) == [1, 2, 3]
     assert sorted(os.listdir(latest)) == [  # the killed save's files gone
-        "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+        "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index", "ckpt-3.json"]
     _assert_same_checkpoint(args["logdir"], want_dir)
 
 
@@ -205,7 +205,7 @@ def test_a_checkpoint_folder_keeps_one_checkpoint_and_a_stale_pointer_is_not_fou
         model.layers[0].kernel.assign(np.full((4, 3), epoch, np.float32))
         save_checkpoint(str(folder), model, metadata={"epoch": epoch})
     assert sorted(os.listdir(folder)) == ["checkpoint", "ckpt-3.data-00000-of-00001",
-                                          "ckpt-3.index"]
+                                          "ckpt-3.index", "ckpt-3.json"]
     model.layers[0].kernel.assign(np.zeros((4, 3), np.float32))
     assert load_checkpoint(str(folder), model)["epoch"] == 3
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3
