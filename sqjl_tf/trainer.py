@@ -161,7 +161,7 @@ def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
         run_dir.write_json(RunDir.CONFIG, dataclasses.asdict(cfg))
     else:  # other workers read the chief's checkpoint, never write
         latest = run_dir.file(RunDir.LATEST)
-        resume = latest if os.path.isfile(latest) and not cfg.overwrite else None
+        resume = latest if checkpoint_exists(latest) and not cfg.overwrite else None
     with strategy.scope():
         if cfg.target_rate is not None:
             from sqjl_tf.compress_run import run_compress
