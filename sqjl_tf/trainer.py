@@ -3,7 +3,10 @@
 ``run(mode="compress", ...)`` does what the reference's ``train.py`` did;
 ``mode="finetune"`` its ``finetune.py``; ``mode="pretrain"`` trains a dense
 model (so a user without one has one command for it); ``mode="evaluate"``
-prints accuracy and the compression report. Every argument is validated before
+prints accuracy and the compression report. Each mode is one function
+(``_compress``, ``_finetune``, ``_pretrain``, ``_evaluate``): the first three
+add their own callbacks to the training all modes share (``_fit``) and hand
+their final model to ``_finish``, which exports and measures it. Every argument is validated before
 any data is read (:mod:`sqjl_tf.config`), and the data and the models are read
 and checked against the arguments (:mod:`sqjl_tf.model_io`) before any file of
 the run folder (:class:`sqjl_tf.rundir.RunDir`) is written.
@@ -22,7 +25,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import logging
 
@@ -152,9 +155,26 @@ def _load_split(cfg: TrainConfig, split: str):
         ) from err
 
 
+@dataclasses.dataclass
+class _Job:
+    """What a training mode is given: its arguments, models and data, and where it resumes."""
+
+    cfg: TrainConfig
+    strategy: Any
+    model: Any
+    teacher: Any
+    train_ds: Any
+    test_ds: Any
+    steps_per_epoch: int
+    resume: Optional[str]  # the checkpoint to resume from
+
+    @property
+    def is_chief(self) -> bool:
+        return _is_chief(self.strategy)
+
+
 def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
-    """Trains and finishes the run in its folder (the chief holds the folder's lock)."""
-    steps_per_epoch = max(1, math.ceil(info.num_examples / cfg.batch_size))
+    """Starts (or resumes) the run in its folder and runs its mode (the chief holds the lock)."""
     run_dir = RunDir(cfg.logdir)
     if _is_chief(strategy):
         resume = run_dir.prepare(cfg.overwrite)
@@ -162,21 +182,66 @@ def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
     else:  # other workers read the chief's checkpoint, never write
         latest = run_dir.file(RunDir.LATEST)
         resume = latest if checkpoint_exists(latest) and not cfg.overwrite else None
-    with strategy.scope():
-        if cfg.target_rate is not None:
-            from sqjl_tf.compress_run import run_compress
+    job = _Job(cfg, strategy, model, teacher, train_ds, test_ds,
+               max(1, math.ceil(info.num_examples / cfg.batch_size)), resume)
+    return _MODES[cfg.mode](job)
 
-            return run_compress(cfg, model, train_ds, test_ds, steps_per_epoch,
-                                lambda c, m: _export(c, m) if _is_chief(strategy) else {},
-                                _accuracy)
-        student, admm, callbacks = _train(cfg, strategy, model, train_ds, test_ds,
-                                          steps_per_epoch, resume, teacher)
+
+def _compress(job: _Job) -> Dict[str, Any]:
+    """``mode="compress"``: ADMM toward the budget (the reference's ``train.py``).
+
+    With ``target_rate``, the one-call pipeline (:mod:`sqjl_tf.compress_run`) instead.
+    """
+    cfg = job.cfg
+    if cfg.target_rate is not None:
+        from sqjl_tf.compress_run import run_compress
+
+        with job.strategy.scope():
+            return run_compress(cfg, job.model, job.train_ds, job.test_ds, job.steps_per_epoch,
+                                lambda c, m: _export(c, m) if job.is_chief else {}, _accuracy)
+    admm = admm_callback(cfg)
+    with job.strategy.scope():
+        admm.build(job.model)
+        _fit(job, [admm], admm=admm)
     # Outside the strategy: the final model has plain variables (exports read them freely).
-    final = admm.finalize(student) if admm else _finalized_other(callbacks, student)
-    sparse = None
-    if admm is not None and admm.state.config.mode == "joint" and "keras" in cfg.export:
-        sparse = admm.finalize(student, quantize=False)
-    return _finish(cfg, final, test_ds, admm, _is_chief(strategy), sparse)
+    final = admm.finalize(job.model)
+    sparse = None  # pruned, full precision: a float-first fine-tuning's start
+    if admm.state.config.mode == "joint" and "keras" in cfg.export:
+        sparse = admm.finalize(job.model, quantize=False)
+    return _finish(job, final, admm, sparse)
+
+
+def _finetune(job: _Job) -> Dict[str, Any]:
+    """``mode="finetune"``: quantized fine-tuning to fixed widths (the reference's ``finetune.py``)."""
+    from sqjl_tf.finetune import QuantizedFinetuneCallback
+
+    cfg = job.cfg
+    finetune = QuantizedFinetuneCallback(weightbits=cfg.weightbits, float_epochs=cfg.float_epochs,
+                                         reserve_zero=not cfg.keep_support,
+                                         train_centres=cfg.train_centres, prune_to=cfg.prune_to,
+                                         prune_epochs=cfg.prune_epochs)
+    callbacks = [finetune]
+    float_path = RunDir(cfg.logdir).file(_FLOAT_KERAS)
+    if cfg.float_epochs and job.is_chief and "keras" in cfg.export:
+        callbacks.append(_float_model_saver(job.model, cfg.float_epochs, float_path))
+    with job.strategy.scope():
+        _fit(job, callbacks, finetune=finetune)
+    float_file = float_path if cfg.float_epochs and os.path.isfile(float_path) else None
+    return _finish(job, finetune.finalize(), float_file=float_file)
+
+
+def _pretrain(job: _Job) -> Dict[str, Any]:
+    """``mode="pretrain"``: trains the dense model (a start for the other modes)."""
+    import keras
+
+    with job.strategy.scope():
+        _fit(job, [])
+    final = keras.models.clone_model(job.model)  # plain variables, outside the strategy
+    final.set_weights(job.model.get_weights())
+    return _finish(job, final)
+
+
+_MODES = {"compress": _compress, "finetune": _finetune, "pretrain": _pretrain}
 
 
 def admm_callback(cfg: TrainConfig):
@@ -242,32 +307,26 @@ def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
     return model, state, meta
 
 
-def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, teacher=None):
+def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
+    """Trains ``job.model`` from its start or its checkpoint, as every mode does.
+
+    Around the mode's own callbacks (``mode_callbacks``: ADMM's, fine-tuning's),
+    the same for every mode: the optimizer and its schedule, distillation, the
+    non-finite guard, the plateau schedule, the records and checkpoints, and
+    TensorBoard; ``fit``, or the custom loop under ``MultiWorkerMirroredStrategy``.
+    Called under the strategy's scope.
+    """
     import keras
     import tensorflow as tf
 
-    from sqjl_tf.checkpoint import load_checkpoint, state_names
+    from sqjl_tf.checkpoint import load_checkpoint
     from sqjl_tf.guards import NonFiniteGuard
     from sqjl_tf.run_logger import BatchLogger, ConsoleLogs, RunLogger, truncate_metrics
 
-    student = model
-    admm = finetune = None
-    callbacks = []
-    if cfg.mode == "compress":
-        admm = admm_callback(cfg)
-        admm.build(student)
-        callbacks.append(admm)
-    elif cfg.mode == "finetune":
-        from sqjl_tf.finetune import QuantizedFinetuneCallback
-
-        finetune = QuantizedFinetuneCallback(weightbits=cfg.weightbits,
-                                             float_epochs=cfg.float_epochs,
-                                             reserve_zero=not cfg.keep_support,
-                                             train_centres=cfg.train_centres,
-                                             prune_to=cfg.prune_to,
-                                             prune_epochs=cfg.prune_epochs)
-        callbacks.append(finetune)
-    optimizer = _optimizer(cfg, steps_per_epoch, admm)
+    cfg, strategy, student, teacher = job.cfg, job.strategy, job.model, job.teacher
+    train_ds, test_ds, resume = job.train_ds, job.test_ds, job.resume
+    callbacks = list(mode_callbacks)
+    optimizer = _optimizer(cfg, job.steps_per_epoch, admm)
     trained = student
     if cfg.kdtemp > 0:
         from sqjl_tf.distill import Distiller
@@ -298,10 +357,8 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
     initial_epoch = cfg.start_epoch
     best = None  # RunLogger starts from the worst value
     if resume:
-        if finetune is not None and any(name.startswith("finetune/")
-                                        for name in state_names(resume)):
+        if finetune is not None:
             finetune.build(trained)  # its variables, to restore (fit keeps them: same model)
-        # else (a checkpoint from before the state was saved): fit builds it on the loaded model
         meta = load_checkpoint(resume, student, optimizer, admm.state if admm else None,
                                variables=run_state())
         initial_epoch = int(meta["epoch"])
@@ -311,9 +368,6 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)
     skipped = initial_epoch if resume else 0  # epochs whose data a resumed run does not read
     state_fn = (lambda: admm.state) if admm else (lambda: None)
-    if cfg.mode == "finetune" and cfg.float_epochs and _is_chief(strategy) and "keras" in cfg.export:
-        callbacks.append(_float_model_saver(student, cfg.float_epochs,
-                                          RunDir(cfg.logdir).file(_FLOAT_KERAS)))
     if plateau is not None:  # before the logger: the checkpoint holds the epoch's decision
         callbacks.append(plateau)
     # One line per epoch: Keras's (a progress bar on a terminal), else the RunLogger's.
@@ -341,7 +395,6 @@ def _train(cfg, strategy, model, train_ds, test_ds, steps_per_epoch, resume, tea
             trained.fit(data, validation_data=test_ds, epochs=cfg.epochs, steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                         verbose=0 if fit_is_silent else 1 if sys.stdout.isatty() else 2)
-    return student, admm, callbacks
 
 
 def _float_model_saver(student, float_epochs: int, path: str):
@@ -452,17 +505,6 @@ def _restorer(cfg, model, optimizer, admm, variables):
     return restore
 
 
-def _finalized_other(callbacks, student):
-    import keras
-
-    for cb in callbacks:
-        if hasattr(cb, "finalize"):
-            return cb.finalize()
-    clone = keras.models.clone_model(student)
-    clone.set_weights(student.get_weights())
-    return clone
-
-
 def _train_eval(cfg, trained, admm):
     """``eval_tr``'s training-set evaluation, on its own copy of the split.
 
@@ -530,22 +572,23 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_ep
     epoch_callbacks.on_train_end()
 
 
-def _finish(cfg, model, test_ds, admm, is_chief, sparse=None):
+def _finish(job: _Job, model, admm=None, sparse=None, float_file=None) -> Dict[str, Any]:
+    """Exports the final model, measures it, and writes the run's record (``final.json``)."""
     import keras
     import numpy as np
 
     from sqjl_tf.budget import compression_report
     from sqjl_tf.layers import compressible_kernels
 
+    cfg, is_chief = job.cfg, job.is_chief
     run_dir = RunDir(cfg.logdir)
     files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
-    if sparse is not None and is_chief:  # pruned, full precision: a float-first fine-tuning's start
+    if sparse is not None and is_chief:
         files["keras_sparse"] = _save_keras(
             sparse, run_dir.file(RunDir.model_file("model_sparse", ".keras")))
-    float_path = run_dir.file(_FLOAT_KERAS)
-    if cfg.mode == "finetune" and cfg.float_epochs and os.path.isfile(float_path):
-        files["keras_float"] = float_path  # saved at the end of the full-precision phase
-    scores = _accuracy(model, test_ds)
+    if float_file is not None:
+        files["keras_float"] = float_file  # saved at the end of the full-precision phase
+    scores = _accuracy(model, job.test_ds)
     budget = admm.state.budget_bits if admm else None
     try:
         report = compression_report(model, budget_bits=budget, file_sizes=cfg.mode != "pretrain")
