@@ -207,14 +207,13 @@ class ADMMState(tf.Module):
         self._index = {id(k.variable): i for i, k in enumerate(self._kernels)}
         self._index_by_path = {k.variable.path: i for i, k in enumerate(self._kernels)}
 
-    # What a checkpoint of this object holds (tf.train.Checkpoint): its variables only, not the
-    # model's layers and kernels it refers to (the model's own checkpoint holds those).
-    _CHECKPOINTED = ("duplicates", "duals", "fisher", "bits", "nnz", "residuals", "rho", "step",
-                     "epoch", "started")
-
     def _trackable_children(self, save_type="checkpoint", **kwargs):
+        """What a ``tf.train.Checkpoint`` of this object holds: every variable it owns (alone
+        or in a list), not the layers and kernels it refers to (the model's checkpoint has them)."""
         children = super()._trackable_children(save_type, **kwargs)
-        return {name: child for name, child in children.items() if name in self._CHECKPOINTED}
+        return {name: child for name, child in children.items()
+                if isinstance(child, tf.Variable) or (isinstance(child, list) and all(
+                    isinstance(v, tf.Variable) for v in child))}
 
     def _check_floor_fits(self, sizes: List[int]) -> None:
         """The budget must pay for the floor at the cheapest width, else no training starts."""
@@ -498,35 +497,6 @@ class ADMMState(tf.Module):
         return out
 
     # --------------------------------------------------------- serialisation
-    def get_state(self) -> Dict[str, np.ndarray]:
-        """All state as NumPy arrays (for checkpoints)."""
-        state = {
-            "bits": self.bits.numpy(),
-            "nnz": self.nnz.numpy(),
-            "residuals": self.residuals.numpy(),
-            "step": self.step.numpy(),
-            "epoch": self.epoch.numpy(),
-            "started": self.started.numpy(),
-            "rho": self.rho.numpy(),
-        }
-        for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
-            state[f"V{i}"] = v.numpy()
-            state[f"U{i}"] = u.numpy()
-        for i, f in enumerate(self.fisher):
-            state[f"F{i}"] = f.numpy()
-        return state
-
-    def set_state(self, state: Dict[str, np.ndarray]) -> None:
-        """Restores what :meth:`get_state` returned."""
-        for key in ("bits", "nnz", "residuals", "step", "epoch", "started"):
-            getattr(self, key).assign(state[key])
-        self.rho.assign(state["rho"] if "rho" in state else self.config.rho)  # older checkpoints
-        for i, (v, u) in enumerate(zip(self.duplicates, self.duals)):
-            v.assign(state[f"V{i}"])
-            u.assign(state[f"U{i}"])
-        for i, f in enumerate(self.fisher):
-            if f"F{i}" in state:  # absent from checkpoints of magnitude runs
-                f.assign(state[f"F{i}"])
 
 
 # ------------------------------------------------------ normalization folding
