@@ -44,6 +44,7 @@ _PREFIX = "ckpt"
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"  # the key suffix of a variable's value
 _STATE_KEY = re.compile(r"state/(.+)/\.ATTRIBUTES/VARIABLE_VALUE")
 _OWN_FILE = re.compile(rf"{_PREFIX}-\d+(\.index|\.data-\d+-of-\d+|_temp.*|\.json)")
+_NUMBERED = re.compile(rf"{_PREFIX}-(\d+)\b")
 _MAX_METADATA = 1 << 20  # bytes: a record of a few numbers
 
 
@@ -105,15 +106,16 @@ def save_checkpoint(
     meta.update(metadata or {})
     root = _root(model, optimizer, admm_state, variables)
     os.makedirs(path, exist_ok=True)
-    previous = tf.train.latest_checkpoint(path) if exists(path) else None
-    number = int(previous.rsplit("-", 1)[1]) + 1 if previous else 1
-    prefix = os.path.join(path, f"{_PREFIX}-{number}")
+    numbers = [int(m.group(1)) for m in map(_NUMBERED.match, os.listdir(path)) if m]
+    name = f"{_PREFIX}-{max(numbers, default=0) + 1}"  # beside every other, even a killed save's
+    prefix = os.path.join(path, name)
     write_json(prefix + ".json", meta)
     root.write(prefix)
-    # The commit: the pointer, replaced atomically. Not a tf.train.CheckpointManager's save,
+    # The commit: the pointer, replaced atomically, naming the checkpoint relative to its folder
+    # (a folder moved or copied still names its own). Not a tf.train.CheckpointManager's save,
     # which first makes its save counter, a variable: made inside a MultiWorkerMirroredStrategy's
     # scope on the chief alone, that is a collective the other workers never join.
-    tf.compat.v1.train.update_checkpoint_state(path, prefix, all_model_checkpoint_paths=[prefix])
+    tf.compat.v1.train.update_checkpoint_state(path, name, all_model_checkpoint_paths=[name])
     _remove_others(path, prefix)
     return prefix
 

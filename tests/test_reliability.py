@@ -204,8 +204,8 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     for a, b in zip(good, restored.weights):
         np.testing.assert_array_equal(a, b.numpy())
     checkpoint.save_checkpoint(path, model, metadata={"epoch": 2})  # the next save tidies up
-    assert sorted(os.listdir(path)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
-                                        "ckpt-2.index", "ckpt-2.json"]
+    assert sorted(os.listdir(path)) == ["checkpoint", "ckpt-3.data-00000-of-00001",
+                                        "ckpt-3.index", "ckpt-3.json"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ fine-tuning state, to float tolerance.
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -166,8 +167,8 @@ def test_a_kill_between_the_metrics_line_and_the_checkpoint_leaves_each_epoch_on
     assert "ckpt-2.index" in os.listdir(latest)
     trainer.run(**args)
     assert _epochs(args["logdir"]) == [1, 2, 3]
-    assert sorted(os.listdir(latest)) == [  # the killed save's files gone
-        "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index", "ckpt-3.json"]
+    assert sorted(os.listdir(latest)) == [  # the killed save's files gone (it was ckpt-2)
+        "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index", "ckpt-4.json"]
     _assert_same_checkpoint(args["logdir"], want_dir)
 
 
@@ -209,7 +210,12 @@ def test_a_checkpoint_folder_keeps_one_checkpoint_and_a_stale_pointer_is_not_fou
     model.layers[0].kernel.assign(np.zeros((4, 3), np.float32))
     assert load_checkpoint(str(folder), model)["epoch"] == 3
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3
+    moved = tmp_path / "elsewhere" / "latest.ckpt"  # the pointer names it relative to its folder
+    shutil.copytree(folder, moved)
+    model.layers[0].kernel.assign(np.zeros((4, 3), np.float32))
     os.remove(folder / "ckpt-3.index")  # the pointer names a checkpoint that is gone
+    assert load_checkpoint(str(moved), model)["epoch"] == 3
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == 3
     with pytest.raises(FileNotFoundError, match="names no checkpoint file"):
         load_checkpoint(str(folder), model)
 
