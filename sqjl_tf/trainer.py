@@ -238,7 +238,7 @@ def _pretrain(job: _Job) -> Dict[str, Any]:
         _fit(job, [])
     final = keras.models.clone_model(job.model)  # plain variables, outside the strategy
     final.set_weights(job.model.get_weights())
-    return _finish(job, final)
+    return _finish(job, final, dense=True)
 
 
 _MODES = {"compress": _compress, "finetune": _finetune, "pretrain": _pretrain}
@@ -572,8 +572,13 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_ep
     epoch_callbacks.on_train_end()
 
 
-def _finish(job: _Job, model, admm=None, sparse=None, float_file=None) -> Dict[str, Any]:
-    """Exports the final model, measures it, and writes the run's record (``final.json``)."""
+def _finish(job: _Job, model, admm=None, sparse=None, float_file=None,
+            dense: bool = False) -> Dict[str, Any]:
+    """Exports the final model, measures it, and writes the run's record (``final.json``).
+
+    ``dense``: the model is not compressed (pretraining): ``model_dense.keras``, no
+    bit-packed file.
+    """
     import keras
     import numpy as np
 
@@ -582,7 +587,7 @@ def _finish(job: _Job, model, admm=None, sparse=None, float_file=None) -> Dict[s
 
     cfg, is_chief = job.cfg, job.is_chief
     run_dir = RunDir(cfg.logdir)
-    files = _export(cfg, model) if is_chief else {}  # before compile: no optimizer saved
+    files = _export(cfg, model, dense) if is_chief else {}  # before compile: no optimizer saved
     if sparse is not None and is_chief:
         files["keras_sparse"] = _save_keras(
             sparse, run_dir.file(RunDir.model_file("model_sparse", ".keras")))
@@ -591,7 +596,7 @@ def _finish(job: _Job, model, admm=None, sparse=None, float_file=None) -> Dict[s
     scores = _accuracy(model, job.test_ds)
     budget = admm.state.budget_bits if admm else None
     try:
-        report = compression_report(model, budget_bits=budget, file_sizes=cfg.mode != "pretrain")
+        report = compression_report(model, budget_bits=budget, file_sizes=not dense)
     except ValueError:  # a kernel with > 256 levels (e.g. prune-only): no bit-packed file
         report = compression_report(model, budget_bits=budget)
     record = {
@@ -640,17 +645,17 @@ def _accuracy(model, dataset) -> Dict[str, float]:
     return {"accuracy": top1 / max(count, 1), "top5": top5 / max(count, 1)}
 
 
-def _export(cfg, model) -> Dict[str, str]:
+def _export(cfg, model, dense: bool = False) -> Dict[str, str]:
     files = {}
     run_dir = RunDir(cfg.logdir)
-    name = "model_dense" if cfg.mode == "pretrain" else "model_compressed"
-    if "keras" in cfg.export or cfg.mode == "pretrain":
+    name = "model_dense" if dense else "model_compressed"
+    if "keras" in cfg.export or dense:
         files["keras"] = _save_keras(model, run_dir.file(RunDir.model_file(name, ".keras")))
     if "saved_model" in cfg.export:
         files["saved_model"] = run_dir.file(RunDir.SAVED_MODEL)
         with atomic_path(files["saved_model"], folder=True) as tmp:
             model.export(tmp, verbose=False)
-    if "compressed" in cfg.export and cfg.mode != "pretrain":
+    if "compressed" in cfg.export and not dense:
         from sqjl_tf.export import save_compressed
 
         files["compressed"] = run_dir.file(RunDir.model_file(name, ".sqjl"))
