@@ -36,7 +36,7 @@ import re
 import shutil
 from typing import Any, Dict, List, Mapping, Optional
 
-from sqjl_tf._files import is_temporary, write_json
+from sqjl_tf._files import is_temporary, write_json, write_text
 
 _FORMAT = "sqjl_tf.checkpoint/2"  # 1: the single .npz file of sqjl_tf <= 0.x
 _POINTER = "checkpoint"  # the CheckpointManager's file naming the current checkpoint
@@ -100,8 +100,6 @@ def save_checkpoint(
     Raises:
         ValueError: if a name in ``variables`` is not a non-empty string.
     """
-    import tensorflow as tf
-
     meta = {"format": _FORMAT}
     meta.update(metadata or {})
     root = _root(model, optimizer, admm_state, variables)
@@ -111,13 +109,23 @@ def save_checkpoint(
     prefix = os.path.join(path, name)
     write_json(prefix + ".json", meta)
     root.write(prefix)
-    # The commit: the pointer, replaced atomically, naming the checkpoint relative to its folder
-    # (a folder moved or copied still names its own). Not a tf.train.CheckpointManager's save,
-    # which first makes its save counter, a variable: made inside a MultiWorkerMirroredStrategy's
-    # scope on the chief alone, that is a collective the other workers never join.
-    tf.compat.v1.train.update_checkpoint_state(path, name, all_model_checkpoint_paths=[name])
+    _write_pointer(path, name)  # the commit
     _remove_others(path, prefix)
     return prefix
+
+
+def _write_pointer(path: str, name: str) -> None:
+    """Points the folder's ``checkpoint`` file at ``name``, replacing it atomically.
+
+    The file is TensorFlow's ``CheckpointState`` (text format), which
+    ``tf.train.latest_checkpoint`` reads; it names the checkpoint relative to the
+    folder, so a folder moved or copied still names its own. Not written by a
+    ``tf.train.CheckpointManager``: its save first makes a save counter, a variable,
+    and made inside a ``MultiWorkerMirroredStrategy``'s scope on the chief alone,
+    that is a collective the other workers never join.
+    """
+    write_text(os.path.join(path, _POINTER),
+               f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
 
 
 def _remove_others(path: str, prefix: str) -> None:

@@ -183,8 +183,6 @@ def test_nan_recovery_restores_and_lowers_learning_rate(tmp_path):
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    from tensorflow.python.checkpoint import checkpoint_management
-
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     path = os.path.join(tmp_path, "latest.ckpt")
     checkpoint.save_checkpoint(path, model, metadata={"epoch": 1})
@@ -194,7 +192,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):  # killed once the data is written, before the pointer moves
         raise KeyboardInterrupt("killed during the save")
 
-    monkeypatch.setattr(checkpoint_management, "update_checkpoint_state_internal", crash)
+    monkeypatch.setattr(checkpoint, "_write_pointer", crash)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(path, model, metadata={"epoch": 2})
     monkeypatch.undo()
