@@ -4,9 +4,9 @@ A checkpoint is a folder (``latest.ckpt``, ``best.ckpt``, ``epoch_0004.ckpt`` in
 run folder) laid out as a ``tf.train.CheckpointManager`` keeps one: one TensorFlow
 checkpoint (``ckpt-N.index`` and ``ckpt-N.data-*``) and the ``checkpoint`` file
 that points at it (``tf.train.latest_checkpoint`` reads it). A save writes the
-next ``ckpt-N+1`` beside the current one and then replaces the pointer atomically, so a process killed during a save leaves the
-previous checkpoint in place and loadable; what the killed save left is removed
-by the next one.
+next ``ckpt-N+1`` beside the current one and then replaces the pointer atomically,
+so a process killed during a save leaves the previous checkpoint in place and
+loadable; what the killed save left is removed by the next one.
 
 Everything is saved by object, the way ``tf.train.Checkpoint`` does it: the
 model's variables, the optimizer's (its iteration count included, so learning
