@@ -180,7 +180,8 @@ def _reader(path: str):
     for key, shape in shapes.items():
         dtype = dtypes[key]
         # A string takes at least its one-byte length; a number its size.
-        declared += int(np.prod(shape, dtype=np.float64)) * (1 if dtype == tf.string else dtype.size)
+        item = 1 if dtype == tf.string else dtype.size
+        declared += int(np.prod(shape, dtype=np.float64)) * item
     if declared > data_size:
         raise _invalid(path, f"its index declares {declared:.4g} bytes of tensors, its data "
                              f"holds {data_size}")
@@ -203,8 +204,9 @@ def read_metadata(path: str) -> Dict[str, Any]:
     except (OSError, ValueError, RecursionError) as err:
         raise _invalid(path, f"no readable metadata {os.path.basename(prefix)}.json "
                              f"({type(err).__name__})") from err
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise _invalid(path, f"unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    found = meta.get("format") if isinstance(meta, dict) else meta
+    if found != _FORMAT:
+        raise _invalid(path, f"unknown format {found!r}")
     return meta
 
 
