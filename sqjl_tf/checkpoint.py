@@ -61,10 +61,18 @@ def _check_names(variables: Mapping[str, Any]) -> None:
 
 
 def _root(model, optimizer, admm_state, variables):
-    """The ``tf.train.Checkpoint`` of a run's objects."""
+    """The ``tf.train.Checkpoint`` of a run's objects.
+
+    The model is saved as the list of its weights (in ``model.weights`` order, as
+    Keras's own weight files match them), not as the model object: a compiled
+    model's object graph holds its optimizer, and restoring it into a model that
+    gets an optimizer later (a fine-tuning started from a compression run's
+    checkpoint) would hand the new optimizer the old one's step, through
+    ``tf.train.Checkpoint``'s deferred restoration.
+    """
     import tensorflow as tf
 
-    objects = {"model": model}
+    objects = {"model": list(model.weights)}
     if optimizer is not None and optimizer.built:
         objects["optimizer"] = optimizer
     if admm_state is not None:
@@ -100,7 +108,7 @@ def save_checkpoint(
     Raises:
         ValueError: if a name in ``variables`` is not a non-empty string.
     """
-    meta = {"format": _FORMAT}
+    meta = {"format": _FORMAT, "num_model_weights": len(model.weights)}
     meta.update(metadata or {})
     root = _root(model, optimizer, admm_state, variables)
     os.makedirs(path, exist_ok=True)
@@ -277,6 +285,10 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None,
 
     meta = read_metadata(path)
     prefix, _ = _reader(path)
+    if meta.get("num_model_weights") != len(model.weights):
+        raise ValueError(f"Invalid checkpoint '{path}' for this model: it holds "
+                         f"{meta.get('num_model_weights')} model weights, the model has "
+                         f"{len(model.weights)} (a different architecture?).")
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
     root = _root(model, optimizer, admm_state, variables)

@@ -412,8 +412,11 @@ def test_bad_checkpoint_metadata_is_a_value_error(tmp_path):
 def test_a_checkpoint_of_another_architecture_is_a_value_error(tmp_path):
     path = checkpoint.save_checkpoint(str(tmp_path / "latest.ckpt"), _dense())
     deeper = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="lacks some of its objects"):
+    with pytest.raises(ValueError, match="it holds 2 model weights, the model has 4"):
         checkpoint.load_checkpoint(path, deeper)
+    with pytest.raises(ValueError, match="it holds 4 model weights, the model has 2"):
+        checkpoint.load_checkpoint(checkpoint.save_checkpoint(str(tmp_path / "deeper.ckpt"),
+                                                              deeper), _dense())
 
 
 # ---------------------------------------------------------------------------

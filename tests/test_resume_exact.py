@@ -236,3 +236,26 @@ def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
         cfg = trainer.TrainConfig(logdir=str(logdir), **dict(started, **{name: value}))
         with pytest.raises(trainer.UsageError, match=f"`{name}`. Received: .* on resuming"):
             _check_resume(cfg)
+
+
+def test_weights_loaded_from_a_trained_runs_checkpoint_bring_no_optimizer_step(tmp_path):
+    """A fine-tuning started from a compression run's checkpoint starts its own schedule."""
+    import keras
+
+    from sqjl_tf.checkpoint import load_checkpoint, save_checkpoint
+
+    def model():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+    trained = model()
+    trained.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    trained.fit(np.ones((8, 4)), np.ones((8, 3)), epochs=3, batch_size=4, verbose=0)
+    assert int(trained.optimizer.iterations.numpy()) == 6
+    path = save_checkpoint(str(tmp_path / "latest.ckpt"), trained, trained.optimizer)
+    started = model()
+    load_checkpoint(path, started)  # --pretrain=<run>: the weights alone
+    np.testing.assert_array_equal(started.layers[0].kernel.numpy(),
+                                  trained.layers[0].kernel.numpy())
+    started.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    started.optimizer.build(started.trainable_variables)
+    assert int(started.optimizer.iterations.numpy()) == 0
