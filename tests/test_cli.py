@@ -293,6 +293,10 @@ def test_gradual_pruning_from_the_checkpoint_ends_at_the_allocation(compression_
     _, first, nnz = compression_run
     assert [layer["nnz"] for layer in gradual["layers"]] == nnz
     assert gradual["size_bits"] <= first["budget_bits"]
+    # Its own schedule from its start: not the compression run's step (its checkpoint's).
+    logdir = os.path.dirname(gradual["files"]["keras"])
+    first_epoch = json.loads(open(os.path.join(logdir, "metrics.jsonl")).readline())
+    assert first_epoch["lr"] == pytest.approx(0.005)
 
 
 def test_from_run_takes_the_runs_start_widths_targets_and_data(compression_run, gradual,
