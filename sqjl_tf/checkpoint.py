@@ -8,8 +8,8 @@ next ``ckpt-N+1`` beside the current one and then replaces the pointer atomicall
 so a process killed during a save leaves the previous checkpoint in place and
 loadable; what the killed save left is removed by the next one.
 
-Everything is saved by object, the way ``tf.train.Checkpoint`` does it: the
-model's variables, the optimizer's (its iteration count included, so learning
+Everything is saved by ``tf.train.Checkpoint``: the model's weights (as a list,
+see :func:`_root`), the optimizer's (its iteration count included, so learning
 rate schedules resume), the ``ADMMState``'s (V, U, bits, nnz, rho, schedule
 position) and any further named run state (``variables``: the learning-rate
 scale, a plateau-lowered rate, the fine-tuning callback's shadows, masks and
