@@ -204,6 +204,11 @@ def read_metadata(path: str) -> Dict[str, Any]:
         ValueError: if it is not a checkpoint of this format.
     """
     prefix, _ = _reader(path)
+    return _metadata(path, prefix)
+
+
+def _metadata(path: str, prefix: str) -> Dict[str, Any]:
+    """The metadata record ``prefix.json`` of the checked checkpoint ``path`` names."""
     try:
         if os.path.getsize(prefix + ".json") > _MAX_METADATA:
             raise ValueError(f"over {_MAX_METADATA} bytes")
@@ -283,8 +288,8 @@ def load_checkpoint(path: str, model, optimizer=None, admm_state=None,
     """
     import tensorflow as tf
 
-    meta = read_metadata(path)
-    prefix, _ = _reader(path)
+    prefix, _ = _reader(path)  # the index read and bounded once
+    meta = _metadata(path, prefix)
     if meta.get("num_model_weights") != len(model.weights):
         raise ValueError(f"Invalid checkpoint '{path}' for this model: it holds "
                          f"{meta.get('num_model_weights')} model weights, the model has "
