@@ -14,7 +14,6 @@ before any work.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
@@ -105,6 +104,9 @@ flags.DEFINE_integer("image_size", 224, "ImageNet crop size (evaluation resizes 
 flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher"],
                   "value of a weight in the sparse projection: w^2 (the paper) or w^2 times its "
                   "moving-average squared gradient (diagonal Fisher; an extension)")
+flags.DEFINE_bool("unit_floor", True, "a layer the sparse projection would leave with fewer "
+                  "nonzeros than output units keeps the largest weight of each unit, so no layer "
+                  "is pruned to zero (an extension; --nounit_floor: the reference's plain ranking)")
 flags.DEFINE_integer("nan_recover", 0, "on a NaN/inf loss, restore the last checkpoint and halve "
                      "the learning rate, at most this many times (0: stop with an error)",
                      lower_bound=0)
@@ -217,7 +219,7 @@ def main(argv):
     from sqjl_tf import trainer
 
     try:
-        trainer.run(**_run_arguments(trainer.TrainConfig))
+        trainer.run(**_run_arguments())
     except (trainer.UsageError, FileNotFoundError) as err:  # before anything is written
         _usage_error(err)
     except FloatingPointError as err:  # NonFiniteLossError: the message names epoch and batch
@@ -225,8 +227,10 @@ def main(argv):
         sys.exit(1)
 
 
-def _run_arguments(config_class) -> dict:
-    """The flags' values by ``TrainConfig`` field: a flag of the field's name, or as below."""
+def _run_arguments() -> dict:
+    """The flags' values by flat ``TrainConfig`` name: a flag of the name, or as below."""
+    from sqjl_tf.config import FLAG_GROUPS
+
     special = {
         "mode": "evaluate" if FLAGS.evaluate else FLAGS.mode,
         "dataset": _given("dataset"),
@@ -237,9 +241,8 @@ def _run_arguments(config_class) -> dict:
         "prune_to": _int_list("prune_to", FLAGS.prune_to),
         "export": tuple(FLAGS.export),
     }
-    names = [field.name for field in dataclasses.fields(config_class)]
-    assert all(n in special or n in FLAGS for n in names), "a TrainConfig field has no flag"
-    return {n: special[n] if n in special else FLAGS[n].value for n in names}
+    assert all(n in special or n in FLAGS for n in FLAG_GROUPS), "a TrainConfig field has no flag"
+    return {n: special[n] if n in special else FLAGS[n].value for n in FLAG_GROUPS}
 
 
 def _parse_flags(argv):

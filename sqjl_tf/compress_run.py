@@ -120,14 +120,14 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
     """
     from sqjl_tf.pipeline import compress
 
-    run_dir = RunDir(cfg.logdir)
+    run_dir = RunDir(cfg.run.logdir)
     callbacks = [_EpochRecords(run_dir.file(RunDir.METRICS)),
                  keras.callbacks.TensorBoard(run_dir.file(RunDir.TENSORBOARD),
                                              write_graph=False)]
     result = compress(
-        model, train_ds, test_ds, target_rate=cfg.target_rate, epochs=cfg.epochs,
+        model, train_ds, test_ds, target_rate=cfg.run.target_rate, epochs=cfg.optim.epochs,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.seed,
+        metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.run.seed,
         callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
         verbose=1 if sys.stdout.isatty() else 2)
     compressed = result.model
@@ -141,7 +141,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
         files["allocation_png"] = run_dir.file(RunDir.ALLOCATION_PNG)
     record = {
         "mode": "compress",
-        "target_rate": cfg.target_rate,
+        "target_rate": cfg.run.target_rate,
         "test_accuracy": float(scores["accuracy"]),
         "test_top5": float(scores["top5"]),
         "compression_rate": report.compression_rate,

@@ -27,7 +27,7 @@ def _load_model(path: str, cfg: TrainConfig, info):
         from sqjl_tf.export import load_compressed
 
         return load_compressed(path)
-    model = build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp,
+    model = build_model(cfg.model.arch, info.num_classes, info.input_shape, dropout=cfg.model.dp,
                         **({"pretrained": True} if path == "keras" else {}))
     if path and path != "keras":
         from sqjl_tf import checkpoint
@@ -62,25 +62,25 @@ def checked_load(cfg: TrainConfig, info, name: str = "pretrain", arch_given: boo
     The model must take the dataset's images and give its classes. A whole-model
     file (``.keras``, ``.sqjl``) brings its own architecture: given as ``pretrain``
     with ``arch_given`` (``arch`` set by the caller, not defaulted), it must be
-    ``cfg.arch``'s.
+    ``cfg.model.arch``'s.
 
     Raises:
         UsageError: if the file cannot be read or does not fit.
     """
-    path = getattr(cfg, name)
+    path = getattr(cfg.model, name)  # pretrain or teacher
     try:
         model = _load_model(path, cfg, info)
     except _UNREADABLE as err:
         raise UsageError(
             f"Invalid value for argument `{name}`. Received: {path!r}. Expected a "
-            f"loadable model file for arch={cfg.arch!r} ({short_error(err)})."
+            f"loadable model file for arch={cfg.model.arch!r} ({short_error(err)})."
         ) from err
     expected = (None,) + tuple(info.input_shape)
     if tuple(model.input_shape) != expected or model.output_shape[-1] != info.num_classes:
         raise UsageError(
             f"Invalid value for argument `{name}`. Received: {path!r}, a model with "
             f"input {model.input_shape} and {model.output_shape[-1]} outputs. Expected input "
-            f"{expected} and {info.num_classes} outputs for dataset={cfg.dataset!r}."
+            f"{expected} and {info.num_classes} outputs for dataset={cfg.data.dataset!r}."
         )
     if name == "pretrain" and arch_given and path.endswith((".keras", ".sqjl")):
         _check_architecture(cfg, model, info)
@@ -88,34 +88,34 @@ def checked_load(cfg: TrainConfig, info, name: str = "pretrain", arch_given: boo
 
 
 def _check_architecture(cfg: TrainConfig, model, info) -> None:
-    """A whole-model ``pretrain`` file must hold ``cfg.arch``: the same weights, same shapes."""
+    """A whole-model ``pretrain`` file must hold ``cfg.model.arch``: same weights, same shapes."""
     reference = built_model(cfg, info)
     got = [tuple(w.shape) for w in model.weights]
     want = [tuple(w.shape) for w in reference.weights]
     if got == want:
         return
     if len(got) != len(want):
-        found = f"{len(got)} weights where a {cfg.arch} model has {len(want)}"
+        found = f"{len(got)} weights where a {cfg.model.arch} model has {len(want)}"
     else:
         i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
-        found = (f"weight {model.weights[i].path!r} of shape {got[i]} where a {cfg.arch} model "
-                 f"has {want[i]}")
+        found = (f"weight {model.weights[i].path!r} of shape {got[i]} where a {cfg.model.arch} "
+                 f"model has {want[i]}")
     raise UsageError(
-        f"Invalid value for argument `pretrain`. Received: {cfg.pretrain!r}, a model "
-        f"{model.name!r} of another architecture than arch={cfg.arch!r} ({found}). Expected a "
-        f"{cfg.arch} model, or no `arch` to take the file's architecture.")
+        f"Invalid value for argument `pretrain`. Received: {cfg.model.pretrain!r}, a model "
+        f"{model.name!r} of another architecture than arch={cfg.model.arch!r} ({found}). Expected "
+        f"a {cfg.model.arch} model, or no `arch` to take the file's architecture.")
 
 
 def built_model(cfg: TrainConfig, info):
-    """A new model of architecture ``cfg.arch`` for the dataset of ``info``."""
+    """A new model of architecture ``cfg.model.arch`` for the dataset of ``info``."""
     from sqjl_tf.models import build_model
 
     try:
-        return build_model(cfg.arch, info.num_classes, info.input_shape, dropout=cfg.dp)
+        return build_model(cfg.model.arch, info.num_classes, info.input_shape, dropout=cfg.model.dp)
     except ValueError as err:
         raise UsageError(
-            f"Invalid value for argument `arch`. Received: {cfg.arch!r}. Expected an "
-            f"architecture for dataset={cfg.dataset!r} (input {tuple(info.input_shape)}, "
+            f"Invalid value for argument `arch`. Received: {cfg.model.arch!r}. Expected an "
+            f"architecture for dataset={cfg.data.dataset!r} (input {tuple(info.input_shape)}, "
             f"{info.num_classes} classes) ({short_error(err)})."
         ) from err
 
@@ -135,19 +135,19 @@ def check_finetune_targets(cfg: TrainConfig, model) -> None:
     names = ", ".join(k.name for k in kernels)
 
     def bad(name, value, expected):
-        if cfg.from_run:  # the values came from the run's final.json
+        if cfg.finetune.from_run:  # the values came from the run's final.json
             expected += f" (the run's final.json gives {name}={value!r})"
-            name, value = "from_run", cfg.from_run
+            name, value = "from_run", cfg.finetune.from_run
         raise UsageError(f"Invalid value for argument `{name}`. Received: {value!r}. "
                          f"Expected {expected}.")
 
-    if cfg.weightbits is not None and len(cfg.weightbits) != len(kernels):
-        bad("weightbits", cfg.weightbits, f"{len(kernels)} widths, one per compressible layer "
+    weightbits, prune_to = cfg.finetune.weightbits, cfg.finetune.prune_to
+    if weightbits is not None and len(weightbits) != len(kernels):
+        bad("weightbits", weightbits, f"{len(kernels)} widths, one per compressible layer "
             f"of the pretrain model ({names})")
-    if cfg.prune_to is not None:
+    if prune_to is not None:
         nonzeros = [int(np.count_nonzero(keras.ops.convert_to_numpy(k.variable)))
                     for k in kernels]
-        if len(cfg.prune_to) != len(kernels) or any(
-                n > m for n, m in zip(cfg.prune_to, nonzeros)):
-            bad("prune_to", cfg.prune_to, f"{len(kernels)} counts, one per compressible layer "
+        if len(prune_to) != len(kernels) or any(n > m for n, m in zip(prune_to, nonzeros)):
+            bad("prune_to", prune_to, f"{len(kernels)} counts, one per compressible layer "
                 f"of the pretrain model ({names}), each at most the layer's nonzeros {nonzeros}")

@@ -32,8 +32,7 @@ from absl import logging
 from sqjl_tf._files import atomic_path
 from sqjl_tf._usage import UsageError
 from sqjl_tf.checkpoint import exists as checkpoint_exists
-from sqjl_tf.config import (RUN_IDENTITY, TrainConfig, admm_config, check_multi_worker,
-                            resolved)
+from sqjl_tf.config import RUN_IDENTITY, TrainConfig, check_multi_worker, resolved
 from sqjl_tf.model_io import built_model, check_finetune_targets, checked_load, short_error
 from sqjl_tf.rundir import RunDir
 
@@ -43,7 +42,7 @@ def _strategy(cfg: TrainConfig):
 
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if cfg.mgpu:
+    if cfg.run.mgpu:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -62,13 +61,14 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int, admm=None):
     from sqjl_tf.optimizer import ADMMOptimizer
     from sqjl_tf.schedules import ScaledSchedule, parse_lr_schedule
 
-    schedule = ScaledSchedule(parse_lr_schedule(cfg.lr_sched, cfg.lr, steps_per_epoch=steps_per_epoch,
-                                                epochs=cfg.epochs, warmup_epochs=cfg.warmupT))
-    if cfg.optim.lower() == "adam":
+    opt = cfg.optim
+    schedule = ScaledSchedule(parse_lr_schedule(opt.lr_sched, opt.lr, steps_per_epoch,
+                                                epochs=opt.epochs, warmup_epochs=opt.warmupT))
+    if opt.optim.lower() == "adam":
         inner = keras.optimizers.Adam(learning_rate=schedule)
     else:
-        inner = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-    return ADMMOptimizer(inner, admm, weight_decay=cfg.weight_decay, gclip=cfg.gclip)
+        inner = keras.optimizers.SGD(learning_rate=schedule, momentum=opt.momentum)
+    return ADMMOptimizer(inner, admm, weight_decay=opt.weight_decay, gclip=opt.gclip)
 
 
 def _metrics():
@@ -100,37 +100,37 @@ def run(**kwargs: Any) -> Dict[str, Any]:
             files to put where).
     """
     arch_given = kwargs.get("arch") is not None  # else the default, or the pretrain file's
-    cfg = resolved(TrainConfig(**kwargs))
+    cfg = resolved(TrainConfig.from_flags(**kwargs))
     cfg.validate()
-    run_dir = RunDir(cfg.logdir)
-    if cfg.mode != "evaluate":
-        if cfg.overwrite:
+    run_dir = RunDir(cfg.run.logdir)
+    if cfg.run.mode != "evaluate":
+        if cfg.run.overwrite:
             run_dir.check_overwrite()
         else:
-            run_dir.check_resume(dataclasses.asdict(cfg), RUN_IDENTITY)
+            run_dir.check_resume(cfg.as_flags(), RUN_IDENTITY)
     import keras
     import tensorflow as tf
 
-    if cfg.seed is not None:
-        keras.utils.set_random_seed(cfg.seed)
+    if cfg.run.seed is not None:
+        keras.utils.set_random_seed(cfg.run.seed)
         tf.config.experimental.enable_op_determinism()
     strategy = _strategy(cfg)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         check_multi_worker(cfg)
     test_ds, test_info = _load_split(cfg, "test")
-    if cfg.mode == "evaluate":
+    if cfg.run.mode == "evaluate":
         return _evaluate(cfg, test_ds, test_info, arch_given)
     train_ds, info = _load_split(cfg, "train")
     with strategy.scope():
-        model = (checked_load(cfg, info, arch_given=arch_given) if cfg.pretrain
+        model = (checked_load(cfg, info, arch_given=arch_given) if cfg.model.pretrain
                  else built_model(cfg, info))
-        teacher = checked_load(cfg, info, "teacher") if cfg.teacher else None
-    if cfg.mode == "finetune":
+        teacher = checked_load(cfg, info, "teacher") if cfg.model.teacher else None
+    if cfg.run.mode == "finetune":
         check_finetune_targets(cfg, model)
-    if cfg.limit is None and cfg.batch_size > info.num_examples:  # with --limit: one batch
+    if cfg.data.limit is None and cfg.data.batch_size > info.num_examples:  # --limit: one batch
         raise UsageError(
-            f"Invalid value for argument `batch_size`. Received: {cfg.batch_size}. Expected an "
-            f"integer in [1, {info.num_examples}] (the training split has {info.num_examples} "
+            f"Invalid value for argument `batch_size`. Received: {cfg.data.batch_size}. Expected an"
+            f" integer in [1, {info.num_examples}] (the training split has {info.num_examples} "
             "examples).")
     if not _is_chief(strategy):
         return _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info)
@@ -142,16 +142,16 @@ def _load_split(cfg: TrainConfig, split: str):
     """``load_dataset`` of ``split``; a damaged data file is a usage error naming ``data_dir``."""
     from sqjl_tf.data import load_dataset
 
-    resize = max(cfg.image_size * 8 // 7, cfg.image_size)
+    resize = max(cfg.data.image_size * 8 // 7, cfg.data.image_size)
     try:
-        return load_dataset(cfg.dataset, cfg.data_dir, cfg.batch_size, split,
-                            seed=cfg.seed if split == "train" else None, limit=cfg.limit,
-                            num_parallel_calls=cfg.workers, image_size=cfg.image_size,
+        return load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.batch_size, split,
+                            seed=cfg.run.seed if split == "train" else None, limit=cfg.data.limit,
+                            num_parallel_calls=cfg.data.workers, image_size=cfg.data.image_size,
                             resize_size=resize)
     except ValueError as err:  # the arguments are valid: the files are not
         raise UsageError(
-            f"Invalid value for argument `data_dir`. Received: {cfg.data_dir!r}. Expected "
-            f"readable {cfg.dataset} files ({short_error(err)})."
+            f"Invalid value for argument `data_dir`. Received: {cfg.data.data_dir!r}. Expected "
+            f"readable {cfg.data.dataset} files ({short_error(err)})."
         ) from err
 
 
@@ -175,16 +175,16 @@ class _Job:
 
 def _run_in_logdir(cfg, strategy, model, teacher, train_ds, test_ds, info):
     """Starts (or resumes) the run in its folder and runs its mode (the chief holds the lock)."""
-    run_dir = RunDir(cfg.logdir)
+    run_dir = RunDir(cfg.run.logdir)
     if _is_chief(strategy):
-        resume = run_dir.prepare(cfg.overwrite)
-        run_dir.write_json(RunDir.CONFIG, dataclasses.asdict(cfg))
+        resume = run_dir.prepare(cfg.run.overwrite)
+        run_dir.write_json(RunDir.CONFIG, cfg.as_flags())
     else:  # other workers read the chief's checkpoint, never write
         latest = run_dir.file(RunDir.LATEST)
-        resume = latest if checkpoint_exists(latest) and not cfg.overwrite else None
+        resume = latest if checkpoint_exists(latest) and not cfg.run.overwrite else None
     job = _Job(cfg, strategy, model, teacher, train_ds, test_ds,
-               max(1, math.ceil(info.num_examples / cfg.batch_size)), resume)
-    return _MODES[cfg.mode](job)
+               max(1, math.ceil(info.num_examples / cfg.data.batch_size)), resume)
+    return _MODES[cfg.run.mode](job)
 
 
 def _compress(job: _Job) -> Dict[str, Any]:
@@ -193,7 +193,7 @@ def _compress(job: _Job) -> Dict[str, Any]:
     With ``target_rate``, the one-call pipeline (:mod:`sqjl_tf.compress_run`) instead.
     """
     cfg = job.cfg
-    if cfg.target_rate is not None:
+    if cfg.run.target_rate is not None:
         from sqjl_tf.compress_run import run_compress
 
         with job.strategy.scope():
@@ -206,27 +206,28 @@ def _compress(job: _Job) -> Dict[str, Any]:
     # Outside the strategy: the final model has plain variables (exports read them freely).
     final = admm.finalize(job.model)
     sparse = None  # pruned, full precision: a float-first fine-tuning's start
-    if admm.state.config.mode == "joint" and "keras" in cfg.export:
+    if admm.state.config.mode == "joint" and "keras" in cfg.run.export:
         sparse = admm.finalize(job.model, quantize=False)
     return _finish(job, final, admm, sparse)
 
 
 def _finetune(job: _Job) -> Dict[str, Any]:
-    """``mode="finetune"``: quantized fine-tuning to fixed widths (the reference's ``finetune.py``)."""
+    """``mode="finetune"``: quantized fine-tuning to fixed widths (the reference's finetune.py)."""
     from sqjl_tf.finetune import QuantizedFinetuneCallback
 
     cfg = job.cfg
-    finetune = QuantizedFinetuneCallback(weightbits=cfg.weightbits, float_epochs=cfg.float_epochs,
-                                         reserve_zero=not cfg.keep_support,
-                                         train_centres=cfg.train_centres, prune_to=cfg.prune_to,
-                                         prune_epochs=cfg.prune_epochs)
+    ft = cfg.finetune
+    finetune = QuantizedFinetuneCallback(weightbits=ft.weightbits, float_epochs=ft.float_epochs,
+                                         reserve_zero=not ft.keep_support,
+                                         train_centres=ft.train_centres, prune_to=ft.prune_to,
+                                         prune_epochs=ft.prune_epochs)
     callbacks = [finetune]
-    float_path = RunDir(cfg.logdir).file(_FLOAT_KERAS)
-    if cfg.float_epochs and job.is_chief and "keras" in cfg.export:
-        callbacks.append(_float_model_saver(job.model, cfg.float_epochs, float_path))
+    float_path = RunDir(cfg.run.logdir).file(_FLOAT_KERAS)
+    if cfg.finetune.float_epochs and job.is_chief and "keras" in cfg.run.export:
+        callbacks.append(_float_model_saver(job.model, cfg.finetune.float_epochs, float_path))
     with job.strategy.scope():
         _fit(job, callbacks, finetune=finetune)
-    float_file = float_path if cfg.float_epochs and os.path.isfile(float_path) else None
+    float_file = float_path if cfg.finetune.float_epochs and os.path.isfile(float_path) else None
     return _finish(job, finetune.finalize(), float_file=float_file)
 
 
@@ -251,14 +252,14 @@ def admm_callback(cfg: TrainConfig):
     load one of its checkpoints into.
 
     Args:
-        cfg: the run's arguments (``TrainConfig(**json.load(config.json))``).
+        cfg: the run's arguments (``TrainConfig.from_flags(**json.load(config.json))``).
 
     Returns:
         An unbuilt ``sqjl_tf.ADMMCallback``.
     """
     from sqjl_tf.callback import ADMMCallback
 
-    return ADMMCallback(**dataclasses.asdict(admm_config(cfg)), per_layer_logs=True)
+    return ADMMCallback(**dataclasses.asdict(cfg.admm), per_layer_logs=True)
 
 
 def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
@@ -296,10 +297,10 @@ def load_admm_run(logdir: str, model=None, checkpoint: str = RunDir.LATEST):
         raise ValueError(f"Invalid value for argument `logdir`. Received: {logdir!r}. Expected "
                          f"a compression run's folder (missing: {', '.join(missing)}).")
     with open(config_file) as f:
-        cfg = TrainConfig(**json.load(f))
-    if cfg.mode != "compress":
+        cfg = TrainConfig.from_flags(**json.load(f))
+    if cfg.run.mode != "compress":
         raise ValueError(f"Invalid value for argument `logdir`. Received: {logdir!r}, a run of "
-                         f"mode {cfg.mode!r}. Expected a compression (ADMM) run.")
+                         f"mode {cfg.run.mode!r}. Expected a compression (ADMM) run.")
     if model is None:
         model = keras.models.load_model(saved, compile=False)
     state = admm_callback(cfg).build(model)
@@ -328,25 +329,25 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
     callbacks = list(mode_callbacks)
     optimizer = _optimizer(cfg, job.steps_per_epoch, admm)
     trained = student
-    if cfg.kdtemp > 0:
+    if cfg.optim.kdtemp > 0:
         from sqjl_tf.distill import Distiller
 
         if teacher is None:  # the reference: the model loaded by --pretrain, frozen
             teacher = keras.models.clone_model(student)
             teacher.set_weights(student.get_weights())
-        trained = Distiller(student, teacher, cfg.kdtemp)
+        trained = Distiller(student, teacher, cfg.optim.kdtemp)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.compile(optimizer=optimizer, loss=loss, metrics=_metrics())
     schedule = optimizer.inner_optimizer._learning_rate  # a ScaledSchedule
     plateau = None
-    if cfg.lr_sched.startswith("plat"):  # plat,factor,threshold: driven by the validation loss
+    if cfg.optim.lr_sched.startswith("plat"):  # plat,factor,threshold: by the validation loss
         plateau = schedule.callback(reset_on_train_begin=False)  # its state is checkpointed
 
     def training_state():  # what a NaN recovery restores, with the weights
         return _training_state(student, finetune, plateau)
 
     guard = NonFiniteGuard(_restorer(cfg, student, optimizer, admm, training_state),
-                           schedule.scale, max_recoveries=cfg.nan_recover)
+                           schedule.scale, max_recoveries=cfg.optim.nan_recover)
 
     def run_state():  # all the checkpoint holds beside the weights, optimizer and ADMM state
         return dict(training_state(), **{"lr/scale": schedule.scale,
@@ -354,7 +355,7 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
 
     # Built now, not in fit's first step: a variable made there costs a second trace of it.
     optimizer.build(trained.trainable_variables)
-    initial_epoch = cfg.start_epoch
+    initial_epoch = cfg.optim.start_epoch
     best = None  # RunLogger starts from the worst value
     if resume:
         if finetune is not None:
@@ -364,26 +365,26 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
         initial_epoch = int(meta["epoch"])
         best = meta.get("best_value")
         if _is_chief(strategy):
-            truncate_metrics(cfg.logdir, initial_epoch)  # epochs after the checkpoint's go
+            truncate_metrics(cfg.run.logdir, initial_epoch)  # epochs after the checkpoint's go
         logging.info("Resuming %s from epoch %d", resume, initial_epoch)
     skipped = initial_epoch if resume else 0  # epochs whose data a resumed run does not read
     state_fn = (lambda: admm.state) if admm else (lambda: None)
     if plateau is not None:  # before the logger: the checkpoint holds the epoch's decision
         callbacks.append(plateau)
     # One line per epoch: Keras's (a progress bar on a terminal), else the RunLogger's.
-    fit_is_silent = cfg.log_interval > 0 or isinstance(
+    fit_is_silent = cfg.run.log_interval > 0 or isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    callbacks.append(RunLogger(cfg.logdir, optimizer, state_fn, cfg.save_every,
+    callbacks.append(RunLogger(cfg.run.logdir, optimizer, state_fn, cfg.run.save_every,
                                is_chief=_is_chief(strategy), best_value=best,
                                extra_eval=_train_eval(cfg, trained, admm), variables=run_state,
                                log_epochs=fit_is_silent))
-    callbacks.append(keras.callbacks.TensorBoard(RunDir(cfg.logdir).file(RunDir.TENSORBOARD),
+    callbacks.append(keras.callbacks.TensorBoard(RunDir(cfg.run.logdir).file(RunDir.TENSORBOARD),
                                                  write_graph=False))
     callbacks.append(ConsoleLogs())  # per-layer entries: metrics.jsonl and TensorBoard only
     callbacks.insert(0, guard)
-    if cfg.log_interval > 0:
-        callbacks.append(BatchLogger(cfg.log_interval))
-    if initial_epoch < cfg.epochs:
+    if cfg.run.log_interval > 0:
+        callbacks.append(BatchLogger(cfg.run.log_interval))
+    if initial_epoch < cfg.optim.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _skip_iterations(train_ds, skipped)  # the custom loop: one iteration per epoch
             epoch_callbacks = [cb for cb in callbacks if isinstance(cb, RunLogger) or (
@@ -392,7 +393,8 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
                               strategy, loss, epoch_callbacks)
         else:
             data, steps = _epoch_passes(train_ds, skipped)
-            trained.fit(data, validation_data=test_ds, epochs=cfg.epochs, steps_per_epoch=steps,
+            trained.fit(data, validation_data=test_ds, epochs=cfg.optim.epochs,
+                        steps_per_epoch=steps,
                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                         verbose=0 if fit_is_silent else 1 if sys.stdout.isatty() else 2)
 
@@ -495,7 +497,7 @@ def _restorer(cfg, model, optimizer, admm, variables):
     from sqjl_tf.checkpoint import load_checkpoint
 
     def restore() -> bool:
-        path = RunDir(cfg.logdir).file(RunDir.LATEST)
+        path = RunDir(cfg.run.logdir).file(RunDir.LATEST)
         if not checkpoint_exists(path):
             return False
         load_checkpoint(path, model, optimizer, admm.state if admm else None,
@@ -512,7 +514,7 @@ def _train_eval(cfg, trained, admm):
     iterations ``fit`` does not make, so a resumed run would read its epochs in
     another order than the uninterrupted run.
     """
-    if not cfg.eval_tr:
+    if not cfg.run.eval_tr:
         return None
     train_ds, _ = _load_split(cfg, "train")
     finalized = _finalized_evaluation(
@@ -561,12 +563,13 @@ def _multi_worker_fit(cfg, model, optimizer, admm, train_ds, test_ds, initial_ep
     def on_epoch_end(epoch, logs):
         logs.update({f"val_{k}": v for k, v in validate().items()})
         epoch_callbacks.on_epoch_end(epoch, logs)  # records and checkpoints: only the chief's
-        if epoch + 1 < cfg.epochs:
+        if epoch + 1 < cfg.optim.epochs:
             epoch_callbacks.on_epoch_begin(epoch + 1)
 
     epoch_callbacks.on_train_begin()
     epoch_callbacks.on_epoch_begin(initial_epoch)
-    train_loop(model, optimizer, train_ds.with_options(options), cfg.epochs, loss, cfg.batch_size,
+    train_loop(model, optimizer, train_ds.with_options(options), cfg.optim.epochs, loss,
+               cfg.data.batch_size,
                state=admm.state if admm else None, strategy=strategy, initial_epoch=initial_epoch,
                on_epoch_end=on_epoch_end)
     epoch_callbacks.on_train_end()
@@ -586,7 +589,7 @@ def _finish(job: _Job, model, admm=None, sparse=None, float_file=None,
     from sqjl_tf.layers import compressible_kernels
 
     cfg, is_chief = job.cfg, job.is_chief
-    run_dir = RunDir(cfg.logdir)
+    run_dir = RunDir(cfg.run.logdir)
     files = _export(cfg, model, dense) if is_chief else {}  # before compile: no optimizer saved
     if sparse is not None and is_chief:
         files["keras_sparse"] = _save_keras(
@@ -600,7 +603,7 @@ def _finish(job: _Job, model, admm=None, sparse=None, float_file=None,
     except ValueError:  # a kernel with > 256 levels (e.g. prune-only): no bit-packed file
         report = compression_report(model, budget_bits=budget)
     record = {
-        "mode": cfg.mode,
+        "mode": cfg.run.mode,
         "test_accuracy": float(scores["accuracy"]),
         "test_top5": float(scores["top5"]),
         "compression_rate": report.compression_rate,
@@ -647,20 +650,20 @@ def _accuracy(model, dataset) -> Dict[str, float]:
 
 def _export(cfg, model, dense: bool = False) -> Dict[str, str]:
     files = {}
-    run_dir = RunDir(cfg.logdir)
+    run_dir = RunDir(cfg.run.logdir)
     name = "model_dense" if dense else "model_compressed"
-    if "keras" in cfg.export or dense:
+    if "keras" in cfg.run.export or dense:
         files["keras"] = _save_keras(model, run_dir.file(RunDir.model_file(name, ".keras")))
-    if "saved_model" in cfg.export:
+    if "saved_model" in cfg.run.export:
         files["saved_model"] = run_dir.file(RunDir.SAVED_MODEL)
         with atomic_path(files["saved_model"], folder=True) as tmp:
             model.export(tmp, verbose=False)
-    if "compressed" in cfg.export and not dense:
+    if "compressed" in cfg.run.export and not dense:
         from sqjl_tf.export import save_compressed
 
         files["compressed"] = run_dir.file(RunDir.model_file(name, ".sqjl"))
         save_compressed(model, files["compressed"])
-    if "tflite" in cfg.export:
+    if "tflite" in cfg.run.export:
         from sqjl_tf.export.tflite import save_tflite
 
         files["tflite"] = run_dir.file(RunDir.model_file(name, ".tflite"))

@@ -421,12 +421,13 @@ def test_every_admm_option_reaches_the_callback_from_its_flag(run_py):
     from sqjl_tf.admm import ADMMConfig
 
     chosen = dict(nnz_budget=0.3, bit_budget=5.0, rho=0.2, projint=3, dualint=6, bwlb=2,
-                  fixedbits=True, bits_epoch=4, prox=True, importance="fisher", rho_growth=1.25)
-    config = trainer.admm_callback(trainer.TrainConfig(prune=True, **chosen)).config
-    assert dataclasses.asdict(config) == dict(chosen, mode="prune", unit_floor=True)
+                  fixedbits=True, bits_epoch=4, prox=True, importance="fisher", rho_growth=1.25,
+                  unit_floor=False)
+    config = trainer.admm_callback(trainer.TrainConfig.from_flags(prune=True, **chosen)).config
+    assert dataclasses.asdict(config) == dict(chosen, mode="prune")
     flags_seen = set(run_py.FLAGS)
     for field in dataclasses.fields(ADMMConfig):
-        if field.name not in ("mode", "unit_floor"):  # from --quant/--prune; the library's own
+        if field.name != "mode":  # from --quant/--prune
             assert field.name in chosen and field.name in flags_seen, field.name
     with pytest.raises(ValueError, match="keyword argument.*rho_grow\\b.*Expected fields"):
         sqjl_tf.ADMMCallback(rho_grow=1.1)

@@ -93,8 +93,8 @@ def test_run_py_multi_worker_only_the_chief_writes(tmp_path):
 def test_what_the_multi_worker_loop_cannot_run_is_a_usage_error(name, value):
     from sqjl_tf import config
 
-    cfg = config.TrainConfig(**{name: value})
+    cfg = config.TrainConfig.from_flags(**{name: value})
     with pytest.raises(config.UsageError, match=f"`{name}`.*with TF_CONFIG set.*Expected it "
                        "unset there"):
         config.check_multi_worker(cfg)
-    config.check_multi_worker(config.TrainConfig())  # the defaults run there
+    config.check_multi_worker(config.TrainConfig.from_flags())  # the defaults run there

@@ -8,7 +8,6 @@ uninterrupted run ends with: every model weight, optimizer variable, ADMM and
 fine-tuning state, to float tolerance.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -221,7 +220,7 @@ def test_a_checkpoint_folder_keeps_one_checkpoint_and_a_stale_pointer_is_not_fou
 
 
 def _check_resume(cfg):
-    RunDir(cfg.logdir).check_resume(dataclasses.asdict(cfg), config.RUN_IDENTITY)
+    RunDir(cfg.run.logdir).check_resume(cfg.as_flags(), config.RUN_IDENTITY)
 
 
 def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
@@ -230,10 +229,10 @@ def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
     started = dict(mode="finetune", weightbits=[3, 3], prune_to=[5, 9], float_epochs=2)
     (logdir / "config.json").write_text(json.dumps(started))
     fake_checkpoint(logdir)
-    same = trainer.TrainConfig(logdir=str(logdir), **dict(started, prune_to=(5, 9)))
+    same = trainer.TrainConfig.from_flags(logdir=str(logdir), **dict(started, prune_to=(5, 9)))
     _check_resume(same)  # a tuple is the run's list
     for name, value in (("weightbits", [2, 3]), ("prune_to", [5, 8]), ("float_epochs", 1)):
-        cfg = trainer.TrainConfig(logdir=str(logdir), **dict(started, **{name: value}))
+        cfg = trainer.TrainConfig.from_flags(logdir=str(logdir), **dict(started, **{name: value}))
         with pytest.raises(trainer.UsageError, match=f"`{name}`. Received: .* on resuming"):
             _check_resume(cfg)
 

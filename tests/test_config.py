@@ -1,0 +1,48 @@
+"""TrainConfig: six groups behind the reference's flat flag names, validated once."""
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from sqjl_tf.admm import ADMMConfig
+from sqjl_tf.config import FLAG_GROUPS, TrainConfig, UsageError
+
+
+def test_flat_names_land_in_their_group_and_come_back_unchanged():
+    flags = dict(mode="finetune", lr=0.05, batch_size=64, arch="resnet20", rho=0.2,
+                 weightbits=[3, 4], logdir="runs/x", prune=True)
+    cfg = TrainConfig.from_flags(**flags)
+    assert (cfg.run.mode, cfg.optim.lr, cfg.data.batch_size, cfg.model.arch) == (
+        "finetune", 0.05, 64, "resnet20")
+    assert (cfg.admm.rho, cfg.admm.mode, cfg.finetune.weightbits) == (0.2, "prune", [3, 4])
+    saved = json.loads(json.dumps(cfg.as_flags()))  # as config.json holds it
+    assert saved == {**saved, **flags, "quant": False}
+    assert TrainConfig.from_flags(**saved).as_flags() == saved
+    assert cfg.replace(lr=0.01).optim.lr == 0.01 and cfg.optim.lr == 0.05
+
+
+@pytest.mark.parametrize("name", sorted(set(FLAG_GROUPS) - {"quant", "prune"}))
+def test_every_flag_is_one_field_of_its_group(name):
+    group = getattr(TrainConfig.from_flags(), FLAG_GROUPS[name])
+    assert name in {f.name for f in dataclasses.fields(group)}
+
+
+def test_an_older_config_without_newer_names_reads_with_their_defaults():
+    cfg = TrainConfig.from_flags(mode="compress", nnz_budget=0.1, bit_budget=4)
+    assert cfg.admm.unit_floor is True and cfg.admm.nnz_budget == 0.1
+
+
+def test_the_reference_flags_default_prox_off_while_the_library_defaults_it_on():
+    assert TrainConfig.from_flags().admm.prox is False and ADMMConfig().prox is True
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (dict(rho_grow=1.1), "Unexpected argument `rho_grow`. Expected one of"),
+    (dict(nnz_budget=1.5), "`nnz_budget`. Received: 1.5. Expected a float in (0, 1]"),
+    (dict(quant=True, prune=True), "`quant`. Received: True. Expected not both"),
+])
+def test_what_cannot_be_built_is_a_usage_error(flags, needle):
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        TrainConfig.from_flags(**flags)
