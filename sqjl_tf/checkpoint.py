@@ -29,8 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -116,10 +118,25 @@ def save_checkpoint(
     name = f"{_PREFIX}-{max(numbers, default=0) + 1}"  # beside every other, even a killed save's
     prefix = os.path.join(path, name)
     write_json(prefix + ".json", meta)
-    root.write(prefix)
+    with _quiet_tensorflow_info():  # TF logs "Sharding callback duration" at each write
+        root.write(prefix)
     _write_pointer(path, name)  # the commit
     _remove_others(path, prefix)
     return prefix
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_info():
+    """No INFO lines from TF's saver (it logs through absl's Python logger)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _write_pointer(path: str, name: str) -> None:
