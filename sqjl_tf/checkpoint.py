@@ -29,16 +29,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
-import logging
 import os
 import re
 import shutil
 from typing import Any, Dict, List, Mapping, Optional
 
 from sqjl_tf._files import is_temporary, write_json, write_text
+from sqjl_tf._quiet import tensorflow_info_off
 
 _FORMAT = "sqjl_tf.checkpoint/2"  # 1: the single .npz file of sqjl_tf <= 0.x
 _POINTER = "checkpoint"  # the CheckpointManager's file naming the current checkpoint
@@ -118,25 +117,11 @@ def save_checkpoint(
     name = f"{_PREFIX}-{max(numbers, default=0) + 1}"  # beside every other, even a killed save's
     prefix = os.path.join(path, name)
     write_json(prefix + ".json", meta)
-    with _quiet_tensorflow_info():  # TF logs "Sharding callback duration" at each write
+    with tensorflow_info_off():  # TF logs "Sharding callback duration" at each write
         root.write(prefix)
     _write_pointer(path, name)  # the commit
     _remove_others(path, prefix)
     return prefix
-
-
-@contextlib.contextmanager
-def _quiet_tensorflow_info():
-    """No INFO lines from TF's saver (it logs through absl's Python logger)."""
-    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _write_pointer(path: str, name: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional
 from absl import logging
 
 from sqjl_tf._files import atomic_path
+from sqjl_tf._quiet import tensorflow_info_off
 from sqjl_tf._usage import UsageError
 from sqjl_tf.checkpoint import exists as checkpoint_exists
 from sqjl_tf.config import RUN_IDENTITY, TrainConfig, check_multi_worker, resolved
@@ -657,7 +658,8 @@ def _export(cfg, model, dense: bool = False) -> Dict[str, str]:
     if "saved_model" in cfg.run.export:
         files["saved_model"] = run_dir.file(RunDir.SAVED_MODEL)
         with atomic_path(files["saved_model"], folder=True) as tmp:
-            model.export(tmp, verbose=False)
+            with tensorflow_info_off():
+                model.export(tmp, verbose=False)
     if "compressed" in cfg.run.export and not dense:
         from sqjl_tf.export import save_compressed
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
@@ -147,9 +148,11 @@ def test_pretrain_writes_a_dense_model(dense_lenet):
 
 
 @pytest.mark.slow
-def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, capfd):
+def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, capfd, caplog):
     dense_dir, _ = dense_lenet
     logdir = str(tmp_path / "c")
+    for name in ("absl", "tensorflow"):  # absl's own level is WARNING once its flags are parsed
+        caplog.set_level(logging.INFO, logger=name)
     record = trainer.run(mode="compress", dataset="fashion_mnist", data_dir=idx_dir,
                          arch="caffelenet", epochs=2, nnz_budget=0.05, bit_budget=3, rho=0.05,
                          prox=True, weight_decay=5e-4, logdir=logdir,
@@ -163,6 +166,9 @@ def test_compress_idx_holds_budget_and_exports(dense_lenet, idx_dir, tmp_path, c
     console = printed.out + printed.err
     assert "bits/conv1" not in console  # per-layer details: metrics.jsonl, not the console
     assert console.count("compression_rate: ") == 2  # one line per epoch
+    logged = caplog.text  # ours, not TF's savers' ("Sharding callback", "Assets written to")
+    assert "final: test_accuracy=" in logged and "Sharding" not in logged
+    assert "Assets written" not in logged and "fingerprint" not in logged
     x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype("float32")
     reloaded = tf.saved_model.load(files["saved_model"])
     np.testing.assert_allclose(reloaded.serve(x).numpy(), compressed.predict(x, verbose=0),

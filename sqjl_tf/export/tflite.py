@@ -9,6 +9,7 @@ import keras
 from absl import logging
 
 from sqjl_tf._files import write_bytes
+from sqjl_tf._quiet import tensorflow_info_off
 
 
 def save_tflite(model: keras.Model, path: str) -> int:
@@ -25,10 +26,11 @@ def save_tflite(model: keras.Model, path: str) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
-        model.export(saved, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-        flatbuffer = converter.convert()
+        with tensorflow_info_off():
+            model.export(saved, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+            flatbuffer = converter.convert()
     write_bytes(path, flatbuffer)
     logging.info("TFLite model: %s (%d bytes)", path, len(flatbuffer))
     return len(flatbuffer)
