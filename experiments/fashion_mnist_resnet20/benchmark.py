@@ -415,6 +415,16 @@ class _TfmotRun:
         return row
 
 
+def _take_finished(runs, rows, lock):
+    """Adds to ``rows`` the TFMOT runs finished by now (measured here), not yet in it."""
+    for run in runs:
+        key = (run.nnz, run.bits, run.variant)
+        with lock:
+            done = key not in rows and not run.running() and run.finished()
+        if done:
+            rows[key] = run.row()
+
+
 def _launcher(waiting, runs, lock):
     """Keeps up to --jobs TFMOT processes running beside sqjl_tf, in table order."""
     while True:
@@ -585,6 +595,7 @@ def _run(budgets, work):
     rows = {}
     for nnz, bits in budgets:
         rows[(nnz, bits, "sqjl")] = _sqjl(dense_path, nnz, bits, work)
+        _take_finished(runs, rows, lock)  # TFMOT runs done beside it go in the table now
         _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
         if not FLAGS.jobs:  # one after the other, as the table reads
             for run in [r for r in runs if (r.nnz, r.bits) == (nnz, bits)]:
