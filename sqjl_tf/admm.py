@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf import projections
+from sqjl_tf._usage import invalid_argument
 from sqjl_tf.budget import MAX_BITS, budget_bits
 from sqjl_tf.guards import NonFiniteError
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
@@ -87,9 +88,7 @@ class ADMMConfig:
 
     def __post_init__(self):
         def bad(name, value, expected):
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
-            )
+            raise invalid_argument(name, value, expected)
 
         def number(value) -> float:  # NaN for what is not a real number
             if isinstance(value, bool):

@@ -22,7 +22,7 @@ import math
 import os
 from typing import Any, Dict, Optional, Sequence
 
-from sqjl_tf._usage import UsageError
+from sqjl_tf._usage import UsageError, invalid_argument
 from sqjl_tf.admm import ADMMConfig
 from sqjl_tf.checkpoint import exists as checkpoint_exists
 from sqjl_tf.rundir import RunDir
@@ -33,8 +33,7 @@ EXPORTS = ("keras", "saved_model", "compressed", "tflite")
 
 
 def _bad(name: str, value, expected: str):
-    raise UsageError(
-        f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}.")
+    raise invalid_argument(name, value, expected, UsageError)
 
 
 def _finite(x) -> bool:
@@ -295,8 +294,7 @@ class TrainConfig:
             self._validate_target_rate()
         if mode != "finetune":
             for name, value in finetune.used().items():
-                _bad(name, value, f"{_unset(value)} unless --mode=finetune"
-                     if not isinstance(value, (list, tuple)) else "only with --mode=finetune")
+                _bad(name, value, _finetune_only(value))
         if self.model.teacher is not None:
             if not float(self.optim.kdtemp) > 0:
                 _bad("teacher", self.model.teacher, "no teacher unless kdtemp > 0")
@@ -327,8 +325,11 @@ class TrainConfig:
                 _bad(name, value, "unset with --target_rate (the pipeline's stages set it)")
 
 
-def _unset(value) -> str:
-    return "False" if isinstance(value, bool) else "0" if isinstance(value, int) else "unset"
+def _finetune_only(value) -> str:
+    """What a fine-tuning option must be outside ``--mode=finetune``."""
+    if isinstance(value, (list, tuple)):
+        return "only with --mode=finetune"
+    return f"{'False' if isinstance(value, bool) else '0'} unless --mode=finetune"
 
 
 _DEFAULTS = {"dataset": "mnist", "arch": "caffelenet"}

@@ -90,6 +90,7 @@ from absl import logging
 from sqjl_tf import projections
 from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf._state import variable_property
+from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import compression_report
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 from sqjl_tf.optimizer import _build_before_fit
@@ -97,12 +98,6 @@ from sqjl_tf.optimizer import _build_before_fit
 MAX_BITS = projections.MAX_BITS
 _PRUNE_EVERY = 50  # steps between mask updates of the gradual pruning
 _DEFAULT_REFRESH_EVERY = 50  # batches between codebook refreshes when fit does not know its steps
-
-
-def _bad(name: str, value, expected: str) -> ValueError:
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
-    )
 
 
 def _parse_weightbits(weightbits) -> Optional[List[int]]:

@@ -29,6 +29,7 @@ from absl import logging
 
 from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._files import atomic_path, write_json
+from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
 from sqjl_tf.admm import ADMMConfig
 from sqjl_tf.callback import ADMMCallback
@@ -116,11 +117,6 @@ class CompressionResult:
     history: Dict[str, Dict[str, List[float]]]
     budget_bits: float
     epochs: Dict[str, int]
-
-
-def _bad(name: str, value, expected: str) -> ValueError:
-    return ValueError(f"Invalid value for argument `{name}`. Received: {value!r}. "
-                      f"Expected {expected}.")
 
 
 def split_budget(target_rate: float) -> Tuple[float, float]:

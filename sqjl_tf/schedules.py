@@ -42,6 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf._state import variable_property
+from sqjl_tf._usage import invalid_argument as _bad
 
 _GRAMMAR = (
     "one of '' or 'const', 'cos' or 'cos,MIN_LR' (MIN_LR in [0, base_lr]), "
@@ -50,12 +51,6 @@ _GRAMMAR = (
 )
 
 _SCHEDULES = keras.optimizers.schedules.LearningRateSchedule
-
-
-def _bad(name: str, value, expected: str) -> ValueError:
-    return ValueError(
-        f"Invalid value for argument `{name}`. Received: {value!r}. Expected {expected}."
-    )
 
 
 def _check_positive(name: str, value) -> float:
