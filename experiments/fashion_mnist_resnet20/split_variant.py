@@ -1,0 +1,96 @@
+"""Another epoch split of ``sqjl_tf.compress``'s fine-tuning, from a finished run's ADMM stage.
+
+The benchmark's ``compress`` call splits its epochs as the LeNet-5 benchmark found best
+(at 20 epochs: ADMM 9, full precision 9 of which 5 prune, quantized 2). This script asks
+whether another split of the same total does better on ResNet-20 without re-running the
+ADMM stage: it starts from the ADMM stage's weights and allocation saved in a finished
+``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs the same fine-tuning as
+``compress`` (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
+``--quant_epochs``, and measures the result as the benchmark does. The row goes to
+``<workdir>_f<float>q<quant>.row.json`` beside it; the benchmark's table is not changed.
+
+    python experiments/fashion_mnist_resnet20/split_variant.py --budget=0.04:3 \\
+        --float_epochs=7 --quant_epochs=4
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --batch_size, --seed, ...)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("budget", "0.04:3", "nnz_budget:bit_budget of the finished run to start from.")
+flags.DEFINE_integer("float_epochs", 7, "Full-precision epochs (the support shrinks in the first "
+                     "--prune_epochs).", lower_bound=1)
+flags.DEFINE_integer("prune_epochs", 5, "Epochs over which the support shrinks.", lower_bound=1)
+flags.DEFINE_integer("quant_epochs", 4, "Quantized epochs.", lower_bound=1)
+flags.DEFINE_enum("allocation", "admm", ["admm", "uniform"], "The bits and nonzeros fine-tuned "
+                  "to: the ADMM stage's (as compress), or every kernel at --budget's density and "
+                  "bits (TFMOT uniform's allocation; a diagnostic: same start, same schedule).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    import keras
+
+    import sqjl_tf
+    from sqjl_tf.pipeline import Recipe
+
+    try:
+        (nnz_budget, bit_budget), = bench._parse_budgets([FLAGS.budget])
+    except app.UsageError as err:
+        bench._usage_error(str(err).replace("`--budgets`", "`--budget`"))
+    work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
+    workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}")
+    stem = os.path.join(workdir, "stage_admm")
+    if not os.path.isfile(stem + ".json"):
+        bench._usage_error(f"Invalid value for flag `--budget`. Received: {FLAGS.budget!r}. "
+                           f"Expected a budget whose compress() run finished its ADMM stage "
+                           f"({stem}.json is missing; run the benchmark first).")
+    if FLAGS.prune_epochs > FLAGS.float_epochs:
+        bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
+                           f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
+                           f"({FLAGS.float_epochs}).")
+    tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
+    out = f"{workdir}_f{FLAGS.float_epochs}q{FLAGS.quant_epochs}{tag}.row.json"
+    with open(stem + ".json") as f:
+        admm = json.load(f)
+    model = bench._load_dense(bench._pretrain(work)[0])  # the finished dense run's model
+    model.load_weights(stem + ".weights.h5")
+    keras.utils.set_random_seed(FLAGS.seed)
+    train, test = bench._data("train", FLAGS.batch_size), bench._data("test", 500)
+    steps = len(train)
+    bits, nnz = admm["bits"], admm["nnz"]
+    if FLAGS.allocation == "uniform":
+        sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
+        bits, nnz = [bit_budget] * len(sizes), [int(nnz_budget * n) for n in sizes]
+    finetune = sqjl_tf.QuantizedFinetuneCallback(
+        weightbits=bits, reserve_zero=False, float_epochs=FLAGS.float_epochs,
+        prune_to=nnz, prune_epochs=FLAGS.prune_epochs)
+    epochs = FLAGS.float_epochs + FLAGS.quant_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(Recipe().finetune_lr, epochs * steps)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bench._loss(),
+                  metrics=["accuracy"])
+    start = time.time()
+    model.fit(train, validation_data=test, epochs=epochs, callbacks=[finetune], verbose=2,
+              shuffle=False)  # the dataset shuffles itself, as in compress()
+    compressed = finetune.finalize()
+    admm_epochs = len(admm["history"]["loss"])
+    row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} (reused) + float "
+           f"{FLAGS.float_epochs} + quantized {FLAGS.quant_epochs}, {FLAGS.allocation} "
+           "allocation",
+           **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
+           "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
+    bench._save_row(out, row)
+    logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s -> %s", row["variant"],
+                 row["accuracy"], row["rate"], row["within_budget"], out)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=bench._parse_flags)
