@@ -92,6 +92,7 @@ from sqjl_tf._copy import detach_optimizer, uncompiled_copy
 from sqjl_tf._state import variable_property
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import compression_report
+from sqjl_tf.distill import Distiller
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 from sqjl_tf.optimizer import _build_before_fit
 
@@ -718,7 +719,8 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
 
         Returns:
             A new Keras model (same architecture and weights) whose kernels are
-            ``Q(W_fp)``; its size is at most :attr:`initial_size_bits`.
+            ``Q(W_fp)``; its size is at most :attr:`initial_size_bits`. After
+            training a :class:`~sqjl_tf.Distiller`, the copy is its student's.
 
         Raises:
             RuntimeError: if called before ``fit`` or :meth:`build`.
@@ -729,7 +731,10 @@ class QuantizedFinetuneCallback(keras.callbacks.Callback):
             )
         self.start_quantizing()
         self._requantize()
-        return _copy_model(self._built_for)
+        model = self._built_for
+        if isinstance(model, Distiller):  # trained with a teacher: the student ships
+            model = model.student
+        return _copy_model(model)
 
 
 def _copy_model(model: keras.Model) -> keras.Model:

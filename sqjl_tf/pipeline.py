@@ -11,7 +11,7 @@ benchmark found best (``experiments/results/fashion_mnist_full.md``, ``gp14l``):
    callback, codebooks over the nonzeros).
 
 A total epoch budget is split between the stages as in that recipe (14 : 14 : 4
-of 32); projection intervals are scaled to the number of batches per epoch.
+of 32, :class:`Recipe`'s shares); projection intervals are scaled to the number of batches per epoch.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from sqjl_tf.finetune import QuantizedFinetuneCallback
 from sqjl_tf.layers import compressible_kernels
 from sqjl_tf.optimizer import ADMMOptimizer
 
-# The benchmark's best recipe (gp14l), as shares of 32 epochs and per-epoch intervals.
-_ADMM_SHARE, _PRUNE_SHARE, _QUANT_SHARE = 14 / 32, 8 / 32, 4 / 32
+# The benchmark's best recipe (gp14l): per-epoch intervals (the epoch shares are Recipe's).
 _PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
 _MIN_EPOCHS = 3  # one per stage
 _UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
@@ -60,6 +59,20 @@ class Recipe:
         finetune_lr: peak learning rate of stages 2-3 (Adam, cosine to 0).
         projections_per_epoch: sparse projections per ADMM epoch; the dual
             update runs about once per epoch.
+        admm_share: share of the epochs in the ADMM stage (gp14l: 14 of 32).
+        prune_share: share of the epochs over which stage 2 shrinks the
+            support to the learned nonzeros (8 of 32).
+        quant_share: share of the epochs in the quantized stage (4 of 32);
+            the full-precision stage 2 gets the rest.
+
+    Raises:
+        ValueError: if a share is outside (0, 1), or ``admm_share +
+            quant_share`` leaves no epochs to stage 2, or ``prune_share``
+            exceeds what it leaves.
+
+    Example:
+        >>> Recipe(admm_share=0.2, prune_share=0.4, quant_share=0.2).split(20)
+        {'admm': 4, 'float': 12, 'prune': 8, 'quant': 4}
     """
 
     admm_lr: float = 0.03
@@ -69,6 +82,21 @@ class Recipe:
     rho_growth: float = 1.1
     finetune_lr: float = 1e-3
     projections_per_epoch: int = _PROJECTIONS_PER_EPOCH
+    admm_share: float = 14 / 32
+    prune_share: float = 8 / 32
+    quant_share: float = 4 / 32
+
+    def __post_init__(self):
+        for name in ("admm_share", "prune_share", "quant_share"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise _bad(name, value, "a share of the epochs in (0, 1)")
+        if self.admm_share + self.quant_share >= 1:
+            raise _bad("quant_share", self.quant_share, f"less than 1 - admm_share = "
+                       f"{1 - self.admm_share:.4g} (stage 2 needs epochs)")
+        if self.prune_share > 1 - self.admm_share - self.quant_share + 1e-9:
+            raise _bad("prune_share", self.prune_share, f"at most 1 - admm_share - quant_share = "
+                       f"{1 - self.admm_share - self.quant_share:.4g} (it is part of stage 2)")
 
     def split(self, epochs: int) -> Dict[str, int]:
         """Epochs per stage for a total of ``epochs`` (>= 3).
@@ -78,11 +106,10 @@ class Recipe:
             fine-tuning epochs (of which ``prune`` shrink the support), and
             quantized fine-tuning epochs; ``admm + float + quant == epochs``.
         """
-        admm = max(1, round(epochs * _ADMM_SHARE))
-        quant = max(1, round(epochs * _QUANT_SHARE))
-        full = max(1, epochs - admm - quant)
-        admm = epochs - quant - full
-        prune = min(full, max(1, round(epochs * _PRUNE_SHARE)))
+        admm = min(max(1, round(epochs * self.admm_share)), epochs - 2)
+        quant = min(max(1, round(epochs * self.quant_share)), epochs - admm - 1)
+        full = epochs - admm - quant
+        prune = min(full, max(1, round(epochs * self.prune_share)))
         return {"admm": admm, "float": full, "prune": prune, "quant": quant}
 
     def intervals(self, steps_per_epoch: int) -> Tuple[int, int]:

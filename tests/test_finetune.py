@@ -424,3 +424,18 @@ def test_resumed_gradual_pruning_goes_on_with_the_same_schedule():
     for got, want in zip(resumed[0], expected):
         assert abs(got - want) <= 1
     assert resumed[1] == whole[2] == targets
+
+
+def test_finalize_after_distillation_ships_the_student():
+    x, y = _task()
+    student, teacher = _compressed(), _compressed()
+    ft = QuantizedFinetuneCallback(weightbits=[2, 2])
+    distiller = sqjl_tf.Distiller(student, teacher, temperature=2.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
+    distiller.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[ft])
+    final = ft.finalize()
+    assert not isinstance(final, sqjl_tf.Distiller)
+    assert [w.shape for w in final.weights] == [w.shape for w in student.weights]
+    np.testing.assert_allclose(final.predict(x[:64], verbose=0),
+                               student.predict(x[:64], verbose=0), atol=1e-5)
+    assert ft.size_bits() <= ft.initial_size_bits

@@ -48,6 +48,30 @@ def test_recipe_split_covers_the_epochs(epochs):
         assert split == {"admm": 14, "float": 14, "prune": 8, "quant": 4}
 
 
+@pytest.mark.parametrize("shares", [(0.2, 0.4, 0.2), (0.05, 0.05, 0.9), (0.9, 0.01, 0.05),
+                                    (0.5, 0.1, 0.1)])
+@pytest.mark.parametrize("epochs", [3, 7, 20, 32])
+def test_recipe_split_follows_custom_shares(shares, epochs):
+    admm, prune, quant = shares
+    split = Recipe(admm_share=admm, prune_share=prune, quant_share=quant).split(epochs)
+    assert split["admm"] + split["float"] + split["quant"] == epochs
+    assert min(split.values()) >= 1 and split["prune"] <= split["float"]
+    if epochs == 20 and shares == (0.2, 0.4, 0.2):
+        assert split == {"admm": 4, "float": 12, "prune": 8, "quant": 4}
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"admm_share": 0.0}, "admm_share"),
+    ({"prune_share": 1.0}, "prune_share"),
+    ({"quant_share": "0.1"}, "quant_share"),
+    ({"admm_share": 0.6, "quant_share": 0.4}, "quant_share"),
+    ({"admm_share": 0.5, "quant_share": 0.2, "prune_share": 0.4}, "prune_share"),
+])
+def test_recipe_rejects_bad_shares(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        Recipe(**kwargs)
+
+
 def test_recipe_intervals_scale_with_the_epoch():
     assert Recipe().intervals(235) == (20, 240)  # the benchmark's projint / dualint
     projint, dualint = Recipe().intervals(7)
