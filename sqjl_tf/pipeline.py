@@ -33,6 +33,7 @@ from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
 from sqjl_tf.admm import ADMMConfig
 from sqjl_tf.callback import ADMMCallback
+from sqjl_tf.distill import Distiller
 from sqjl_tf.finetune import QuantizedFinetuneCallback
 from sqjl_tf.layers import compressible_kernels
 from sqjl_tf.optimizer import ADMMOptimizer
@@ -64,9 +65,13 @@ class Recipe:
             support to the learned nonzeros (8 of 32).
         quant_share: share of the epochs in the quantized stage (4 of 32);
             the full-precision stage 2 gets the rest.
+        finetune_kdtemp: distillation temperature T of stages 2-3 (0: off):
+            the loss gains ``T * CE(softmax(teacher / T), log_softmax(student
+            / T))`` (:class:`~sqjl_tf.Distiller`), the teacher a frozen copy of
+            the model as ADMM starts from it.
 
     Raises:
-        ValueError: if a share is outside (0, 1), or ``admm_share +
+        ValueError: if ``finetune_kdtemp`` is negative, a share is outside (0, 1), or ``admm_share +
             quant_share`` leaves no epochs to stage 2, or ``prune_share``
             exceeds what it leaves.
 
@@ -85,8 +90,13 @@ class Recipe:
     admm_share: float = 14 / 32
     prune_share: float = 8 / 32
     quant_share: float = 4 / 32
+    finetune_kdtemp: float = 0.0
 
     def __post_init__(self):
+        if not (isinstance(self.finetune_kdtemp, (int, float))
+                and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
+            raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
+                       "distillation)")
         for name in ("admm_share", "prune_share", "quant_share"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < 1):
@@ -382,6 +392,8 @@ def compress(
         if loss is None:
             raise _bad("loss", None, "a Keras loss (the model is not compiled with one)")
     recipe = recipe or Recipe()
+    if not isinstance(recipe, Recipe):
+        raise _bad("recipe", recipe, "a sqjl_tf.Recipe or None")
     ADMMConfig(nnz_budget=nnz_budget, bit_budget=bit_budget)  # validates the budget now
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
@@ -394,6 +406,9 @@ def compress(
     working = uncompiled_copy(model)
     if working is None:  # not rebuildable from its config: trained in place
         working = model
+        if recipe.finetune_kdtemp:
+            raise _bad("recipe", recipe, "finetune_kdtemp=0 for a model that cannot be copied "
+                       "from its config (the distillation teacher is such a copy)")
         logging.warning("%s cannot be copied from its config: compress() trains it in place.",
                         model.name)
     history: Dict[str, Dict[str, List[float]]] = {}
@@ -422,6 +437,8 @@ def compress(
         history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss, metrics,
                                 train, validation, dense_epochs, steps, callbacks, verbose)
         stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
+    # The distillation teacher: the model as ADMM starts from it (before a restored stage).
+    teacher = uncompiled_copy(working) if recipe.finetune_kdtemp else None
     split = recipe.split(epochs - dense_epochs)
     split["dense"] = int(dense_epochs)
     projint, dualint = recipe.intervals(steps)
@@ -465,7 +482,8 @@ def compress(
                                              prune_to=nnz, prune_epochs=split["prune"])
         epochs_left = split["float"] + split["quant"]
         schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs_left * steps)
-        history["finetune"] = _fit(working, keras.optimizers.Adam(schedule), loss, metrics, train,
+        trained = Distiller(working, teacher, recipe.finetune_kdtemp) if teacher else working
+        history["finetune"] = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train,
                                    validation, epochs_left, steps,
                                    [finetune, keras.callbacks.TerminateOnNaN()] + callbacks,
                                    verbose)

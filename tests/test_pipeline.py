@@ -66,6 +66,8 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"quant_share": "0.1"}, "quant_share"),
     ({"admm_share": 0.6, "quant_share": 0.4}, "quant_share"),
     ({"admm_share": 0.5, "quant_share": 0.2, "prune_share": 0.4}, "prune_share"),
+    ({"finetune_kdtemp": -1.0}, "finetune_kdtemp"),
+    ({"finetune_kdtemp": float("nan")}, "finetune_kdtemp"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -86,6 +88,7 @@ def test_recipe_intervals_scale_with_the_epoch():
     ({"target_rate": 100, "dense_epochs": 9, "epochs": 10}, "dense_epochs"),
     ({"target_rate": 100, "loss": None}, "loss"),
     ({"nnz_budget": 1.5, "bit_budget": 4}, "nnz_budget"),
+    ({"target_rate": 100, "recipe": {"rho": 0.1}}, "recipe"),
 ])
 def test_bad_arguments_fail_before_training(task, kwargs, name):
     model = fakedata.mlp(8)  # not compiled: no loss unless given
@@ -145,3 +148,48 @@ def test_subclassed_unbuilt_model_without_get_config(task):
                               dense_epochs=0, batch_size=64, seed=0, verbose=0)
     assert result.report.within_budget
     assert all(s.nnz > 0 for s in result.report.layers) and len(result.report.layers) == 2
+
+
+def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeypatch):
+    from sqjl_tf import pipeline
+
+    x, y = task
+    model = _trained_mlp(x, y)
+    original = [w.copy() for w in model.get_weights()]
+    teachers = []
+
+    def spy(student, teacher, temperature):
+        teachers.append(([w.copy() for w in teacher.get_weights()], temperature))
+        return sqjl_tf.Distiller(student, teacher, temperature)
+
+    monkeypatch.setattr(pipeline, "Distiller", spy)
+    result = sqjl_tf.compress(model, (x, y), target_rate=40, epochs=3, batch_size=64, seed=0,
+                              recipe=Recipe(finetune_kdtemp=2.0), verbose=0)
+    (weights, temperature), = teachers  # one distilled stage: the fine-tuning
+    assert temperature == 2.0
+    for got, want in zip(weights, original):
+        np.testing.assert_array_equal(got, want)
+    assert not isinstance(result.model, sqjl_tf.Distiller)
+    assert [w.shape for w in result.model.weights] == [w.shape for w in model.weights]
+    assert sqjl_tf.compression_report(result.model).within_budget
+
+
+def test_distillation_needs_a_copyable_model(task):
+    x, y = task
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.out = keras.layers.Dense(4)
+
+        def call(self, inputs):
+            return self.out(inputs)
+
+    net = Net()
+    net(x[:1])
+    before = [w.copy() for w in net.get_weights()]
+    with pytest.raises(ValueError, match="`recipe`.*finetune_kdtemp=0"):
+        sqjl_tf.compress(net, (x, y), target_rate=20, epochs=3, loss=LOSS, dense_epochs=0,
+                         recipe=Recipe(finetune_kdtemp=2.0), verbose=0)
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)

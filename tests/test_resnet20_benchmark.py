@@ -17,6 +17,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "benchmark.py")
+VARIANT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "recipe_variant.py")
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 NNZ, BITS = 0.04, 3  # ~270x
@@ -29,6 +30,22 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "Invalid value for flag `--budgets`" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set=nope=1", "--tag=x"], "Invalid value for flag `--set`. Received: 'nope=1'"),
+    (["--set=admm_share=0.6,quant_share=0.5", "--tag=x"], "`quant_share`. Received: 0.5"),
+    (["--set=finetune_kdtemp=4", "--tag=a/b"], "Invalid value for flag `--tag`"),
+    (["--set=finetune_kdtemp=4", "--tag=kd"], "Expected the --out_dir of a benchmark run"),
+])
+def test_recipe_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, VARIANT, f"--out_dir={out}"] + args, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]  # after TF's start-up notes (Recipe imports it)
+    assert last.startswith("FATAL Usage error: ") and message in last, proc.stderr
     assert not out.exists()
 
 
@@ -80,6 +97,18 @@ def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reusing the finished run" in proc.stderr
+    assert (out / "fashion_mnist_resnet20.md").read_text() == table
+    # A recipe variant from the same dense model: its own folder and row, the table unchanged.
+    proc = subprocess.run([sys.executable, VARIANT, f"--data_dir={fashion_mnist_dir}",
+                           f"--out_dir={out}", "--pretrain_epochs=1", "--epochs=3",
+                           "--batch_size=128", f"--budget={NNZ}:{BITS}", "--tag=kd",
+                           "--set=finetune_kdtemp=2"], env=ENV, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    variant = json.loads((out / "fashion_mnist_resnet20_runs" / f"sqjl_{NNZ}_{BITS}_kd.row.json")
+                         .read_text())
+    assert variant["variant"].endswith("finetune_kdtemp=2")
+    assert variant["within_budget"] and variant["empty_layers"] == []
     assert (out / "fashion_mnist_resnet20.md").read_text() == table
     # Another epoch budget in the same folder is refused, in one line, before any work.
     proc = subprocess.run(cmd + ["--epochs=4"], env=ENV, capture_output=True, text=True,

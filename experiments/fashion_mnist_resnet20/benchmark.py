@@ -326,11 +326,15 @@ def _stage_clock(path):
     return StageClock()
 
 
-def _sqjl(dense_path, nnz, bits, work):
-    """sqjl_tf.compress at one budget (its finished row, or run now; stages resumed)."""
+def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
+    """sqjl_tf.compress at one budget (its finished row, or run now; stages resumed).
+
+    ``recipe``: a ``sqjl_tf.Recipe`` (default: compress's own), its run kept in
+    ``sqjl_<nnz>_<bits><tag>``.
+    """
     import sqjl_tf
 
-    workdir = os.path.join(work, f"sqjl_{nnz}_{bits}")
+    workdir = os.path.join(work, f"sqjl_{nnz}_{bits}{tag}")
     row = _load_row(workdir + ".row.json")
     if row is not None:
         logging.info("sqjl_tf %s/%s: reusing the finished run in %s", nnz, bits, workdir)
@@ -339,18 +343,31 @@ def _sqjl(dense_path, nnz, bits, work):
     clock = os.path.join(workdir, "stage_seconds.json")
     result = sqjl_tf.compress(model, _data("train", FLAGS.batch_size), _data("test", 500),
                               nnz_budget=nnz, bit_budget=bits, epochs=FLAGS.epochs, loss=_loss(),
-                              dense_epochs=0, seed=FLAGS.seed, workdir=workdir,
+                              dense_epochs=0, seed=FLAGS.seed, workdir=workdir, recipe=recipe,
                               callbacks=[_stage_clock(clock)], verbose=2)
     result.model.save(os.path.join(workdir, "model_compressed.keras"))
     split = result.epochs
     row = {"method": "sqjl_tf", "variant": f"compress: ADMM {split['admm']} + float "
-           f"{split['float']} + quantized {split['quant']}",
+           f"{split['float']} + quantized {split['quant']}"
+           + (f", {_recipe_changes(recipe)}" if recipe else ""),
            **_measure(_layer_weights(result.model), nnz, bits),
            "learned": {"layers": [n.split("/")[0] for n in result.layers], "bits": result.bits,
                        "nnz": result.nnz},
            "epochs": FLAGS.epochs, "seconds": sum((_load_row(clock) or {}).values())}
     _save_row(workdir + ".row.json", row)
     return row
+
+
+def _recipe_changes(recipe):
+    """The settings in which ``recipe`` differs from compress()'s own, as ``k=v, ...``."""
+    import dataclasses
+
+    import sqjl_tf
+
+    default = sqjl_tf.Recipe()
+    return ", ".join(f"{f.name}={getattr(recipe, f.name):.4g}"
+                     for f in dataclasses.fields(recipe)
+                     if getattr(recipe, f.name) != getattr(default, f.name)) or "default recipe"
 
 
 # ---------------------------------------------------------------- TFMOT
