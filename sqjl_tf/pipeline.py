@@ -307,6 +307,28 @@ def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, call
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
+def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
+                     callbacks=(), verbose="auto", predicate=None, teacher=None):
+    """Stages 2-3, training ``model`` from its weights now: gradual pruning to ``nnz`` in
+    full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
+    support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
+    ``recipe.finetune_lr``, distilled from ``teacher`` when given.
+
+    Returns:
+        (the compressed copy, the fit's history).
+    """
+    finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False, predicate=predicate,
+                                         float_epochs=split["float"], prune_to=nnz,
+                                         prune_epochs=split["prune"])
+    epochs = split["float"] + split["quant"]
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
+    trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
+    history = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train, validation,
+                   epochs, steps, [finetune, keras.callbacks.TerminateOnNaN()] + list(callbacks),
+                   verbose)
+    return finetune.finalize(), history
+
+
 def compress(
     model: keras.Model,
     train_data,
@@ -477,17 +499,9 @@ def compress(
         compressed = uncompiled_copy(working) or working
         logging.info("compress(): the fine-tuning stage is done in %s.", workdir)
     else:
-        finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False,
-                                             predicate=predicate, float_epochs=split["float"],
-                                             prune_to=nnz, prune_epochs=split["prune"])
-        epochs_left = split["float"] + split["quant"]
-        schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs_left * steps)
-        trained = Distiller(working, teacher, recipe.finetune_kdtemp) if teacher else working
-        history["finetune"] = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train,
-                                   validation, epochs_left, steps,
-                                   [finetune, keras.callbacks.TerminateOnNaN()] + callbacks,
-                                   verbose)
-        compressed = finetune.finalize()
+        compressed, history["finetune"] = _finetune_stages(
+            working, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
+            callbacks, verbose, predicate=predicate, teacher=teacher)
         stages.save("finetune", {"history": history["finetune"]})
     compressed.sqjl_budget_bits = budget
     report = compression_report(compressed, predicate=predicate)

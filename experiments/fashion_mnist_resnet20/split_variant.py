@@ -4,8 +4,8 @@ The benchmark's ``compress`` call splits its epochs as the LeNet-5 benchmark fou
 (at 20 epochs: ADMM 9, full precision 9 of which 5 prune, quantized 2). This script asks
 whether another split of the same total does better on ResNet-20 without re-running the
 ADMM stage: it starts from the ADMM stage's weights and allocation saved in a finished
-``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs the same fine-tuning as
-``compress`` (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
+``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs ``compress``'s fine-tuning
+stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs``, and measures the result as the benchmark does. The row goes to
 ``<workdir>_f<float>q<quant>.row.json`` beside it; the benchmark's table is not changed.
 
@@ -40,7 +40,7 @@ def main(argv):
     import keras
 
     import sqjl_tf
-    from sqjl_tf.pipeline import Recipe
+    from sqjl_tf.pipeline import Recipe, _finetune_stages
 
     try:
         (nnz_budget, bit_budget), = bench._parse_budgets([FLAGS.budget])
@@ -70,17 +70,12 @@ def main(argv):
     if FLAGS.allocation == "uniform":
         sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
         bits, nnz = [bit_budget] * len(sizes), [int(nnz_budget * n) for n in sizes]
-    finetune = sqjl_tf.QuantizedFinetuneCallback(
-        weightbits=bits, reserve_zero=False, float_epochs=FLAGS.float_epochs,
-        prune_to=nnz, prune_epochs=FLAGS.prune_epochs)
+    split = {"float": FLAGS.float_epochs, "prune": FLAGS.prune_epochs,
+             "quant": FLAGS.quant_epochs}
     epochs = FLAGS.float_epochs + FLAGS.quant_epochs
-    schedule = keras.optimizers.schedules.CosineDecay(Recipe().finetune_lr, epochs * steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bench._loss(),
-                  metrics=["accuracy"])
     start = time.time()
-    model.fit(train, validation_data=test, epochs=epochs, callbacks=[finetune], verbose=2,
-              shuffle=False)  # the dataset shuffles itself, as in compress()
-    compressed = finetune.finalize()
+    compressed, _ = _finetune_stages(model, bits, nnz, split, Recipe(), bench._loss(),
+                                     ["accuracy"], train, test, steps, verbose=2)
     admm_epochs = len(admm["history"]["loss"])
     row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} (reused) + float "
            f"{FLAGS.float_epochs} + quantized {FLAGS.quant_epochs}, {FLAGS.allocation} "
