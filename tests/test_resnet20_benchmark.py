@@ -34,6 +34,7 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--budget=0.04:9", "--set=rho=1", "--tag=x"], "Invalid value for flag `--budget`"),
     (["--set=nope=1", "--tag=x"], "Invalid value for flag `--set`. Received: 'nope=1'"),
     (["--set=admm_share=0.6,quant_share=0.5", "--tag=x"], "`quant_share`. Received: 0.5"),
     (["--set=finetune_kdtemp=4", "--tag=a/b"], "Invalid value for flag `--tag`"),

@@ -108,6 +108,15 @@ def _parse_budgets(specs):
     return budgets
 
 
+def _one_budget(spec):
+    """``(nnz, bits)`` of the variant scripts' ``--budget``; exits with a usage error if bad."""
+    try:
+        (nnz, bits), = _parse_budgets([spec])
+    except app.UsageError as err:
+        _usage_error(str(err).replace("`--budgets`", "`--budget`"))
+    return nnz, bits
+
+
 def _check_flags():
     """Every flag's value and combination; returns the budgets. Raises app.UsageError."""
     budgets = _parse_budgets(FLAGS.budgets)

@@ -55,10 +55,7 @@ def _recipe(pairs):
 def main(argv):
     if len(argv) > 1:
         bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
-    try:
-        (nnz, bits), = bench._parse_budgets([FLAGS.budget])
-    except app.UsageError as err:
-        bench._usage_error(str(err).replace("`--budgets`", "`--budget`"))
+    nnz, bits = bench._one_budget(FLAGS.budget)
     if not (FLAGS.tag and re.fullmatch(r"[A-Za-z0-9_-]+", FLAGS.tag)):
         bench._usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
                            "a name of letters, digits, _ and -.")

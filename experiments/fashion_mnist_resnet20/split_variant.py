@@ -42,10 +42,7 @@ def main(argv):
     import sqjl_tf
     from sqjl_tf.pipeline import Recipe, _finetune_stages
 
-    try:
-        (nnz_budget, bit_budget), = bench._parse_budgets([FLAGS.budget])
-    except app.UsageError as err:
-        bench._usage_error(str(err).replace("`--budgets`", "`--budget`"))
+    nnz_budget, bit_budget = bench._one_budget(FLAGS.budget)
     work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
     workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}")
     stem = os.path.join(workdir, "stage_admm")
