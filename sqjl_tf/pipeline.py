@@ -11,7 +11,8 @@ benchmark found best (``experiments/results/fashion_mnist_full.md``, ``gp14l``):
    callback, codebooks over the nonzeros).
 
 A total epoch budget is split between the stages as in that recipe (14 : 14 : 4
-of 32, :class:`Recipe`'s shares); projection intervals are scaled to the number of batches per epoch.
+of 32, :class:`Recipe`'s shares); projection intervals are scaled to the number
+of batches per epoch.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ class Recipe:
             the model as ADMM starts from it.
 
     Raises:
-        ValueError: if ``finetune_kdtemp`` is negative, a share is outside (0, 1), or ``admm_share +
-            quant_share`` leaves no epochs to stage 2, or ``prune_share``
-            exceeds what it leaves.
+        ValueError: if ``finetune_kdtemp`` is negative, a share is outside
+            (0, 1), ``admm_share + quant_share`` leaves no epochs to stage 2,
+            or ``prune_share`` exceeds what it leaves.
 
     Example:
         >>> Recipe(admm_share=0.2, prune_share=0.4, quant_share=0.2).split(20)
