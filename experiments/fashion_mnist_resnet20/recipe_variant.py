@@ -1,4 +1,4 @@
-"""``sqjl_tf.compress`` with other :class:`sqjl_tf.Recipe` settings, from the benchmark's dense model.
+"""``sqjl_tf.compress`` with other ``sqjl_tf.Recipe`` settings, from the benchmark's dense model.
 
 The benchmark runs ``compress`` with its own recipe (tuned on LeNet-5). This script runs
 it again at one budget with some settings changed (``--set=name=value,...``, any field
