@@ -275,6 +275,10 @@ class _Stages:
         if not (self.workdir and all(os.path.isfile(p) for p in self._paths(stage))):
             return False
         found = self.record(stage).get("signature")
+        if isinstance(found, dict) and isinstance(found.get("recipe"), dict):
+            # A stage written before a Recipe setting existed ran with its default.
+            defaults = json.loads(json.dumps(dataclasses.asdict(Recipe())))
+            found = {**found, "recipe": {**defaults, **found["recipe"]}}
         if found != self.signature:
             raise _bad("workdir", self.workdir, f"a folder without stages of other compress() "
                        f"arguments (its {stage} stage ran with {found}, this call has "

@@ -1,5 +1,7 @@
 """sqjl_tf.compress: one call from a target rate to a working compressed model."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -193,3 +195,28 @@ def test_distillation_needs_a_copyable_model(task):
                          recipe=Recipe(finetune_kdtemp=2.0), verbose=0)
     for a, b in zip(before, net.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path):
+    x, y = task
+    model = _trained_mlp(x, y)
+    kwargs = dict(target_rate=40, epochs=3, batch_size=64, seed=0, workdir=str(tmp_path),
+                  verbose=0)
+    first = sqjl_tf.compress(model, (x, y), **kwargs)
+    for name in ("stage_admm.json", "stage_finetune.json"):  # as an older version wrote them
+        path = tmp_path / name
+        record = json.loads(path.read_text())
+        del record["signature"]["recipe"]["finetune_kdtemp"]
+        path.write_text(json.dumps(record))
+
+    class Fits(keras.callbacks.Callback):
+        count = 0
+
+        def on_train_begin(self, logs=None):
+            Fits.count += 1
+
+    again = sqjl_tf.compress(model, (x, y), callbacks=[Fits()], **kwargs)
+    assert Fits.count == 0  # nothing trained again
+    assert again.nnz == first.nnz and again.bits == first.bits
+    with pytest.raises(ValueError, match="`workdir`"):  # a changed setting is still refused
+        sqjl_tf.compress(model, (x, y), recipe=Recipe(finetune_kdtemp=2.0), **kwargs)
