@@ -45,6 +45,11 @@ _MIN_EPOCHS = 3  # one per stage
 _UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
 
 
+def _is_number(value) -> bool:
+    """A real number (an int, float or NumPy scalar), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How :func:`compress` trains: every setting of the three stages.
@@ -94,13 +99,13 @@ class Recipe:
     finetune_kdtemp: float = 0.0
 
     def __post_init__(self):
-        if not (isinstance(self.finetune_kdtemp, (int, float))
+        if not (_is_number(self.finetune_kdtemp)
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
             raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
                        "distillation)")
         for name in ("admm_share", "prune_share", "quant_share"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 < value < 1):
+            if not (_is_number(value) and 0 < value < 1):
                 raise _bad(name, value, "a share of the epochs in (0, 1)")
         if self.admm_share + self.quant_share >= 1:
             raise _bad("quant_share", self.quant_share, f"less than 1 - admm_share = "
@@ -464,8 +469,10 @@ def compress(
         history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss, metrics,
                                 train, validation, dense_epochs, steps, callbacks, verbose)
         stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
-    # The distillation teacher: the model as ADMM starts from it (before a restored stage).
-    teacher = uncompiled_copy(working) if recipe.finetune_kdtemp else None
+    # The distillation teacher: the model as ADMM starts from it (before a restored stage);
+    # none needed when the fine-tuning it teaches is already done.
+    distil = recipe.finetune_kdtemp and not stages.done("finetune")
+    teacher = uncompiled_copy(working) if distil else None
     split = recipe.split(epochs - dense_epochs)
     split["dense"] = int(dense_epochs)
     projint, dualint = recipe.intervals(steps)

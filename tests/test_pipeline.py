@@ -70,6 +70,8 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"admm_share": 0.5, "quant_share": 0.2, "prune_share": 0.4}, "prune_share"),
     ({"finetune_kdtemp": -1.0}, "finetune_kdtemp"),
     ({"finetune_kdtemp": float("nan")}, "finetune_kdtemp"),
+    ({"finetune_kdtemp": True}, "finetune_kdtemp"),
+    ({"prune_share": False}, "prune_share"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -174,6 +176,27 @@ def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeyp
     assert not isinstance(result.model, sqjl_tf.Distiller)
     assert [w.shape for w in result.model.weights] == [w.shape for w in model.weights]
     assert sqjl_tf.compression_report(result.model).within_budget
+
+
+def test_a_finished_distilled_compress_resumes_without_a_teacher(task, tmp_path, monkeypatch):
+    from sqjl_tf import pipeline
+
+    x, y = task
+    model = _trained_mlp(x, y)
+    kwargs = dict(target_rate=40, epochs=3, batch_size=64, seed=0, workdir=str(tmp_path),
+                  recipe=Recipe(finetune_kdtemp=2.0), verbose=0)
+    first = sqjl_tf.compress(model, (x, y), **kwargs)
+    copies, copy = [], pipeline.uncompiled_copy
+
+    def counted_copy(source):
+        copies.append(source)
+        return copy(source)
+
+    monkeypatch.setattr(pipeline, "uncompiled_copy", counted_copy)
+    again = sqjl_tf.compress(model, (x, y), **kwargs)
+    assert len(copies) == 2  # the working copy and the result; no teacher
+    for got, want in zip(again.model.get_weights(), first.model.get_weights()):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_distillation_needs_a_copyable_model(task):
