@@ -6,7 +6,8 @@ whether another split of the same total does better on ResNet-20 without re-runn
 ADMM stage: it starts from the ADMM stage's weights and allocation saved in a finished
 ``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs ``compress``'s fine-tuning
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
-``--quant_epochs``, and measures the result as the benchmark does. The row goes to
+``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
+dense model's; with ``--finetune_lr`` at another peak learning rate), and measures the result as the benchmark does. The row goes to
 ``<workdir>_f<float>q<quant>.row.json`` beside it; the benchmark's table is not changed.
 
     python experiments/fashion_mnist_resnet20/split_variant.py --budget=0.04:3 \\
@@ -32,6 +33,12 @@ flags.DEFINE_integer("quant_epochs", 4, "Quantized epochs.", lower_bound=1)
 flags.DEFINE_enum("allocation", "admm", ["admm", "uniform"], "The bits and nonzeros fine-tuned "
                   "to: the ADMM stage's (as compress), or every kernel at --budget's density and "
                   "bits (TFMOT uniform's allocation; a diagnostic: same start, same schedule).")
+flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tuning (default: "
+                   "Recipe's finetune_lr, as compress).", lower_bound=0)
+flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned from: the ADMM "
+                  "stage's (as compress), or the dense model's (a diagnostic: the ADMM stage's "
+                  "allocation reached by a gradual magnitude prune from the dense weights, as "
+                  "TFMOT prunes).")
 
 
 def main(argv):
@@ -55,11 +62,15 @@ def main(argv):
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
+    tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
+    recipe = Recipe() if FLAGS.finetune_lr is None else Recipe(finetune_lr=FLAGS.finetune_lr)
+    tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
     out = f"{workdir}_f{FLAGS.float_epochs}q{FLAGS.quant_epochs}{tag}.row.json"
     with open(stem + ".json") as f:
         admm = json.load(f)
     model = bench._load_dense(bench._pretrain(work)[0])  # the finished dense run's model
-    model.load_weights(stem + ".weights.h5")
+    if FLAGS.start == "admm":
+        model.load_weights(stem + ".weights.h5")
     keras.utils.set_random_seed(FLAGS.seed)
     train, test = bench._data("train", FLAGS.batch_size), bench._data("test", 500)
     steps = len(train)
@@ -71,12 +82,14 @@ def main(argv):
              "quant": FLAGS.quant_epochs}
     epochs = FLAGS.float_epochs + FLAGS.quant_epochs
     start = time.time()
-    compressed, _ = _finetune_stages(model, bits, nnz, split, Recipe(), bench._loss(),
+    compressed, _ = _finetune_stages(model, bits, nnz, split, recipe, bench._loss(),
                                      ["accuracy"], train, test, steps, verbose=2)
     admm_epochs = len(admm["history"]["loss"])
-    row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} (reused) + float "
-           f"{FLAGS.float_epochs} + quantized {FLAGS.quant_epochs}, {FLAGS.allocation} "
-           "allocation",
+    reused = "reused" if FLAGS.start == "admm" else "its allocation reused"
+    row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} ({reused}) + float "
+           f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
+           f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
+           f"{recipe.finetune_lr:g}",
            **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
            "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
     bench._save_row(out, row)
