@@ -18,6 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "benchmark.py")
 VARIANT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "recipe_variant.py")
+SPLIT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "split_variant.py")
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 NNZ, BITS = 0.04, 3  # ~270x
@@ -46,6 +47,20 @@ def test_recipe_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]  # after TF's start-up notes (Recipe imports it)
+    assert last.startswith("FATAL Usage error: ") and message in last, proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finetune_lr=0"], "Invalid value for flag `--finetune_lr`. Received: 0.0. Expected"),
+    (["--budget=0.04:3"], "Expected a budget whose compress() run finished its ADMM stage"),
+])
+def test_split_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, SPLIT, f"--out_dir={out}"] + args, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("FATAL Usage error: ") and message in last, proc.stderr
     assert not out.exists()
 

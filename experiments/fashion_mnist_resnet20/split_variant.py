@@ -7,14 +7,16 @@ ADMM stage: it starts from the ADMM stage's weights and allocation saved in a fi
 ``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs ``compress``'s fine-tuning
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
-dense model's; with ``--finetune_lr`` at another peak learning rate), and measures the result as the benchmark does. The row goes to
-``<workdir>_f<float>q<quant>.row.json`` beside it; the benchmark's table is not changed.
+dense model's; with ``--finetune_lr`` at another peak learning rate), and measures the
+result as the benchmark does. The row goes to ``<workdir>_f<float>p<prune>q<quant>.row.json``
+beside it (with the other flags' tags); the benchmark's table is not changed.
 
     python experiments/fashion_mnist_resnet20/split_variant.py --budget=0.04:3 \\
         --float_epochs=7 --quant_epochs=4
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -33,8 +35,8 @@ flags.DEFINE_integer("quant_epochs", 4, "Quantized epochs.", lower_bound=1)
 flags.DEFINE_enum("allocation", "admm", ["admm", "uniform"], "The bits and nonzeros fine-tuned "
                   "to: the ADMM stage's (as compress), or every kernel at --budget's density and "
                   "bits (TFMOT uniform's allocation; a diagnostic: same start, same schedule).")
-flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tuning (default: "
-                   "Recipe's finetune_lr, as compress).", lower_bound=0)
+flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tuning, > 0 "
+                   "(default: Recipe's finetune_lr, as compress).")
 flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned from: the ADMM "
                   "stage's (as compress), or the dense model's (a diagnostic: the ADMM stage's "
                   "allocation reached by a gradual magnitude prune from the dense weights, as "
@@ -44,6 +46,9 @@ flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned fr
 def main(argv):
     if len(argv) > 1:
         bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    if FLAGS.finetune_lr is not None and not 0 < FLAGS.finetune_lr < math.inf:
+        bench._usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
+                           f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
     import keras
 
     import sqjl_tf
@@ -61,11 +66,12 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
+    recipe = Recipe() if FLAGS.finetune_lr is None else Recipe(finetune_lr=FLAGS.finetune_lr)
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
-    recipe = Recipe() if FLAGS.finetune_lr is None else Recipe(finetune_lr=FLAGS.finetune_lr)
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
-    out = f"{workdir}_f{FLAGS.float_epochs}q{FLAGS.quant_epochs}{tag}.row.json"
+    out = (f"{workdir}_f{FLAGS.float_epochs}p{FLAGS.prune_epochs}q{FLAGS.quant_epochs}"
+           f"{tag}.row.json")
     with open(stem + ".json") as f:
         admm = json.load(f)
     model = bench._load_dense(bench._pretrain(work)[0])  # the finished dense run's model
