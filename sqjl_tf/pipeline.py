@@ -318,11 +318,13 @@ def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, call
 
 
 def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
-                     callbacks=(), verbose="auto", predicate=None, teacher=None):
+                     callbacks=(), verbose="auto", predicate=None, teacher=None,
+                     learning_rate=None):
     """Stages 2-3, training ``model`` from its weights now: gradual pruning to ``nnz`` in
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
-    ``recipe.finetune_lr``, distilled from ``teacher`` when given.
+    ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments),
+    distilled from ``teacher`` when given.
 
     Returns:
         (the compressed copy, the fit's history).
@@ -331,7 +333,8 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
                                          float_epochs=split["float"], prune_to=nnz,
                                          prune_epochs=split["prune"])
     epochs = split["float"] + split["quant"]
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
+    schedule = learning_rate or keras.optimizers.schedules.CosineDecay(recipe.finetune_lr,
+                                                                       epochs * steps)
     trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
     history = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train, validation,
                    epochs, steps, [finetune, keras.callbacks.TerminateOnNaN()] + list(callbacks),

@@ -7,9 +7,11 @@ ADMM stage: it starts from the ADMM stage's weights and allocation saved in a fi
 ``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs ``compress``'s fine-tuning
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
-dense model's; with ``--finetune_lr`` at another peak learning rate), and measures the
-result as the benchmark does. The row goes to ``<workdir>_f<float>p<prune>q<quant>.row.json``
-beside it (with the other flags' tags); the benchmark's table is not changed.
+dense model's; with ``--finetune_lr`` at another peak learning rate, with ``--schedule=tfmot``
+on TFMOT's learning rates; with ``--allocation`` to a TFMOT variant's allocation), and
+measures the result as the benchmark does. The row goes to
+``<workdir>_f<float>p<prune>q<quant>.row.json`` beside it (with the other flags' tags); the
+benchmark's table is not changed.
 
     python experiments/fashion_mnist_resnet20/split_variant.py --budget=0.04:3 \\
         --float_epochs=7 --quant_epochs=4
@@ -25,22 +27,30 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --batch_size, --seed, ...)
+import allocation  # noqa: E402
 
 FLAGS = flags.FLAGS
+_TFMOT_CLUSTER_LR = 1e-5  # tfmot_resnet20.py's --lr_cluster
 flags.DEFINE_string("budget", "0.04:3", "nnz_budget:bit_budget of the finished run to start from.")
 flags.DEFINE_integer("float_epochs", 7, "Full-precision epochs (the support shrinks in the first "
                      "--prune_epochs).", lower_bound=1)
 flags.DEFINE_integer("prune_epochs", 5, "Epochs over which the support shrinks.", lower_bound=1)
 flags.DEFINE_integer("quant_epochs", 4, "Quantized epochs.", lower_bound=1)
-flags.DEFINE_enum("allocation", "admm", ["admm", "uniform"], "The bits and nonzeros fine-tuned "
-                  "to: the ADMM stage's (as compress), or every kernel at --budget's density and "
-                  "bits (TFMOT uniform's allocation; a diagnostic: same start, same schedule).")
+flags.DEFINE_enum("allocation", "admm", ["admm", *allocation.VARIANTS], "The bits and nonzeros "
+                  "fine-tuned to: the ADMM stage's (as compress), or a TFMOT variant's (uniform: "
+                  "every kernel at --budget's density and bits; practitioner: the first conv and "
+                  "the classifier dense at 8 bits, the rest sharing what is left). The TFMOT "
+                  "ones are diagnostics: same start, same schedule, another allocation.")
 flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tuning, > 0 "
                    "(default: Recipe's finetune_lr, as compress).")
 flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned from: the ADMM "
                   "stage's (as compress), or the dense model's (a diagnostic: the ADMM stage's "
                   "allocation reached by a gradual magnitude prune from the dense weights, as "
                   "TFMOT prunes).")
+flags.DEFINE_enum("schedule", "cosine", ["cosine", "tfmot"], "The fine-tuning's learning "
+                  "rate: a cosine from the peak to 0 over all its epochs (as compress), or "
+                  "TFMOT's (a diagnostic): the peak held through the full-precision epochs, "
+                  "then 1e-5 (its clustering rate) through the quantized ones.")
 
 
 def main(argv):
@@ -50,6 +60,7 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
                            f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
     import keras
+    import numpy as np
 
     import sqjl_tf
     from sqjl_tf.pipeline import Recipe, _finetune_stages
@@ -70,6 +81,7 @@ def main(argv):
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
+    tag += "" if FLAGS.schedule == "cosine" else f"_{FLAGS.schedule}_lr"
     out = (f"{workdir}_f{FLAGS.float_epochs}p{FLAGS.prune_epochs}q{FLAGS.quant_epochs}"
            f"{tag}.row.json")
     with open(stem + ".json") as f:
@@ -81,21 +93,37 @@ def main(argv):
     train, test = bench._data("train", FLAGS.batch_size), bench._data("test", 500)
     steps = len(train)
     bits, nnz = admm["bits"], admm["nnz"]
-    if FLAGS.allocation == "uniform":
+    if FLAGS.allocation == "uniform":  # as the runs measured before the practitioner's
         sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
         bits, nnz = [bit_budget] * len(sizes), [int(nnz_budget * n) for n in sizes]
+    elif FLAGS.allocation != "admm":
+        plan = allocation.allocation(FLAGS.allocation, nnz_budget, bit_budget)
+        sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
+        assert sizes == list(allocation.KERNEL_SIZES.values()), sizes
+        bits = [plan[name][1] for name in allocation.LAYERS]
+        # At most the start's nonzeros: the ADMM stage leaves a few weights at exactly 0.
+        have = [int(np.count_nonzero(k.variable.numpy()))
+                for k in sqjl_tf.compressible_kernels(model)]
+        nnz = [min(h, max(1, round(plan[name][0] * n)))
+               for h, (name, n) in zip(have, allocation.KERNEL_SIZES.items())]
     split = {"float": FLAGS.float_epochs, "prune": FLAGS.prune_epochs,
              "quant": FLAGS.quant_epochs}
     epochs = FLAGS.float_epochs + FLAGS.quant_epochs
     start = time.time()
+    schedule = None  # compress's cosine
+    if FLAGS.schedule == "tfmot":
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [FLAGS.float_epochs * steps], [recipe.finetune_lr, _TFMOT_CLUSTER_LR])
     compressed, _ = _finetune_stages(model, bits, nnz, split, recipe, bench._loss(),
-                                     ["accuracy"], train, test, steps, verbose=2)
+                                     ["accuracy"], train, test, steps, verbose=2,
+                                     learning_rate=schedule)
     admm_epochs = len(admm["history"]["loss"])
     reused = "reused" if FLAGS.start == "admm" else "its allocation reused"
     row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} ({reused}) + float "
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
-           f"{recipe.finetune_lr:g}",
+           f"{recipe.finetune_lr:g}" + ("" if FLAGS.schedule == "cosine" else
+                                        f", {FLAGS.schedule} schedule"),
            **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
            "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
     bench._save_row(out, row)
