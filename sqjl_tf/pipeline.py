@@ -333,8 +333,9 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
                                          float_epochs=split["float"], prune_to=nnz,
                                          prune_epochs=split["prune"])
     epochs = split["float"] + split["quant"]
-    schedule = learning_rate or keras.optimizers.schedules.CosineDecay(recipe.finetune_lr,
-                                                                       epochs * steps)
+    schedule = learning_rate
+    if schedule is None:
+        schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
     trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
     history = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train, validation,
                    epochs, steps, [finetune, keras.callbacks.TerminateOnNaN()] + list(callbacks),
