@@ -82,6 +82,10 @@ def main(argv):
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
     tag += "" if FLAGS.schedule == "cosine" else f"_{FLAGS.schedule}_lr"
+    settings = os.path.join(work, "settings.json")  # the seed the work folder's runs used
+    if os.path.isfile(settings):
+        with open(settings) as f:
+            tag += "" if json.load(f).get("seed") == FLAGS.seed else f"_seed{FLAGS.seed}"
     out = (f"{workdir}_f{FLAGS.float_epochs}p{FLAGS.prune_epochs}q{FLAGS.quant_epochs}"
            f"{tag}.row.json")
     with open(stem + ".json") as f:
