@@ -97,19 +97,17 @@ def main(argv):
     train, test = bench._data("train", FLAGS.batch_size), bench._data("test", 500)
     steps = len(train)
     bits, nnz = admm["bits"], admm["nnz"]
+    kernels = sqjl_tf.compressible_kernels(model)
+    sizes = [k.size for k in kernels]
     if FLAGS.allocation == "uniform":  # as the runs measured before the practitioner's
-        sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
         bits, nnz = [bit_budget] * len(sizes), [int(nnz_budget * n) for n in sizes]
     elif FLAGS.allocation != "admm":
         plan = allocation.allocation(FLAGS.allocation, nnz_budget, bit_budget)
-        sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
         assert sizes == list(allocation.KERNEL_SIZES.values()), sizes
         bits = [plan[name][1] for name in allocation.LAYERS]
         # At most the start's nonzeros: the ADMM stage leaves a few weights at exactly 0.
-        have = [int(np.count_nonzero(k.variable.numpy()))
-                for k in sqjl_tf.compressible_kernels(model)]
-        nnz = [min(h, max(1, round(plan[name][0] * n)))
-               for h, (name, n) in zip(have, allocation.KERNEL_SIZES.items())]
+        nnz = [min(int(np.count_nonzero(k.variable.numpy())), max(1, round(plan[name][0] * n)))
+               for k, (name, n) in zip(kernels, allocation.KERNEL_SIZES.items())]
     split = {"float": FLAGS.float_epochs, "prune": FLAGS.prune_epochs,
              "quant": FLAGS.quant_epochs}
     epochs = FLAGS.float_epochs + FLAGS.quant_epochs
