@@ -75,6 +75,9 @@ class Recipe:
             the loss gains ``T * CE(softmax(teacher / T), log_softmax(student
             / T))`` (:class:`~sqjl_tf.Distiller`), the teacher a frozen copy of
             the model as ADMM starts from it.
+        finetune_train_centres: in the quantized stage, train the codebooks'
+            centres by gradient (TFMOT's clustering) instead of Lloyd refreshes
+            (``QuantizedFinetuneCallback(train_centres=True)``).
 
     Raises:
         ValueError: if ``finetune_kdtemp`` is negative, a share is outside
@@ -97,8 +100,11 @@ class Recipe:
     prune_share: float = 8 / 32
     quant_share: float = 4 / 32
     finetune_kdtemp: float = 0.0
+    finetune_train_centres: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.finetune_train_centres, bool):
+            raise _bad("finetune_train_centres", self.finetune_train_centres, "a bool")
         if not (_is_number(self.finetune_kdtemp)
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
             raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
@@ -324,20 +330,25 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
     ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments),
-    distilled from ``teacher`` when given.
+    distilled from ``teacher`` when given; the centres trained by gradient with
+    ``recipe.finetune_train_centres`` (Adam wrapped to pass the gradients).
 
     Returns:
         (the compressed copy, the fit's history).
     """
     finetune = QuantizedFinetuneCallback(weightbits=bits, reserve_zero=False, predicate=predicate,
                                          float_epochs=split["float"], prune_to=nnz,
-                                         prune_epochs=split["prune"])
+                                         prune_epochs=split["prune"],
+                                         train_centres=recipe.finetune_train_centres)
     epochs = split["float"] + split["quant"]
     schedule = learning_rate
     if schedule is None:
         schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
     trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
-    history = _fit(trained, keras.optimizers.Adam(schedule), loss, metrics, train, validation,
+    optimizer = keras.optimizers.Adam(schedule)
+    if recipe.finetune_train_centres:  # the wrapper hands the kernels' gradients to the callback
+        optimizer = ADMMOptimizer(optimizer)
+    history = _fit(trained, optimizer, loss, metrics, train, validation,
                    epochs, steps, [finetune, keras.callbacks.TerminateOnNaN()] + list(callbacks),
                    verbose)
     return finetune.finalize(), history

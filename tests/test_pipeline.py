@@ -72,6 +72,7 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"finetune_kdtemp": float("nan")}, "finetune_kdtemp"),
     ({"finetune_kdtemp": True}, "finetune_kdtemp"),
     ({"prune_share": False}, "prune_share"),
+    ({"finetune_train_centres": 1}, "finetune_train_centres"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -176,6 +177,29 @@ def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeyp
     assert not isinstance(result.model, sqjl_tf.Distiller)
     assert [w.shape for w in result.model.weights] == [w.shape for w in model.weights]
     assert sqjl_tf.compression_report(result.model).within_budget
+
+
+def test_compress_trains_the_centres_by_gradient_when_asked(task, monkeypatch):
+    from sqjl_tf import pipeline
+
+    x, y = task
+    made = []
+
+    class Recorded(pipeline.QuantizedFinetuneCallback):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "QuantizedFinetuneCallback", Recorded)
+    result = sqjl_tf.compress(_trained_mlp(x, y), (x, y), target_rate=40, epochs=4,
+                              batch_size=64, seed=0, verbose=0,
+                              recipe=Recipe(finetune_train_centres=True))
+    finetune, = made
+    steps = int(np.ceil(len(x) / 64))
+    assert finetune.train_centres
+    assert int(finetune._centre_step.numpy()) == steps * result.epochs["quant"]  # one per batch
+    assert result.report.within_budget
+    assert all(s.nnz > 0 and s.bits <= b for s, b in zip(result.report.layers, result.bits))
 
 
 def test_a_finished_distilled_compress_resumes_without_a_teacher(task, tmp_path, monkeypatch):

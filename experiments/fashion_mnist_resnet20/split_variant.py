@@ -8,7 +8,8 @@ ADMM stage: it starts from the ADMM stage's weights and allocation saved in a fi
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
 dense model's; with ``--finetune_lr`` at another peak learning rate, with ``--schedule=tfmot``
-on TFMOT's learning rates; with ``--allocation`` to a TFMOT variant's allocation), and
+on TFMOT's learning rates; with ``--allocation`` to a TFMOT variant's allocation; with
+``--train_centres`` the codebooks trained by gradient as TFMOT clusters), and
 measures the result as the benchmark does. The row goes to
 ``<workdir>_f<float>p<prune>q<quant>.row.json`` beside it (with the other flags' tags); the
 benchmark's table is not changed.
@@ -51,6 +52,9 @@ flags.DEFINE_enum("schedule", "cosine", ["cosine", "tfmot"], "The fine-tuning's 
                   "rate: a cosine from the peak to 0 over all its epochs (as compress), or "
                   "TFMOT's (a diagnostic): the peak held through the full-precision epochs, "
                   "then 1e-5 (its clustering rate) through the quantized ones.")
+flags.DEFINE_bool("train_centres", False, "Train the codebooks' centres by gradient in the "
+                  "quantized epochs (Recipe.finetune_train_centres, TFMOT's clustering) instead "
+                  "of Lloyd refreshes.")
 
 
 def main(argv):
@@ -77,11 +81,13 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
-    recipe = Recipe() if FLAGS.finetune_lr is None else Recipe(finetune_lr=FLAGS.finetune_lr)
+    recipe = Recipe(finetune_train_centres=FLAGS.train_centres,
+                    **({} if FLAGS.finetune_lr is None else {"finetune_lr": FLAGS.finetune_lr}))
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
     tag += "" if FLAGS.schedule == "cosine" else f"_{FLAGS.schedule}_lr"
+    tag += "_trained_centres" if FLAGS.train_centres else ""
     settings = os.path.join(work, "settings.json")  # the seed the work folder's runs used
     if os.path.isfile(settings):
         with open(settings) as f:
@@ -125,7 +131,8 @@ def main(argv):
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
            f"{recipe.finetune_lr:g}" + ("" if FLAGS.schedule == "cosine" else
-                                        f", {FLAGS.schedule} schedule"),
+                                        f", {FLAGS.schedule} schedule")
+           + (", centres trained by gradient" if FLAGS.train_centres else ""),
            **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
            "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
     bench._save_row(out, row)
