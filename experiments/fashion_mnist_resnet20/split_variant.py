@@ -126,8 +126,13 @@ def main(argv):
                                      ["accuracy"], train, test, steps, verbose=2,
                                      learning_rate=schedule)
     admm_epochs = len(admm["history"]["loss"])
-    reused = "reused" if FLAGS.start == "admm" else "its allocation reused"
-    row = {"method": "sqjl_tf", "variant": f"ADMM {admm_epochs} ({reused}) + float "
+    if FLAGS.start == "admm":
+        admm_part = f"ADMM {admm_epochs} (reused) + "
+    elif FLAGS.allocation == "admm":
+        admm_part = f"ADMM {admm_epochs} (its allocation reused) + "
+    else:  # neither the ADMM stage's weights nor its allocation: its epochs are not counted
+        admm_part, admm_epochs = "no ADMM: ", 0
+    row = {"method": "sqjl_tf", "variant": f"{admm_part}float "
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
            f"{recipe.finetune_lr:g}" + ("" if FLAGS.schedule == "cosine" else
