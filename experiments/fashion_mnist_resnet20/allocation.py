@@ -26,6 +26,7 @@ TOTAL_KERNEL = sum(KERNEL_SIZES.values())  # 270,608
 VARIANTS = ("uniform", "practitioner")
 FIRST, LAST = "conv1", "fc"  # kept dense at 8 bits by the practitioner
 PRACTITIONER_BITS = 8
+CLUSTER_LR = 1e-5  # Adam's learning rate in TFMOT's clustering stage (its tutorial's)
 
 
 def budget_bits(nnz_budget, bit_budget):

@@ -31,7 +31,6 @@ import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --batch_siz
 import allocation  # noqa: E402
 
 FLAGS = flags.FLAGS
-_TFMOT_CLUSTER_LR = 1e-5  # tfmot_resnet20.py's --lr_cluster
 flags.DEFINE_string("budget", "0.04:3", "nnz_budget:bit_budget of the finished run to start from.")
 flags.DEFINE_integer("float_epochs", 7, "Full-precision epochs (the support shrinks in the first "
                      "--prune_epochs).", lower_bound=1)
@@ -121,7 +120,7 @@ def main(argv):
     schedule = None  # compress's cosine
     if FLAGS.schedule == "tfmot":
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [FLAGS.float_epochs * steps], [recipe.finetune_lr, _TFMOT_CLUSTER_LR])
+            [FLAGS.float_epochs * steps], [recipe.finetune_lr, allocation.CLUSTER_LR])
     compressed, _ = _finetune_stages(model, bits, nnz, split, recipe, bench._loss(),
                                      ["accuracy"], train, test, steps, verbose=2,
                                      learning_rate=schedule)

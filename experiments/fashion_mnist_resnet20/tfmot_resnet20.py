@@ -49,7 +49,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from allocation import LAYERS, TOTAL_KERNEL, VARIANTS, allocation, budget_bits  # noqa: E402
+from allocation import (  # noqa: E402
+    CLUSTER_LR, LAYERS, TOTAL_KERNEL, VARIANTS, allocation, budget_bits)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fashion_mnist"))
 from idx_numpy import find_idx, read_idx  # noqa: E402  (the LeNet benchmark's folder)
@@ -72,7 +73,7 @@ flags.DEFINE_string("weights_out", None, "npz of the final weights (default: --o
 flags.DEFINE_string("expect_logits", None, "npy of the Keras 3 dense model's logits on the first "
                     "test images: the transferred model must match them.")
 flags.DEFINE_float("lr_prune", 1e-3, "Adam learning rate of the pruning stage.")
-flags.DEFINE_float("lr_cluster", 1e-5, "Adam learning rate of the clustering stage.")
+flags.DEFINE_float("lr_cluster", CLUSTER_LR, "Adam learning rate of the clustering stage.")
 flags.DEFINE_float("prune_end_frac", 0.8, "PolynomialDecay reaches the target sparsity after "
                    "this fraction of the pruning steps; the rest fine-tunes at the target.")
 flags.DEFINE_integer("seed", 1, "Random seed.")
