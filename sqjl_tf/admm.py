@@ -34,7 +34,7 @@ from sqjl_tf.guards import NonFiniteError
 from sqjl_tf.layers import CompressibleKernel, compressible_kernels
 
 MODES = ("joint", "prune", "quant")
-IMPORTANCES = ("magnitude", "fisher")
+IMPORTANCES = ("magnitude", "fisher", "lamp")
 FISHER_DECAY = 0.99  # moving average of squared gradients, about the last 100 steps
 PRUNE_BITS = 32  # b_l in prune-only mode: the weights stay float32
 
@@ -59,7 +59,11 @@ class ADMMConfig:
         prox: proximal primal update (True) or the augmented term's gradient.
         importance: value of a weight in the sparse projection: "magnitude"
             (w^2, the paper) or "fisher" (w^2 times the moving average of its
-            squared gradient; an extension, see ``sparse_projection``).
+            squared gradient; an extension, see ``sparse_projection``), or
+            "lamp" (each layer's values divided by their tail sums, so that
+            every layer's largest weight scores 1: the ranking no longer
+            follows how the network spreads its scale over its layers; an
+            extension, see ``projections.layer_normalized_importance``).
         rho_growth: factor applied to rho at the end of every epoch (1: constant
             rho, the reference). The scaled duals are divided by it at the same
             time, so the unscaled multipliers rho * U carry over. An extension
@@ -293,12 +297,17 @@ class ADMMState(tf.Module):
           average of the squared gradient multiplies it too; a small floor
           (1e-6 of the mean) keeps weights whose gradient vanished (dead units)
           rankable: they go last, but fill the budget if it allows.
+        * With ``importance="lamp"``, each layer's values (BN-aware where
+          that applies) are divided by their tail sums (LAMP): every layer's
+          largest weight scores 1, whatever the layer's scale.
         """
         factors = None
         if self._normalization:
             factors = [np.ones(w.shape, np.float32) for w in weights]
             for i, norm in self._normalization.items():
                 factors[i] = _normalized_unit_factor(weights[i], self._kernels[i], norm)
+        if self.config.importance == "lamp":
+            return projections.layer_normalized_importance(weights, factors)
         if not self.fisher or int(self.step.numpy()) == 0:
             return factors
         fisher = [f.numpy() for f in self.fisher]

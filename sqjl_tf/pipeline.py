@@ -32,7 +32,7 @@ from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
-from sqjl_tf.admm import ADMMConfig
+from sqjl_tf.admm import IMPORTANCES, ADMMConfig
 from sqjl_tf.callback import ADMMCallback
 from sqjl_tf.distill import Distiller
 from sqjl_tf.finetune import QuantizedFinetuneCallback
@@ -78,11 +78,16 @@ class Recipe:
         finetune_train_centres: in the quantized stage, train the codebooks'
             centres by gradient (TFMOT's clustering) instead of Lloyd refreshes
             (``QuantizedFinetuneCallback(train_centres=True)``).
+        importance: how the ADMM stage's sparse projection values a weight
+            (``ADMMConfig.importance``): "magnitude" (w^2, the paper's),
+            "fisher", or "lamp" (w^2 normalized per layer, so the learned
+            allocation does not follow the layers' scales).
 
     Raises:
-        ValueError: if ``finetune_kdtemp`` is negative, a share is outside
-            (0, 1), ``admm_share + quant_share`` leaves no epochs to stage 2,
-            or ``prune_share`` exceeds what it leaves.
+        ValueError: if ``finetune_kdtemp`` is negative, ``importance``
+            unknown, a share is outside (0, 1), ``admm_share + quant_share``
+            leaves no epochs to stage 2, or ``prune_share`` exceeds what it
+            leaves.
 
     Example:
         >>> Recipe(admm_share=0.2, prune_share=0.4, quant_share=0.2).split(20)
@@ -101,8 +106,11 @@ class Recipe:
     quant_share: float = 4 / 32
     finetune_kdtemp: float = 0.0
     finetune_train_centres: bool = False
+    importance: str = "magnitude"
 
     def __post_init__(self):
+        if self.importance not in IMPORTANCES:
+            raise _bad("importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
         if not isinstance(self.finetune_train_centres, bool):
             raise _bad("finetune_train_centres", self.finetune_train_centres, "a bool")
         if not (_is_number(self.finetune_kdtemp)
@@ -505,7 +513,8 @@ def compress(
     else:
         admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
                             rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
-                            predicate=predicate, per_layer_logs=False)
+                            importance=recipe.importance, predicate=predicate,
+                            per_layer_logs=False)
         schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
         optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
                                   admm, weight_decay=recipe.admm_weight_decay)

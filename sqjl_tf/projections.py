@@ -230,6 +230,50 @@ def unit_floor_masks(weights, unit_axes: Sequence[Sequence[int]], importance=Non
     return masks
 
 
+def layer_normalized_importance(weights, importance=None) -> List[np.ndarray]:
+    """Factors that make each weight's value its layer-normalized score (LAMP).
+
+    A weight's value in :func:`sparse_projection` is ``f * w^2``. These factors
+    ``f`` turn it into the score of Lee et al., ICLR 2021 ("Layer-adaptive
+    sparsity for the magnitude-based pruning"): the weight's value divided by
+    the sum of the values in its layer that are at least as large,
+    ``v_u / sum_{v >= v_u} v``. Every layer's largest weight scores 1 and a
+    layer's scores do not change when its weights are scaled, so the global
+    ranking no longer follows how a network spreads its scale over its layers
+    (which BatchNorm leaves arbitrary); within a layer the order is unchanged.
+
+    Args:
+        weights: list of per-layer arrays.
+        importance: optional per-layer factors (as in :func:`sparse_projection`)
+            defining the values ``importance * w^2`` that are normalized.
+
+    Returns:
+        A list of float32 arrays shaped as ``weights``: the new factors (0 for
+        a zero weight).
+
+    Example:
+        >>> f = layer_normalized_importance([np.array([3.0, 1.0, 2.0])])[0]
+        >>> np.round(f * np.array([3.0, 1.0, 2.0]) ** 2, 3)  # 9/9, 1/14, 4/13
+        array([1.   , 0.071, 0.308], dtype=float32)
+    """
+    arrays, _ = _to_numpy(weights)
+    factors = None
+    if importance is not None:
+        factors, _ = _to_numpy(importance, "importance")
+        _check_importance(factors, arrays)
+    result = []
+    for i, a in enumerate(arrays):
+        base = np.ones(a.shape, np.float64) if factors is None else factors[i].astype(np.float64)
+        value = (base * np.square(a, dtype=np.float64)).ravel()  # [n]
+        ascending = np.sort(value)
+        at_least = np.cumsum(ascending[::-1])[::-1]  # at_least[j] = sum(ascending[j:])
+        # Sum of the values >= each value (ties share it): [n]
+        tail = at_least[np.minimum(np.searchsorted(ascending, value, "left"), value.size - 1)]
+        scale = np.divide(base.ravel(), tail, out=np.zeros_like(tail), where=(tail > 0) & (value > 0))
+        result.append(scale.reshape(a.shape).astype(np.float32))
+    return result
+
+
 def codebook(x, bits: int, reserve_zero: bool = True) -> np.ndarray:
     """The codebook of one layer: 1-D k-means on its nonzero values (3.2).
 

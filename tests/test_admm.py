@@ -316,6 +316,31 @@ def test_fisher_importance_tracks_squared_gradients_and_holds_budget(pretrained_
     assert all(np.array_equal(f.numpy(), g) for f, g in zip(state.fisher, fisher))
 
 
+def test_lamp_importance_ranks_each_layer_by_its_own_scale(pretrained_weights):
+    model = _fresh(pretrained_weights)
+    cb = sqjl_tf.ADMMCallback(nnz_budget=0.1, bit_budget=3, rho=0.05, projint=4, dualint=4,
+                              importance="lamp", unit_floor=False)
+    _compress(model, cb, epochs=1)
+    state = cb.state
+    assert not state.fisher  # no gradient statistics kept for it
+    report = sqjl_tf.compression_report(cb.finalize(), budget_bits=state.budget_bits)
+    assert report.within_budget and all(layer.nnz > 0 for layer in report.layers)
+    # From the dense weights with the second layer shrunk 1000x: the sparse step keeps the same
+    # weights as before (each layer normalized by its own values), where w^2 would drop it.
+    dense = [w for w in pretrained_weights if w.ndim == 2]
+    kept = []
+    for shrink in (1.0, 1e-3):
+        for i, (k, w) in enumerate(zip(state.kernels, dense)):
+            k.variable.assign(w * (shrink if i == 1 else 1.0))
+        state.sparse_step()
+        kept.append([k.variable.numpy() != 0 for k in state.kernels])
+    assert all(np.array_equal(a, b) for a, b in zip(*kept)) and kept[1][1].any()
+    shrunk = [dense[0], 1e-3 * dense[1]] + dense[2:]
+    _, by_magnitude = sqjl_tf.projections.sparse_projection(
+        shrunk, state.current_bits, state.budget_bits)
+    assert by_magnitude[1] == 0
+
+
 def test_rho_growth_scales_rho_and_duals_and_is_checkpointed(pretrained_weights, tmp_path):
     model = _fresh(pretrained_weights)
     cb = sqjl_tf.ADMMCallback(nnz_budget=0.2, bit_budget=3, rho=0.05, rho_growth=2.0)

@@ -73,6 +73,7 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"finetune_kdtemp": True}, "finetune_kdtemp"),
     ({"prune_share": False}, "prune_share"),
     ({"finetune_train_centres": 1}, "finetune_train_centres"),
+    ({"importance": "l1"}, "importance"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -200,6 +201,25 @@ def test_compress_trains_the_centres_by_gradient_when_asked(task, monkeypatch):
     assert int(finetune._centre_step.numpy()) == steps * result.epochs["quant"]  # one per batch
     assert result.report.within_budget
     assert all(s.nnz > 0 and s.bits <= b for s, b in zip(result.report.layers, result.bits))
+
+
+def test_compress_ranks_by_the_recipes_importance(task, monkeypatch):
+    from sqjl_tf import pipeline
+
+    x, y = task
+    made = []
+
+    class Recorded(pipeline.ADMMCallback):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "ADMMCallback", Recorded)
+    result = sqjl_tf.compress(_trained_mlp(x, y), (x, y), target_rate=40, epochs=3,
+                              batch_size=64, seed=0, verbose=0, recipe=Recipe(importance="lamp"))
+    admm, = made
+    assert admm.config.importance == "lamp"
+    assert result.report.within_budget and all(layer.nnz > 0 for layer in result.report.layers)
 
 
 def test_a_finished_distilled_compress_resumes_without_a_teacher(task, tmp_path, monkeypatch):

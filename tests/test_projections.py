@@ -234,6 +234,41 @@ def test_sparse_projection_importance_scales_the_value():
     assert all(np.array_equal(k[k != 0], w[k != 0]) for k, w in zip(kept, weights))  # values kept
 
 
+def test_layer_normalized_importance_gives_lamp_scores():
+    weights = [np.array([[3.0, 1.0], [2.0, 0.0]], np.float32), np.array([2.0, -2.0, 1.0], np.float32)]
+    factors = projections.layer_normalized_importance(weights)
+    scores = [f * np.square(w) for f, w in zip(factors, weights)]
+    # Each value over the sum of its layer's values at least as large; ties share the sum.
+    np.testing.assert_allclose(scores[0], [[1.0, 1 / 14], [4 / 13, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(scores[1], [4 / 8, 4 / 8, 1 / 9], rtol=1e-6)
+    assert factors[0][1, 1] == 0.0  # a zero weight scores 0, with no division by zero
+    # With factors, the values normalized are importance * w^2.
+    boosted = projections.layer_normalized_importance(
+        weights, [np.ones((2, 2), np.float32), np.array([1.0, 4.0, 1.0], np.float32)])
+    np.testing.assert_allclose(boosted[1] * np.square(weights[1]), [4 / 20, 1.0, 1 / 21],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="Invalid value for argument `importance`"):
+        projections.layer_normalized_importance(weights, [np.ones((2, 2))])
+
+
+def test_layer_normalized_ranking_ignores_the_layers_scales():
+    rng = np.random.default_rng(3)
+    weights = [rng.standard_normal((8, 9)).astype(np.float32),
+               rng.standard_normal((40,)).astype(np.float32)]
+    budget = 3.0 * 30
+    kept = {}
+    for scale in (1.0, 0.01):  # by magnitude, a layer 100x smaller would lose every weight
+        scaled = [weights[0], scale * weights[1]]
+        factors = projections.layer_normalized_importance(scaled)
+        kept[scale], nnz = projections.sparse_projection(scaled, [3, 3], budget, importance=factors)
+        assert sum(nnz) == 30 and min(nnz) > 0
+        for k, w in zip(kept[scale], scaled):  # within a layer, the largest weights are kept
+            assert np.abs(w[k != 0]).min() >= np.abs(w[k == 0]).max()
+    assert all(np.array_equal(a != 0, b != 0) for a, b in zip(kept[1.0], kept[0.01]))
+    _, by_magnitude = projections.sparse_projection([weights[0], 0.01 * weights[1]], [3, 3], budget)
+    assert by_magnitude[1] == 0
+
+
 @pytest.mark.parametrize("importance", [
     [np.ones((2, 2))],  # one array for two layers
     [np.ones((2, 2)), np.ones((4,))],  # wrong shape

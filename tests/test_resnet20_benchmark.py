@@ -38,6 +38,8 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path):
     (["--budget=0.04:9", "--set=rho=1", "--tag=x"], "Invalid value for flag `--budget`"),
     (["--set=nope=1", "--tag=x"], "Invalid value for flag `--set`. Received: 'nope=1'"),
     (["--set=admm_share=0.6,quant_share=0.5", "--tag=x"], "`quant_share`. Received: 0.5"),
+    (["--set=importance=l1", "--tag=x"], "`importance`. Received: 'l1'"),
+    (["--set=finetune_train_centres=yes", "--tag=x"], "Expected a value of type bool"),
     (["--set=finetune_kdtemp=4", "--tag=a/b"], "Invalid value for flag `--tag`"),
     (["--set=finetune_kdtemp=4", "--tag=kd"], "Expected the --out_dir of a benchmark run"),
 ])

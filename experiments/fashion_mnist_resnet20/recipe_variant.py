@@ -39,10 +39,12 @@ def _recipe(pairs):
             bench._usage_error(f"Invalid value for flag `--set`. Received: {pair!r}. Expected "
                                f"name=value with a name of {', '.join(fields)}.")
         try:
-            changes[name] = int(value) if fields[name] in (int, "int") else float(value)
-        except ValueError:
+            kind = getattr(fields[name], "__name__", fields[name])  # "int", "float", "bool", "str"
+            changes[name] = (value if kind == "str" else {"true": True, "false": False}[value.lower()]
+                             if kind == "bool" else int(value) if kind == "int" else float(value))
+        except (KeyError, ValueError):
             bench._usage_error(f"Invalid value for flag `--set`. Received: {pair!r}. Expected a "
-                               f"number for {name}.")
+                               f"value of type {kind} for {name}.")
     if not changes:
         bench._usage_error("Invalid value for flag `--set`. Received: ''. Expected one or more "
                            "name=value changes (the default recipe is the benchmark's own run).")
