@@ -107,7 +107,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
 
     Args:
         cfg: the run's ``TrainConfig`` (``target_rate``, ``epochs``, ``seed``,
-            ``logdir``, ``export``).
+            ``logdir``, ``export``, and ``--importance`` for the ADMM stage).
         model: the model to compress (loaded by ``--pretrain`` or built).
         train_ds: the batched training split.
         test_ds: the batched test split (validation of every epoch).
@@ -118,7 +118,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
     Returns:
         The final record (also written to ``final.json``).
     """
-    from sqjl_tf.pipeline import compress
+    from sqjl_tf.pipeline import Recipe, compress
 
     run_dir = RunDir(cfg.run.logdir)
     callbacks = [_EpochRecords(run_dir.file(RunDir.METRICS)),
@@ -128,6 +128,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
         model, train_ds, test_ds, target_rate=cfg.run.target_rate, epochs=cfg.optim.epochs,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.run.seed,
+        recipe=Recipe(importance=cfg.admm.importance),
         callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
         verbose=1 if sys.stdout.isatty() else 2)
     compressed = result.model
