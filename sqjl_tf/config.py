@@ -323,6 +323,15 @@ class TrainConfig:
         for name, value in stage_set.items():
             if value:
                 _bad(name, value, "unset with --target_rate (the pipeline's stages set it)")
+        # The training settings that compress's Recipe sets: a value given here would be ignored.
+        default = TrainConfig()
+        for group, names in _SET_BY_RECIPE.items():
+            for name in names:
+                value = getattr(getattr(self, group), name)
+                if value != getattr(getattr(default, group), name):
+                    _bad(name, value, f"the default ({getattr(getattr(default, group), name)!r}) "
+                         "with --target_rate: the pipeline's stages set it (sqjl_tf.Recipe); "
+                         "give --nnz_budget/--bit_budget to run the ADMM stage with it")
 
 
 def _finetune_only(value) -> str:
@@ -393,6 +402,14 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(pretrain=ckpt, weightbits=[int(b) for b in bits],
                        prune_to=[int(n) for n in nnz], **taken)
 
+
+
+# Settings of run.py that a --target_rate run does not use (compress's Recipe sets them).
+_SET_BY_RECIPE = {
+    "optim": ("optim", "lr", "lr_sched", "momentum", "weight_decay", "gclip", "nan_recover"),
+    "admm": ("rho", "projint", "dualint", "bwlb", "fixedbits", "bits_epoch", "prox", "rho_growth",
+             "unit_floor"),
+}
 
 
 # What a run is: resuming with another value of one of these is a different run (the

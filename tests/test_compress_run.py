@@ -90,6 +90,9 @@ def test_the_importance_flag_reaches_the_admm_stage(data, tmp_path, monkeypatch)
     ({"epochs": 2}, "epochs"),
     ({"mode": "finetune"}, "target_rate"),
     ({"prune": True}, "prune"),
+    ({"lr": 0.01}, "lr"),
+    ({"rho": 0.05}, "rho"),
+    ({"unit_floor": False}, "unit_floor"),
 ])
 def test_bad_combinations_are_usage_errors(data, tmp_path, extra, name):
     logdir = str(tmp_path / "run")
