@@ -374,7 +374,10 @@ def _recipe_changes(recipe):
     import sqjl_tf
 
     default = sqjl_tf.Recipe()
-    return ", ".join(f"{f.name}={getattr(recipe, f.name):.4g}"
+    def shown(value):  # numbers as 4 significant digits; names and flags as they are
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(f"{f.name}={shown(getattr(recipe, f.name))}"
                      for f in dataclasses.fields(recipe)
                      if getattr(recipe, f.name) != getattr(default, f.name)) or "default recipe"
 
