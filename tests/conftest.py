@@ -69,3 +69,19 @@ def tiny_fashion_mnist_dir(tmp_path_factory):
     """The same with 64 train and 32 test images, for runs that fail or stop early."""
     return fakedata.write_fashion_mnist(str(tmp_path_factory.mktemp("tiny_fashion_mnist")),
                                         train=64, test=32)
+
+
+@pytest.fixture
+def admm_callbacks(monkeypatch):
+    """The ``ADMMCallback``s that ``sqjl_tf.compress`` makes in this test, in order."""
+    from sqjl_tf import pipeline
+
+    made = []
+
+    class Recorded(pipeline.ADMMCallback):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "ADMMCallback", Recorded)
+    return made

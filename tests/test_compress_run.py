@@ -66,20 +66,10 @@ def test_a_changed_rate_on_resume_is_refused(finished, data):
         assert f.read() == config
 
 
-def test_the_importance_flag_reaches_the_admm_stage(data, tmp_path, monkeypatch):
-    from sqjl_tf import pipeline
-
-    made = []
-
-    class Recorded(pipeline.ADMMCallback):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(pipeline, "ADMMCallback", Recorded)
+def test_the_importance_flag_reaches_the_admm_stage(data, tmp_path, admm_callbacks):
     record = trainer.run(data_dir=data, logdir=str(tmp_path / "run"),
                          **{**ARGS, "importance": "lamp", "export": ("keras",)})
-    admm, = made
+    admm, = admm_callbacks
     assert admm.config.importance == "lamp"
     assert record["within_budget"] and all(layer["nnz"] > 0 for layer in record["layers"])
 

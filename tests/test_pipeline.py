@@ -203,21 +203,11 @@ def test_compress_trains_the_centres_by_gradient_when_asked(task, monkeypatch):
     assert all(s.nnz > 0 and s.bits <= b for s, b in zip(result.report.layers, result.bits))
 
 
-def test_compress_ranks_by_the_recipes_importance(task, monkeypatch):
-    from sqjl_tf import pipeline
-
+def test_compress_ranks_by_the_recipes_importance(task, admm_callbacks):
     x, y = task
-    made = []
-
-    class Recorded(pipeline.ADMMCallback):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(pipeline, "ADMMCallback", Recorded)
     result = sqjl_tf.compress(_trained_mlp(x, y), (x, y), target_rate=40, epochs=3,
                               batch_size=64, seed=0, verbose=0, recipe=Recipe(importance="lamp"))
-    admm, = made
+    admm, = admm_callbacks
     assert admm.config.importance == "lamp"
     assert result.report.within_budget and all(layer.nnz > 0 for layer in result.report.layers)
 
