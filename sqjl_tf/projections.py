@@ -254,7 +254,7 @@ def layer_normalized_importance(weights, importance=None) -> List[np.ndarray]:
     Example:
         >>> f = layer_normalized_importance([np.array([3.0, 1.0, 2.0])])[0]
         >>> np.round(f * np.array([3.0, 1.0, 2.0]) ** 2, 3)  # 9/9, 1/14, 4/13
-        array([1.   , 0.071, 0.308], dtype=float32)
+        array([1.   , 0.071, 0.308])
     """
     arrays, _ = _to_numpy(weights)
     factors = None
@@ -268,7 +268,7 @@ def layer_normalized_importance(weights, importance=None) -> List[np.ndarray]:
         ascending = np.sort(value)
         at_least = np.cumsum(ascending[::-1])[::-1]  # at_least[j] = sum(ascending[j:])
         # Sum of the values >= each value (ties share it): [n]
-        tail = at_least[np.minimum(np.searchsorted(ascending, value, "left"), value.size - 1)]
+        tail = at_least[np.searchsorted(ascending, value, "left")]
         scale = np.divide(base.ravel(), tail, out=np.zeros_like(tail), where=(tail > 0) & (value > 0))
         result.append(scale.reshape(a.shape).astype(np.float32))
     return result

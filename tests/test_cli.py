@@ -56,6 +56,12 @@ def test_every_reference_flag_is_offered(helpfull):
     assert not missing, f"flags of the reference missing from run.py: {missing}"
 
 
+def test_the_importance_flag_offers_every_ranking_the_library_has(run_py):
+    from sqjl_tf.admm import IMPORTANCES
+
+    assert run_py.FLAGS["importance"].parser.enum_values == list(IMPORTANCES)
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -374,6 +374,7 @@ def _recipe_changes(recipe):
     import sqjl_tf
 
     default = sqjl_tf.Recipe()
+
     def shown(value):  # numbers as 4 significant digits; names and flags as they are
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
