@@ -101,10 +101,12 @@ flags.DEFINE_list("export", ["keras", "saved_model", "compressed"],
                   "what to write at the end: keras, saved_model, compressed, tflite")
 flags.DEFINE_integer("image_size", 224, "ImageNet crop size (evaluation resizes to 8/7 of it first)",
                      lower_bound=8)
-flags.DEFINE_enum("importance", "magnitude", ["magnitude", "fisher", "lamp"],
+flags.DEFINE_enum("importance", None, ["magnitude", "fisher", "lamp"],
                   "value of a weight in the sparse projection: w^2 (the paper), w^2 times its "
                   "moving-average squared gradient (diagonal Fisher), or w^2 over the sum of its "
-                  "layer's values at least as large (LAMP: layer-scale invariant); extensions")
+                  "layer's values at least as large (LAMP: layer-scale invariant); extensions "
+                  "(default: magnitude with --nnz_budget/--bit_budget, as the reference; lamp with "
+                  "--target_rate, as sqjl_tf.Recipe)")
 flags.DEFINE_bool("unit_floor", True, "a layer the sparse projection would leave with fewer "
                   "nonzeros than output units keeps the largest weight of each unit, so no layer "
                   "is pruned to zero (an extension; --nounit_floor: the reference's plain ranking)")

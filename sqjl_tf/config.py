@@ -260,6 +260,9 @@ class TrainConfig:
         if quant and prune:
             _bad("quant", quant, "not both --quant and --prune (use neither for joint "
                  "compression)")
+        if flags.get("importance") is None:  # unset: the mode's own default
+            flags["importance"] = ("lamp" if flags.get("target_rate") is not None
+                                   else ADMMConfig.importance)
         parts = {group: {} for group in _GROUPS}
         parts["admm"].update(_ADMM_FLAG_DEFAULTS, mode="quant" if quant else
                              "prune" if prune else "joint")
@@ -416,7 +419,7 @@ _SET_BY_RECIPE = {
 # fine-tuning ones shape the state its checkpoints hold).
 RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
                  "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
-                 "keep_support", "train_centres")
+                 "keep_support", "train_centres", "importance")
 
 
 

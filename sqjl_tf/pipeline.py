@@ -54,7 +54,8 @@ def _is_number(value) -> bool:
 class Recipe:
     """How :func:`compress` trains: every setting of the three stages.
 
-    The defaults are the Fashion-MNIST benchmark's best settings; the epoch
+    The defaults are the Fashion-MNIST benchmarks' best settings (LeNet-5's
+    recipe, with ResNet-20's per-layer ranking ``importance="lamp"``); the epoch
     split is derived from ``epochs`` by :meth:`split`.
 
     Attributes:
@@ -80,8 +81,9 @@ class Recipe:
             (``QuantizedFinetuneCallback(train_centres=True)``).
         importance: how the ADMM stage's sparse projection values a weight
             (``ADMMConfig.importance``): "magnitude" (w^2, the paper's),
-            "fisher", or "lamp" (w^2 normalized per layer, so the learned
-            allocation does not follow the layers' scales).
+            "fisher", or "lamp" (the default: w^2 normalized per layer, so the
+            learned allocation does not follow the layers' scales, which
+            BatchNorm and weight decay make arbitrary).
 
     Raises:
         ValueError: if ``finetune_kdtemp`` is negative, ``importance``
@@ -106,7 +108,7 @@ class Recipe:
     quant_share: float = 4 / 32
     finetune_kdtemp: float = 0.0
     finetune_train_centres: bool = False
-    importance: str = "magnitude"
+    importance: str = "lamp"
 
     def __post_init__(self):
         if self.importance not in IMPORTANCES:

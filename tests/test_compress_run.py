@@ -66,11 +66,17 @@ def test_a_changed_rate_on_resume_is_refused(finished, data):
         assert f.read() == config
 
 
+def test_the_one_call_ranks_by_lamp_unless_told(finished):
+    logdir, _ = finished
+    with open(os.path.join(logdir, "config.json")) as f:
+        assert json.load(f)["importance"] == "lamp"  # compress's Recipe default, recorded
+
+
 def test_the_importance_flag_reaches_the_admm_stage(data, tmp_path, admm_callbacks):
     record = trainer.run(data_dir=data, logdir=str(tmp_path / "run"),
-                         **{**ARGS, "importance": "lamp", "export": ("keras",)})
+                         **{**ARGS, "importance": "magnitude", "export": ("keras",)})
     admm, = admm_callbacks
-    assert admm.config.importance == "lamp"
+    assert admm.config.importance == "magnitude"
     assert record["within_budget"] and all(layer["nnz"] > 0 for layer in record["layers"])
 
 

@@ -40,7 +40,22 @@ def test_run_py_defaults_are_the_configs_defaults():
     library = json.loads(json.dumps(TrainConfig.from_flags().as_flags()))
     assert set(cli) == set(library) == set(FLAG_GROUPS)
     library["dataset"] = "mnist"  # None in the config: resolved to the reference's default
-    assert {k: v for k, v in cli.items() if library[k] != v} == {}
+    assert cli["importance"] is None  # resolved by mode, as below
+    parsed = json.loads(json.dumps(TrainConfig.from_flags(**cli).as_flags()))
+    assert {k: v for k, v in parsed.items() if library[k] != v} == {}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (dict(nnz_budget=0.1, bit_budget=4), "magnitude"),  # the reference's ADMM stage: w^2
+    (dict(target_rate=100.0), "lamp"),  # compress's recipe
+    (dict(target_rate=100.0, importance="magnitude"), "magnitude"),  # given: kept
+    (dict(nnz_budget=0.1, importance="fisher"), "fisher"),
+])
+def test_an_unset_importance_takes_its_modes_default(flags, expected):
+    for given in ({"importance": None}, {}):  # run.py's unset flag; an API call without it
+        cfg = TrainConfig.from_flags(**{**given, **flags})
+        assert cfg.admm.importance == expected
+    assert TrainConfig.from_flags(**cfg.as_flags()).admm.importance == expected  # config.json
 
 
 def test_an_older_config_without_newer_names_reads_with_their_defaults():

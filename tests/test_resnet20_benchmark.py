@@ -34,6 +34,34 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("recorded, message", [
+    ({"importance": "magnitude"}, "other recipe settings (importance)"),  # an older default
+    (None, "other recipe settings ((the row records none))"),  # a row of an older benchmark
+])
+def test_a_finished_row_of_another_recipe_is_refused_before_any_work(tmp_path, recorded,
+                                                                    message):
+    """A row made with other settings is not shown under this run's name (nor overwritten)."""
+    import dataclasses
+
+    from sqjl_tf import Recipe
+
+    work = tmp_path / "results" / "fashion_mnist_resnet20_runs"
+    work.mkdir(parents=True)
+    row = {"method": "sqjl_tf", "accuracy": 0.9}
+    if recorded is not None:
+        row["recipe"] = {**dataclasses.asdict(Recipe()), **recorded}
+    (work / "sqjl_0.04_3.row.json").write_text(json.dumps(row))
+    proc = subprocess.run([sys.executable, SCRIPT, "--budgets=0.04:3", "--notfmot",
+                           f"--out_dir={tmp_path / 'results'}"], env=ENV, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL Usage error: Invalid value for flag `--out_dir`"), proc.stderr
+    assert message in last and "move that run" in last
+    assert json.loads((work / "sqjl_0.04_3.row.json").read_text()) == row
+    assert sorted(p.name for p in work.iterdir()) == ["settings.json", "sqjl_0.04_3.row.json"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--budget=0.04:9", "--set=rho=1", "--tag=x"], "Invalid value for flag `--budget`"),
     (["--set=nope=1", "--tag=x"], "Invalid value for flag `--set`. Received: 'nope=1'"),

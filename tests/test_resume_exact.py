@@ -237,6 +237,18 @@ def test_resuming_a_finetune_run_with_other_targets_is_refused(tmp_path):
             _check_resume(cfg)
 
 
+def test_resuming_an_admm_run_with_another_ranking_is_refused(tmp_path):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    started = trainer.TrainConfig.from_flags(logdir=str(logdir), nnz_budget=0.1, bit_budget=4)
+    (logdir / "config.json").write_text(json.dumps(started.as_flags()))
+    fake_checkpoint(logdir)
+    _check_resume(trainer.TrainConfig.from_flags(logdir=str(logdir), nnz_budget=0.1,
+                                                 bit_budget=4, importance=None))  # unset: same
+    with pytest.raises(trainer.UsageError, match="`importance`. Received: 'lamp' on resuming"):
+        _check_resume(started.replace(importance="lamp"))
+
+
 def test_weights_loaded_from_a_trained_runs_checkpoint_bring_no_optimizer_step(tmp_path):
     """A fine-tuning started from a compression run's checkpoint starts its own schedule."""
     import keras

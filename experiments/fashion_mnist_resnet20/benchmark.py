@@ -344,7 +344,7 @@ def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
     import sqjl_tf
 
     workdir = os.path.join(work, f"sqjl_{nnz}_{bits}{tag}")
-    row = _load_row(workdir + ".row.json")
+    row = _finished_sqjl_row(workdir, recipe)
     if row is not None:
         logging.info("sqjl_tf %s/%s: reusing the finished run in %s", nnz, bits, workdir)
         return row
@@ -362,8 +362,41 @@ def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
            **_measure(_layer_weights(result.model), nnz, bits),
            "learned": {"layers": [n.split("/")[0] for n in result.layers], "bits": result.bits,
                        "nnz": result.nnz},
+           "recipe": _recipe_settings(recipe),
            "epochs": FLAGS.epochs, "seconds": sum((_load_row(clock) or {}).values())}
     _save_row(workdir + ".row.json", row)
+    return row
+
+
+def _recipe_settings(recipe=None) -> dict:
+    """Every setting of ``recipe`` (None: compress's own), as a finished row records them."""
+    import dataclasses
+
+    import sqjl_tf
+
+    return dataclasses.asdict(recipe or sqjl_tf.Recipe())
+
+
+def _finished_sqjl_row(workdir, recipe=None):
+    """The finished row of ``workdir``, None if there is none.
+
+    Raises:
+        app.UsageError: if the row was made with other recipe settings than
+            ``recipe``'s (e.g. before compress's defaults changed): reusing it
+            would put another run's figures under this one's name.
+    """
+    row = _load_row(workdir + ".row.json")
+    if row is None:
+        return None
+    expected, found = _recipe_settings(recipe), row.get("recipe")
+    if found != expected:
+        differs = (sorted(k for k in expected if found.get(k) != expected[k]) if found
+                   else ["(the row records none)"])
+        raise app.UsageError(
+            f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}, whose finished run "
+            f"{workdir} was made with other recipe settings ({', '.join(differs)}). Expected a "
+            "folder whose runs match this recipe: move that run (and its .row.json) away, or "
+            "give another --out_dir.")
     return row
 
 
@@ -599,6 +632,8 @@ def main(argv):
         if FLAGS.dense:
             _load_dense(FLAGS.dense)
         _claim(work)
+        for nnz, bits in budgets:  # a finished run of another recipe: refused before training
+            _finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
     except app.UsageError as err:
         _usage_error(err)
     _run(budgets, work)

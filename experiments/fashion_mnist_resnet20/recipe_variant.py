@@ -67,6 +67,10 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                            "Expected the --out_dir of a benchmark run (no work folder in it).")
     bench._claim(work)  # the same epochs, seed, data and dense model as the benchmark's runs
+    try:
+        bench._finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}_{FLAGS.tag}"), recipe)
+    except app.UsageError as err:
+        bench._usage_error(err)
     row = bench._sqjl(bench._pretrain(work)[0], nnz, bits, work, recipe=recipe,
                       tag=f"_{FLAGS.tag}")
     logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s, empty layers %s",
