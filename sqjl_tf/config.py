@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 from sqjl_tf._usage import UsageError, invalid_argument
 from sqjl_tf.admm import ADMMConfig
 from sqjl_tf.checkpoint import exists as checkpoint_exists
+from sqjl_tf.pipeline import Recipe
 from sqjl_tf.rundir import RunDir
 
 MODES = ("compress", "pretrain", "finetune", "evaluate")
@@ -261,7 +262,7 @@ class TrainConfig:
             _bad("quant", quant, "not both --quant and --prune (use neither for joint "
                  "compression)")
         if flags.get("importance") is None:  # unset: the mode's own default
-            flags["importance"] = ("lamp" if flags.get("target_rate") is not None
+            flags["importance"] = (Recipe.importance if flags.get("target_rate") is not None
                                    else ADMMConfig.importance)
         parts = {group: {} for group in _GROUPS}
         parts["admm"].update(_ADMM_FLAG_DEFAULTS, mode="quant" if quant else
