@@ -34,6 +34,19 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path):
     assert not out.exists()
 
 
+def test_a_rows_recipe_text_names_what_differs_from_compress_defaults():
+    """The benchmark's row text (numbers to 4 digits, names and flags as they are)."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import benchmark, sqjl_tf; "
+              "benchmark.FLAGS(['benchmark.py']); R = sqjl_tf.Recipe; "
+              "print(benchmark._recipe_changes(R(rho=1 / 3, importance='magnitude', "
+              "finetune_train_centres=True))); print(benchmark._recipe_changes(R()))")
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(SCRIPT)], env=ENV,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-2:] == [
+        "rho=0.3333, finetune_train_centres=True, importance=magnitude", "default recipe"]
+
+
 @pytest.mark.parametrize("recorded, message", [
     ({"importance": "magnitude"}, "other recipe settings (importance)"),  # an older default
     (None, "other recipe settings ((the row records none))"),  # a row of an older benchmark
