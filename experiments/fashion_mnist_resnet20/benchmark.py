@@ -390,8 +390,8 @@ def _finished_sqjl_row(workdir, recipe=None):
         return None
     expected, found = _recipe_settings(recipe), row.get("recipe")
     if found != expected:
-        differs = (sorted(k for k in expected if found.get(k) != expected[k]) if found
-                   else ["(the row records none)"])
+        differs = (sorted(k for k in {**expected, **found} if found.get(k) != expected.get(k))
+                   if found else ["(the row records none)"])  # a setting added or gone counts
         raise app.UsageError(
             f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}, whose finished run "
             f"{workdir} was made with other recipe settings ({', '.join(differs)}). Expected a "
