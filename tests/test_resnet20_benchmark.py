@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "benchmark.py")
 VARIANT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "recipe_variant.py")
 SPLIT = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "split_variant.py")
+PAIRED = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "paired.py")
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tensorflow_model_optimization", "tf_keras"))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 NNZ, BITS = 0.04, 3  # ~270x
@@ -108,6 +109,34 @@ def test_split_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_exact_mcnemar_p_values():
+    """Two-sided exact binomial tail over the discordant images, from first principles."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from paired import exact_mcnemar as m; "
+              "print(m(0, 0), m(5, 0), m(0, 5), m(10, 2), m(2, 10), m(7, 7), m(290, 274))\n"
+              "try:\n m(-1, 3)\nexcept ValueError as e:\n print(e)")
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(PAIRED)], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    values, error = proc.stdout.strip().splitlines()[-2:]
+    none, five_0, zero_5, ten_2, two_10, tie, large = map(float, values.split())
+    assert none == 1.0 and tie == 1.0  # no discordant image, or as many each way
+    assert five_0 == zero_5 == 2 / 2**5
+    assert ten_2 == two_10 == pytest.approx(2 * (1 + 12 + 66) / 2**12)
+    assert 0.4 < large < 0.7  # 16 images apart out of 564: no evidence of a difference
+    assert "Received: -1, 3" in error
+
+
+def test_paired_needs_a_benchmark_work_folder(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, PAIRED, f"--out_dir={out}"], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL Usage error: Invalid value for flag `--out_dir`."), proc.stderr
+    assert "fashion_mnist_resnet20_runs" in last
+    assert not out.exists()
+
+
 @pytest.mark.slow  # minutes on 2 busy CPU cores: every Keras fit traces ResNet-20 anew
 @pytest.mark.skipif(os.environ.get("SQJL_BENCHMARK_SMOKE") != "1",
                     reason="3-6 minutes of ResNet-20 tracing: set SQJL_BENCHMARK_SMOKE=1 to run "
@@ -156,6 +185,17 @@ def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reusing the finished run" in proc.stderr
+    assert (out / "fashion_mnist_resnet20.md").read_text() == table
+    # The paired test reloads every final model: each scores its row's accuracy again.
+    proc = subprocess.run([sys.executable, PAIRED, f"--out_dir={out}",
+                           f"--budgets={NNZ}:{BITS}"], env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    if HAVE_TFMOT:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        paired = (out / "fashion_mnist_resnet20_paired.md").read_text()
+        assert paired.count(f"| {NNZ}, {BITS} |") == 2  # against uniform and practitioner
+    else:  # nothing to pair sqjl_tf with
+        assert proc.returncode == 2 and "a finished TFMOT run" in proc.stderr, proc.stderr
     assert (out / "fashion_mnist_resnet20.md").read_text() == table
     # A recipe variant from the same dense model: its own folder and row, the table unchanged.
     proc = subprocess.run([sys.executable, VARIANT, f"--data_dir={fashion_mnist_dir}",
