@@ -117,12 +117,16 @@ def _one_budget(spec):
     return nnz, bits
 
 
+def _check_variants(variants):
+    """Raises app.UsageError unless ``variants`` are one or more TFMOT variants."""
+    if not variants or any(v not in VARIANTS for v in variants):
+        raise _usage("variants", ",".join(variants), f"one or more of {', '.join(VARIANTS)}")
+
+
 def _check_flags():
     """Every flag's value and combination; returns the budgets. Raises app.UsageError."""
     budgets = _parse_budgets(FLAGS.budgets)
-    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
-    if unknown or not FLAGS.variants:
-        raise _usage("variants", ",".join(FLAGS.variants), f"one or more of {', '.join(VARIANTS)}")
+    _check_variants(FLAGS.variants)
     for nnz, bits in budgets if FLAGS.tfmot else ():
         for variant in FLAGS.variants:
             try:

@@ -2,11 +2,11 @@
 
 The benchmark's rows differ by 0.1-0.2 points: 10 to 20 of the 10,000 test images. This
 script reloads the final models of a finished work folder (sqjl_tf's compressed model and
-each TFMOT model's weights), checks that each still scores its row's accuracy on the work folder's test set, and compares
-sqjl_tf with every TFMOT variant at the same budget image by image: how many images only
-one of the two classifies correctly, and the exact two-sided McNemar p-value (under "both
-models are equally accurate", each such image is a fair coin's toss). A p-value above 0.05
-means this test set does not tell the two apart. It writes
+each TFMOT model's weights), checks that each still scores its row's accuracy on the folder's
+own test set, and compares sqjl_tf with every TFMOT variant at the same budget image by
+image: how many images only one of the two classifies correctly, and the exact two-sided
+McNemar p-value (under "both models are equally accurate", each such image is a fair coin's
+toss). A p-value above 0.05 means this test set does not tell the two apart. It writes
 ``fashion_mnist_resnet20_paired.md`` to ``--out_dir`` and changes nothing else.
 
     python experiments/fashion_mnist_resnet20/paired.py --out_dir=/tmp/r20s2
@@ -56,8 +56,8 @@ def _rows(work):
     found = {}
     for nnz, bits in bench._parse_budgets(FLAGS.budgets):
         stem = os.path.join(work, f"sqjl_{nnz}_{bits}")
-        row, model_file = bench._load_row(stem + ".row.json"), os.path.join(stem,
-                                                                         "model_compressed.keras")
+        row = bench._load_row(stem + ".row.json")
+        model_file = os.path.join(stem, "model_compressed.keras")
         if row is None or not os.path.isfile(model_file):
             logging.warning("%s/%s: no finished sqjl_tf run in %s; skipped", nnz, bits, stem)
             continue
@@ -92,13 +92,9 @@ def main(argv):
                            f"Expected a folder holding the benchmark's {bench.NAME}_runs.")
     try:
         bench._parse_budgets(FLAGS.budgets)
+        bench._check_variants(FLAGS.variants)
     except app.UsageError as err:
         bench._usage_error(err)
-    unknown = [v for v in FLAGS.variants if v not in bench.VARIANTS]
-    if unknown or not FLAGS.variants:
-        bench._usage_error(f"Invalid value for flag `--variants`. Received: "
-                           f"{','.join(FLAGS.variants)!r}. Expected one or more of "
-                           f"{', '.join(bench.VARIANTS)}.")
     with open(os.path.join(work, "settings.json")) as f:
         settings = json.load(f)  # the test set the rows were measured on
     FLAGS.data_dir, FLAGS.limit = settings["data_dir"], settings["limit"]
