@@ -109,6 +109,28 @@ def test_split_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_stage_clock_keys_each_fit_by_its_stage(tmp_path):
+    """The fine-tuning that trains the centres (an ADMMOptimizer with no ADMM state) is
+    timed as fine-tuning and leaves the ADMM stage's seconds as they were."""
+    path = tmp_path / "stage_seconds.json"
+    script = ("import sys, types, time; sys.path.insert(0, sys.argv[1]); import benchmark, keras, "
+              "sqjl_tf\nfrom sqjl_tf import ADMMOptimizer as W\n"
+              "admm = sqjl_tf.ADMMCallback(nnz_budget=0.5, bit_budget=4)\n"
+              "for opt in (W(keras.optimizers.SGD(), admm), W(keras.optimizers.Adam()), "
+              "keras.optimizers.Adam()):\n"
+              " clock = benchmark._stage_clock(sys.argv[2])\n"
+              " clock.set_model(types.SimpleNamespace(optimizer=opt))\n"
+              " clock.on_train_begin(); time.sleep(0.05); clock.on_train_end()\n"
+              " print(sorted(benchmark._load_row(sys.argv[2])))")
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(SCRIPT), str(path)],
+                          env=ENV, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-3:] == [
+        "['admm']", "['admm', 'finetune']", "['admm', 'finetune']"]
+    seconds = json.loads(path.read_text())
+    assert 0.05 <= seconds["admm"] < 60 and 0.05 <= seconds["finetune"] < 60
+
+
 def test_exact_mcnemar_p_values():
     """Two-sided exact binomial tail over the discordant images, from first principles."""
     script = ("import sys; sys.path.insert(0, sys.argv[1]); from paired import exact_mcnemar as m; "

@@ -322,7 +322,9 @@ def _stage_clock(path):
     """A callback adding each finished ``fit``'s seconds to ``path`` by stage (ADMM, fine-tuning).
 
     ``compress`` skips the stages its workdir holds, so their time is read back from
-    there: the row's time is that of the stages that made the model.
+    there: the row's time is that of the stages that made the model. The ADMM stage is
+    the fit whose optimizer carries an ADMM state: the fine-tuning's optimizer is an
+    ``ADMMOptimizer`` too when it trains the centres, but without one.
     """
     import keras
 
@@ -331,7 +333,8 @@ def _stage_clock(path):
             self.start = time.time()
 
         def on_train_end(self, logs=None):
-            stage = "admm" if "ADMM" in type(self.model.optimizer).__name__ else "finetune"
+            admm = getattr(self.model.optimizer, "admm", None)
+            stage = "finetune" if admm is None else "admm"
             seconds = _load_row(path) or {}
             seconds[stage] = time.time() - self.start
             _save_row(path, seconds)
