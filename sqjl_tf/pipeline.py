@@ -65,6 +65,8 @@ class Recipe:
         rho: ADMM penalty at the start.
         rho_growth: factor on rho after each ADMM epoch.
         finetune_lr: peak learning rate of stages 2-3 (Adam, cosine to 0).
+        finetune_weight_decay: decoupled weight decay of stages 2-3's Adam
+            (Keras's ``weight_decay``: each step ``w -= w * decay * lr``); 0: none.
         projections_per_epoch: sparse projections per ADMM epoch; the dual
             update runs about once per epoch.
         admm_share: share of the epochs in the ADMM stage (gp14l: 14 of 32).
@@ -102,6 +104,7 @@ class Recipe:
     rho: float = 0.05
     rho_growth: float = 1.1
     finetune_lr: float = 1e-3
+    finetune_weight_decay: float = 0.0
     projections_per_epoch: int = _PROJECTIONS_PER_EPOCH
     admm_share: float = 14 / 32
     prune_share: float = 8 / 32
@@ -119,6 +122,10 @@ class Recipe:
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
             raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
                        "distillation)")
+        if not (_is_number(self.finetune_weight_decay)
+                and math.isfinite(self.finetune_weight_decay) and self.finetune_weight_decay >= 0):
+            raise _bad("finetune_weight_decay", self.finetune_weight_decay, "a finite number >= 0 "
+                       "(0: no weight decay)")
         for name in ("admm_share", "prune_share", "quant_share"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 < value < 1):
@@ -339,7 +346,7 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     """Stages 2-3, training ``model`` from its weights now: gradual pruning to ``nnz`` in
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
-    ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments),
+    ``recipe.finetune_lr`` with ``recipe.finetune_weight_decay`` (or on ``learning_rate``, a schedule for experiments),
     distilled from ``teacher`` when given; the centres trained by gradient with
     ``recipe.finetune_train_centres`` (Adam wrapped to pass the gradients).
 
@@ -355,7 +362,7 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     if schedule is None:
         schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
     trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = keras.optimizers.Adam(schedule, weight_decay=recipe.finetune_weight_decay or None)
     if recipe.finetune_train_centres:  # the wrapper hands the kernels' gradients to the callback
         optimizer = ADMMOptimizer(optimizer)
     history = _fit(trained, optimizer, loss, metrics, train, validation,

@@ -73,6 +73,9 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"finetune_kdtemp": True}, "finetune_kdtemp"),
     ({"prune_share": False}, "prune_share"),
     ({"finetune_train_centres": 1}, "finetune_train_centres"),
+    ({"finetune_weight_decay": -0.1}, "finetune_weight_decay"),
+    ({"finetune_weight_decay": float("inf")}, "finetune_weight_decay"),
+    ({"finetune_weight_decay": "0.1"}, "finetune_weight_decay"),
     ({"importance": "l1"}, "importance"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
@@ -201,6 +204,28 @@ def test_compress_trains_the_centres_by_gradient_when_asked(task, monkeypatch):
     assert int(finetune._centre_step.numpy()) == steps * result.epochs["quant"]  # one per batch
     assert result.report.within_budget
     assert all(s.nnz > 0 and s.bits <= b for s, b in zip(result.report.layers, result.bits))
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_compress_decays_only_the_finetuning_weights_when_asked(task, monkeypatch, decay):
+    from sqjl_tf import pipeline
+
+    x, y = task
+    decays = []  # each fit's optimizer's weight decay, in order: ADMM, then fine-tuning
+    real_fit = pipeline._fit
+
+    def spy(model, optimizer, *args, **kwargs):
+        decays.append(optimizer.weight_decay)
+        return real_fit(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_fit", spy)
+    result = sqjl_tf.compress(_trained_mlp(x, y), (x, y), target_rate=40, epochs=3,
+                              batch_size=64, seed=0, verbose=0,
+                              recipe=Recipe(finetune_weight_decay=decay))
+    assert len(decays) == 2
+    assert decays[1] == (decay or None)  # Keras's Adam: None is no decay
+    assert decays[0] is None  # the ADMM stage keeps its own L2 (admm_weight_decay)
+    assert result.report.within_budget and all(layer.nnz > 0 for layer in result.report.layers)
 
 
 def test_compress_ranks_by_the_recipes_importance(task, admm_callbacks):

@@ -43,6 +43,8 @@ flags.DEFINE_enum("allocation", "admm", ["admm", *allocation.VARIANTS], "The bit
                   "ones are diagnostics: same start, same schedule, another allocation.")
 flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tuning, > 0 "
                    "(default: Recipe's finetune_lr, as compress).")
+flags.DEFINE_float("finetune_weight_decay", None, "Decoupled weight decay of the fine-tuning's "
+                   "Adam, >= 0 (default: Recipe's finetune_weight_decay, as compress).")
 flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned from: the ADMM "
                   "stage's (as compress), or the dense model's (a diagnostic: the ADMM stage's "
                   "allocation reached by a gradual magnitude prune from the dense weights, as "
@@ -80,11 +82,16 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
-    recipe = Recipe(finetune_train_centres=FLAGS.train_centres,
-                    **({} if FLAGS.finetune_lr is None else {"finetune_lr": FLAGS.finetune_lr}))
+    if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
+        bench._usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
+                           f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
+    overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay")
+                 if getattr(FLAGS, name) is not None}
+    recipe = Recipe(finetune_train_centres=FLAGS.train_centres, **overrides)
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
+    tag += "" if FLAGS.finetune_weight_decay is None else f"_wd{FLAGS.finetune_weight_decay:g}"
     tag += "" if FLAGS.schedule == "cosine" else f"_{FLAGS.schedule}_lr"
     tag += "_trained_centres" if FLAGS.train_centres else ""
     settings = os.path.join(work, "settings.json")  # the seed the work folder's runs used
@@ -134,7 +141,10 @@ def main(argv):
     row = {"method": "sqjl_tf", "variant": f"{admm_part}float "
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
-           f"{recipe.finetune_lr:g}" + ("" if FLAGS.schedule == "cosine" else
+           f"{recipe.finetune_lr:g}"
+           + (f", weight decay {recipe.finetune_weight_decay:g}" if recipe.finetune_weight_decay
+              else "")
+           + ("" if FLAGS.schedule == "cosine" else
                                         f", {FLAGS.schedule} schedule")
            + (", centres trained by gradient" if FLAGS.train_centres else ""),
            **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
