@@ -97,7 +97,13 @@ def test_recipe_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--finetune_lr=0"], "Invalid value for flag `--finetune_lr`. Received: 0.0. Expected"),
-    (["--budget=0.04:3"], "Expected a budget whose compress() run finished its ADMM stage"),
+    (["--finetune_weight_decay=-1"], "Invalid value for flag `--finetune_weight_decay`. "
+                                      "Received: -1.0. Expected a finite number >= 0."),
+    (["--budget=0.04:3"], "Invalid value for flag `--budget`. Received: '0.04:3'. Expected a "
+                          "run whose compress() finished its ADMM stage"),
+    (["--from_tag=a/b"], "Invalid value for flag `--from_tag`. Received: 'a/b'"),
+    (["--from_tag=kd4"], "Invalid value for flag `--from_tag`. Received: 'kd4'. Expected a run "
+                         "whose compress() finished its ADMM stage"),
 ])
 def test_split_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
     out = tmp_path / "results"

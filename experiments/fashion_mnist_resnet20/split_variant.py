@@ -4,10 +4,12 @@ The benchmark's ``compress`` call splits its epochs as the LeNet-5 benchmark fou
 (at 20 epochs: ADMM 9, full precision 9 of which 5 prune, quantized 2). This script asks
 whether another split of the same total does better on ResNet-20 without re-running the
 ADMM stage: it starts from the ADMM stage's weights and allocation saved in a finished
-``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder, runs ``compress``'s fine-tuning
+``sqjl_<nnz>_<bits>`` folder of the benchmark's work folder (or, with ``--from_tag``, in a
+recipe_variant.py run's ``sqjl_<nnz>_<bits>_<tag>``), runs ``compress``'s fine-tuning
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
-dense model's; with ``--finetune_lr`` at another peak learning rate, with ``--schedule=tfmot``
+dense model's; with ``--finetune_lr`` at another peak learning rate, with
+``--finetune_weight_decay`` a decoupled weight decay, with ``--schedule=tfmot``
 on TFMOT's learning rates; with ``--allocation`` to a TFMOT variant's allocation; with
 ``--train_centres`` the codebooks trained by gradient as TFMOT clusters), and
 measures the result as the benchmark does. The row goes to
@@ -21,6 +23,7 @@ benchmark's table is not changed.
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -32,6 +35,9 @@ import allocation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("budget", "0.04:3", "nnz_budget:bit_budget of the finished run to start from.")
+flags.DEFINE_string("from_tag", None, "Start from recipe_variant.py's run of this --tag "
+                    "(sqjl_<nnz>_<bits>_<tag>) instead of the benchmark's own "
+                    "(sqjl_<nnz>_<bits>).")
 flags.DEFINE_integer("float_epochs", 7, "Full-precision epochs (the support shrinks in the first "
                      "--prune_epochs).", lower_bound=1)
 flags.DEFINE_integer("prune_epochs", 5, "Epochs over which the support shrinks.", lower_bound=1)
@@ -64,6 +70,12 @@ def main(argv):
     if FLAGS.finetune_lr is not None and not 0 < FLAGS.finetune_lr < math.inf:
         bench._usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
                            f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
+    if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
+        bench._usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
+                           f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
+    if FLAGS.from_tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", FLAGS.from_tag):
+        bench._usage_error(f"Invalid value for flag `--from_tag`. Received: {FLAGS.from_tag!r}. "
+                           f"Expected letters, digits, _ and - (a recipe_variant.py --tag).")
     import keras
     import numpy as np
 
@@ -72,19 +84,18 @@ def main(argv):
 
     nnz_budget, bit_budget = bench._one_budget(FLAGS.budget)
     work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
-    workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}")
+    from_tag = "" if FLAGS.from_tag is None else f"_{FLAGS.from_tag}"
+    workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}{from_tag}")
     stem = os.path.join(workdir, "stage_admm")
     if not os.path.isfile(stem + ".json"):
-        bench._usage_error(f"Invalid value for flag `--budget`. Received: {FLAGS.budget!r}. "
-                           f"Expected a budget whose compress() run finished its ADMM stage "
-                           f"({stem}.json is missing; run the benchmark first).")
+        name, value = ("--from_tag", FLAGS.from_tag) if from_tag else ("--budget", FLAGS.budget)
+        bench._usage_error(f"Invalid value for flag `{name}`. Received: {value!r}. Expected "
+                           f"a run whose compress() finished its ADMM stage ({stem}.json is "
+                           f"missing; run the benchmark or recipe_variant.py first).")
     if FLAGS.prune_epochs > FLAGS.float_epochs:
         bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
-    if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
-        bench._usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
-                           f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
     overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay")
                  if getattr(FLAGS, name) is not None}
     recipe = Recipe(finetune_train_centres=FLAGS.train_centres, **overrides)
