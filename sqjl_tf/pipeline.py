@@ -346,8 +346,8 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     """Stages 2-3, training ``model`` from its weights now: gradual pruning to ``nnz`` in
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
-    ``recipe.finetune_lr`` with ``recipe.finetune_weight_decay`` (or on ``learning_rate``, a schedule for experiments),
-    distilled from ``teacher`` when given; the centres trained by gradient with
+    ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments) with
+    ``recipe.finetune_weight_decay``, distilled from ``teacher`` when given; the centres trained by gradient with
     ``recipe.finetune_train_centres`` (Adam wrapped to pass the gradients).
 
     Returns:
