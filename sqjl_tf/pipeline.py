@@ -347,8 +347,9 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
     ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments) with
-    ``recipe.finetune_weight_decay``, distilled from ``teacher`` when given; the centres trained by gradient with
-    ``recipe.finetune_train_centres`` (Adam wrapped to pass the gradients).
+    ``recipe.finetune_weight_decay``, distilled from ``teacher`` when given; the centres
+    trained by gradient with ``recipe.finetune_train_centres`` (Adam wrapped to pass the
+    gradients).
 
     Returns:
         (the compressed copy, the fit's history).
