@@ -80,6 +80,7 @@ flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Wh
 flags.DEFINE_integer("seed", 1, "Random seed.")
 
 NAME = "fashion_mnist_resnet20"
+TAG = r"[A-Za-z0-9_-]+"  # a variant run's name: recipe_variant --tag, split_variant --from_tag
 DEBIAN_DATA = "/usr/share/datasets/fashion-mnist"
 # What every row depends on: runs in one work folder must share these.
 _SHARED = ("pretrain_epochs", "dense", "epochs", "batch_size", "limit", "seed", "data_dir")

@@ -58,7 +58,7 @@ def main(argv):
     if len(argv) > 1:
         bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     nnz, bits = bench._one_budget(FLAGS.budget)
-    if not (FLAGS.tag and re.fullmatch(r"[A-Za-z0-9_-]+", FLAGS.tag)):
+    if not (FLAGS.tag and re.fullmatch(bench.TAG, FLAGS.tag)):
         bench._usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
                            "a name of letters, digits, _ and -.")
     recipe = _recipe(FLAGS.set)

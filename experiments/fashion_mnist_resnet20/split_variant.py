@@ -73,7 +73,7 @@ def main(argv):
     if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
         bench._usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
                            f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
-    if FLAGS.from_tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", FLAGS.from_tag):
+    if FLAGS.from_tag is not None and not re.fullmatch(bench.TAG, FLAGS.from_tag):
         bench._usage_error(f"Invalid value for flag `--from_tag`. Received: {FLAGS.from_tag!r}. "
                            f"Expected letters, digits, _ and - (a recipe_variant.py --tag).")
     import keras
@@ -153,10 +153,9 @@ def main(argv):
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
            f"{recipe.finetune_lr:g}"
-           + (f", weight decay {recipe.finetune_weight_decay:g}" if recipe.finetune_weight_decay
-              else "")
-           + ("" if FLAGS.schedule == "cosine" else
-                                        f", {FLAGS.schedule} schedule")
+           + (f", weight decay {recipe.finetune_weight_decay:g}"
+              if recipe.finetune_weight_decay else "")
+           + ("" if FLAGS.schedule == "cosine" else f", {FLAGS.schedule} schedule")
            + (", centres trained by gradient" if FLAGS.train_centres else ""),
            **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
            "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
