@@ -32,7 +32,7 @@ from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
-from sqjl_tf.admm import IMPORTANCES, ADMMConfig
+from sqjl_tf.admm import IMPORTANCES, ADMMConfig, _following_normalization
 from sqjl_tf.callback import ADMMCallback
 from sqjl_tf.distill import Distiller
 from sqjl_tf.finetune import QuantizedFinetuneCallback
@@ -43,6 +43,7 @@ from sqjl_tf.optimizer import ADMMOptimizer
 _PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
 _MIN_EPOCHS = 3  # one per stage
 _UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
+_DECAY_SCOPES = ("all", "normalized")  # Recipe.finetune_decay_scope
 
 
 def _is_number(value) -> bool:
@@ -67,6 +68,12 @@ class Recipe:
         finetune_lr: peak learning rate of stages 2-3 (Adam, cosine to 0).
         finetune_weight_decay: decoupled weight decay of stages 2-3's Adam
             (Keras's ``weight_decay``: each step ``w -= w * decay * lr``); 0: none.
+        finetune_decay_scope: which weights that decay shrinks: "all" (every
+            trainable weight), or "normalized": only the kernels a
+            BatchNormalization layer follows, whose scale the normalization
+            cancels, so that decay changes their effective learning rate and
+            not what the model computes; a model without such kernels (or a
+            subclassed one, whose graph is unknown) then gets none.
         projections_per_epoch: sparse projections per ADMM epoch; the dual
             update runs about once per epoch.
         admm_share: share of the epochs in the ADMM stage (gp14l: 14 of 32).
@@ -88,10 +95,11 @@ class Recipe:
             BatchNorm and weight decay make arbitrary).
 
     Raises:
-        ValueError: if ``finetune_kdtemp`` is negative, ``importance``
-            unknown, a share is outside (0, 1), ``admm_share + quant_share``
-            leaves no epochs to stage 2, or ``prune_share`` exceeds what it
-            leaves.
+        ValueError: if ``finetune_kdtemp`` or ``finetune_weight_decay`` is
+            negative or not finite, ``importance`` or
+            ``finetune_decay_scope`` unknown, a share is
+            outside (0, 1), ``admm_share + quant_share`` leaves no epochs to
+            stage 2, or ``prune_share`` exceeds what it leaves.
 
     Example:
         >>> Recipe(admm_share=0.2, prune_share=0.4, quant_share=0.2).split(20)
@@ -105,6 +113,7 @@ class Recipe:
     rho_growth: float = 1.1
     finetune_lr: float = 1e-3
     finetune_weight_decay: float = 0.0
+    finetune_decay_scope: str = "all"
     projections_per_epoch: int = _PROJECTIONS_PER_EPOCH
     admm_share: float = 14 / 32
     prune_share: float = 8 / 32
@@ -122,6 +131,9 @@ class Recipe:
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
             raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
                        "distillation)")
+        if self.finetune_decay_scope not in _DECAY_SCOPES:
+            raise _bad("finetune_decay_scope", self.finetune_decay_scope,
+                       f"one of {', '.join(_DECAY_SCOPES)}")
         if not (_is_number(self.finetune_weight_decay)
                 and math.isfinite(self.finetune_weight_decay) and self.finetune_weight_decay >= 0):
             raise _bad("finetune_weight_decay", self.finetune_weight_decay, "a finite number >= 0 "
@@ -340,6 +352,13 @@ def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, call
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
+def _not_normalized(trained, model, predicate=None) -> List[Any]:
+    """``trained``'s trainable variables, less ``model``'s kernels that a normalization follows."""
+    kernels = compressible_kernels(model, predicate)
+    normalized = {id(kernels[i].variable) for i in _following_normalization(model, kernels)}
+    return [v for v in trained.trainable_variables if id(v) not in normalized]
+
+
 def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
                      callbacks=(), verbose="auto", predicate=None, teacher=None,
                      learning_rate=None):
@@ -364,6 +383,8 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
         schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
     trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
     optimizer = keras.optimizers.Adam(schedule, weight_decay=recipe.finetune_weight_decay or None)
+    if recipe.finetune_weight_decay and recipe.finetune_decay_scope == "normalized":
+        optimizer.exclude_from_weight_decay(var_list=_not_normalized(trained, model, predicate))
     if recipe.finetune_train_centres:  # the wrapper hands the kernels' gradients to the callback
         optimizer = ADMMOptimizer(optimizer)
     history = _fit(trained, optimizer, loss, metrics, train, validation,

@@ -77,6 +77,7 @@ def test_recipe_split_follows_custom_shares(shares, epochs):
     ({"finetune_weight_decay": float("inf")}, "finetune_weight_decay"),
     ({"finetune_weight_decay": "0.1"}, "finetune_weight_decay"),
     ({"importance": "l1"}, "importance"),
+    ({"finetune_decay_scope": "kernels"}, "finetune_decay_scope"),
 ])
 def test_recipe_rejects_bad_shares(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -225,6 +226,46 @@ def test_compress_decays_only_the_finetuning_weights_when_asked(task, monkeypatc
     assert len(decays) == 2
     assert decays[1] == (decay or None)  # Keras's Adam: None is no decay
     assert decays[0] is None  # the ADMM stage keeps its own L2 (admm_weight_decay)
+    assert result.report.within_budget and all(layer.nnz > 0 for layer in result.report.layers)
+
+
+def _normalized_cnn(seed=0):
+    """Conv -> BatchNorm -> ReLU -> pooling -> Dense: one kernel a normalization follows."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
+
+@pytest.mark.parametrize("scope, decayed", [
+    ("all", ["conv/kernel", "bn/gamma", "bn/beta", "head/kernel", "head/bias"]),
+    ("normalized", ["conv/kernel"]),  # the only kernel whose scale BatchNorm cancels
+])
+def test_compress_decays_the_weights_its_scope_names(monkeypatch, scope, decayed):
+    from sqjl_tf import pipeline
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 6, 6, 2)).astype("float32")
+    y = (x[..., 0].mean(axis=(1, 2)) > 0).astype("int32") + (x[..., 1].mean(axis=(1, 2)) > 0)
+    fits = []  # (model, optimizer) of each fit: ADMM, then fine-tuning
+    real_fit = pipeline._fit
+
+    def spy(model, optimizer, *args, **kwargs):
+        fits.append((model, optimizer))
+        return real_fit(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_fit", spy)
+    result = sqjl_tf.compress(_normalized_cnn(), (x, y), target_rate=4, epochs=3, loss=LOSS,
+                              batch_size=32, seed=0, verbose=0,
+                              recipe=Recipe(finetune_weight_decay=0.5, finetune_decay_scope=scope))
+    model, optimizer = fits[-1]
+    # Keras's own test of whether a variable is decayed (the weight_decay step calls it).
+    got = [v.path for v in model.trainable_variables
+           if optimizer._use_weight_decay(v)]
+    assert sorted(got) == sorted(decayed)
+    assert optimizer.weight_decay == 0.5
     assert result.report.within_budget and all(layer.nnz > 0 for layer in result.report.layers)
 
 

@@ -9,7 +9,8 @@ recipe_variant.py run's ``sqjl_<nnz>_<bits>_<tag>``), runs ``compress``'s fine-t
 stages (Adam, cosine from the recipe's ``finetune_lr``) with ``--float_epochs`` and
 ``--quant_epochs`` (from the ADMM stage's weights, or with ``--start=dense`` from the
 dense model's; with ``--finetune_lr`` at another peak learning rate, with
-``--finetune_weight_decay`` a decoupled weight decay, with ``--schedule=tfmot``
+``--finetune_weight_decay`` a decoupled weight decay on the weights
+``--finetune_decay_scope`` names, with ``--schedule=tfmot``
 on TFMOT's learning rates; with ``--allocation`` to a TFMOT variant's allocation; with
 ``--train_centres`` the codebooks trained by gradient as TFMOT clusters), and
 measures the result as the benchmark does. The row goes to
@@ -51,6 +52,8 @@ flags.DEFINE_float("finetune_lr", None, "Peak Adam learning rate of the fine-tun
                    "(default: Recipe's finetune_lr, as compress).")
 flags.DEFINE_float("finetune_weight_decay", None, "Decoupled weight decay of the fine-tuning's "
                    "Adam, >= 0 (default: Recipe's finetune_weight_decay, as compress).")
+flags.DEFINE_enum("finetune_decay_scope", None, ["all", "normalized"], "Which weights that decay "
+                  "shrinks (default: Recipe's finetune_decay_scope, as compress).")
 flags.DEFINE_enum("start", "admm", ["admm", "dense"], "The weights fine-tuned from: the ADMM "
                   "stage's (as compress), or the dense model's (a diagnostic: the ADMM stage's "
                   "allocation reached by a gradual magnitude prune from the dense weights, as "
@@ -96,13 +99,15 @@ def main(argv):
         bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
-    overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay")
+    overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay",
+                                                         "finetune_decay_scope")
                  if getattr(FLAGS, name) is not None}
     recipe = Recipe(finetune_train_centres=FLAGS.train_centres, **overrides)
     tag = "" if FLAGS.allocation == "admm" else f"_{FLAGS.allocation}"
     tag += "" if FLAGS.start == "admm" else f"_from_{FLAGS.start}"
     tag += "" if FLAGS.finetune_lr is None else f"_lr{FLAGS.finetune_lr:g}"
     tag += "" if FLAGS.finetune_weight_decay is None else f"_wd{FLAGS.finetune_weight_decay:g}"
+    tag += "" if FLAGS.finetune_decay_scope is None else f"_{FLAGS.finetune_decay_scope}"
     tag += "" if FLAGS.schedule == "cosine" else f"_{FLAGS.schedule}_lr"
     tag += "_trained_centres" if FLAGS.train_centres else ""
     settings = os.path.join(work, "settings.json")  # the seed the work folder's runs used
