@@ -1,12 +1,16 @@
 """``sqjl_tf.compress`` on Fashion-MNIST LeNet-5: one call, given only a target rate.
 
-Starts from the LeNet benchmark's dense model (``benchmark.py`` writes it) and
-compresses it with ``compress(model, train, test, target_rate=R, epochs=E)`` at
-each rate, one seed per call; writes a row per (rate, seed) as JSON beside a
-Markdown table in ``--out_dir``.
+Starts from the LeNet benchmark's dense model (``benchmark.py`` writes it; without
+``--dense`` from an untrained LeNet-5, which ``compress`` trains densely first, as the
+quickstart) and compresses it with ``compress(model, train, test, target_rate=R,
+epochs=E)`` at each rate, one seed per call, with ``--set``'s ``Recipe`` settings
+changed; writes a row per (rate, seed, start, settings) as JSON beside a Markdown
+table in ``--out_dir``.
 
     python experiments/fashion_mnist/one_call.py --dense=runs/dense/model_dense.keras \
         --rates=1975,533 --epochs=32 --seeds=1
+    python experiments/fashion_mnist/one_call.py --rates=533 --epochs=10 --seeds=1,2 \
+        --set=finetune_weight_decay=0.5 --name=lenet_quickstart_decay
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]
+import recipe_settings  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dense", None, "The trained dense caffelenet .keras.", required=True)
+flags.DEFINE_string("dense", None, "The trained dense caffelenet .keras (default: untrained).")
+flags.DEFINE_list("set", [], "Recipe settings to change, as name=value (default: compress's own).")
 flags.DEFINE_list("rates", ["1975", "533"], "Target compression rates.")
 flags.DEFINE_list("seeds", ["1"], "Seeds, one compress call each.")
 flags.DEFINE_integer("epochs", 32, "The epoch budget of each call.", lower_bound=3)
@@ -34,7 +40,7 @@ flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Wh
 flags.DEFINE_string("name", "fashion_mnist_one_call", "File stem of the rows and table.")
 
 
-def _row(rate: float, seed: int):
+def _row(rate: float, seed: int, recipe):
     import keras
 
     import sqjl_tf
@@ -43,35 +49,54 @@ def _row(rate: float, seed: int):
                                     limit=FLAGS.limit)
     test, _ = sqjl_tf.load_dataset("fashion_mnist", FLAGS.data_dir, 1000, "test",
                                    limit=FLAGS.limit)
-    model = keras.models.load_model(FLAGS.dense, compile=False)
+    if FLAGS.dense:
+        model = keras.models.load_model(FLAGS.dense, compile=False)
+    else:
+        keras.utils.set_random_seed(seed)
+        model = sqjl_tf.build_model("caffelenet", 10)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     start = time.time()
     result = sqjl_tf.compress(model, train, test, target_rate=rate, epochs=FLAGS.epochs,
-                              loss=loss, seed=seed, verbose=2)
+                              loss=loss, seed=seed, recipe=recipe, verbose=2)
     seconds = time.time() - start
     result.model.compile(loss=loss, metrics=["accuracy"])
     accuracy = result.model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     report = result.report
     empty = [s.name for s in report.layers if s.nnz == 0]
-    return {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, "accuracy": accuracy,
+    return {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, **_key_fields(),
+            "accuracy": accuracy,
             "rate": report.compression_rate, "within_budget": report.within_budget,
             "budget_used": report.budget_used, "empty_layers": empty,
             "bits": result.bits, "nnz": result.nnz, "split": result.epochs,
             "seconds": seconds}
 
 
+def _key_fields() -> dict:
+    """What besides rate, seed and epochs tells this run's rows apart: the start and settings."""
+    return {"start": "dense" if FLAGS.dense else "untrained", "set": sorted(FLAGS.set)}
+
+
 def _table(rows):
-    lines = ["| target | seed | epochs | accuracy | rate (weights) | within budget | bits | "
-             "nonzeros | minutes |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (-r["target_rate"], r["seed"])):
+    lines = ["| target | seed | epochs | start | settings | accuracy | rate (weights) | "
+             "within budget | bits | nonzeros | minutes |", "|---" * 11 + "|"]
+    for r in sorted(rows, key=lambda r: (-r["target_rate"], r.get("set", []), r["seed"])):
         lines.append(f"| {r['target_rate']:g}x | {r['seed']} | {r['epochs']} | "
+                     f"{r.get('start', 'dense')} | {', '.join(r.get('set', [])) or 'default'} | "
                      f"{100 * r['accuracy']:.2f}% | {r['rate']:.1f}x | {r['within_budget']} | "
                      f"{r['bits']} | {r['nnz']} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    try:
+        recipe = recipe_settings.parse(FLAGS.set) if FLAGS.set else None
+    except ValueError as err:
+        raise app.UsageError(f"Invalid value for flag `--set`. {err}") from None
+    if FLAGS.dense and not os.path.isfile(FLAGS.dense):
+        raise app.UsageError(f"Invalid value for flag `--dense`. Received: {FLAGS.dense!r}. "
+                             "Expected a .keras file (the LeNet benchmark's dense model).")
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     rows_file = os.path.join(FLAGS.out_dir, FLAGS.name + ".json")
     rows = []
@@ -80,11 +105,12 @@ def main(argv):
             rows = json.load(f)
     for rate in [float(r) for r in FLAGS.rates]:
         for seed in [int(s) for s in FLAGS.seeds]:
-            if any(r["target_rate"] == rate and r["seed"] == seed and r["epochs"] == FLAGS.epochs
-                   for r in rows):
+            key = {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, **_key_fields()}
+            old = {"start": "dense", "set": []}  # rows from before the start and settings were kept
+            if any(all({**old, **r}[k] == v for k, v in key.items()) for r in rows):
                 logging.info("%gx seed %d: done already in %s", rate, seed, rows_file)
                 continue
-            row = _row(rate, seed)
+            row = _row(rate, seed, recipe)
             logging.info("%gx seed %d: %.2f%% at %.1fx in %.1f min", rate, seed,
                          100 * row["accuracy"], row["rate"], row["seconds"] / 60)
             if os.path.isfile(rows_file):  # another process may have added rows meanwhile

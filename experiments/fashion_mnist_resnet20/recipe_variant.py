@@ -11,15 +11,16 @@ the benchmark's table is not changed.
         --set=admm_share=0.2,prune_share=0.4,quant_share=0.2 --tag=a4
 """
 
-import dataclasses
 import os
 import re
 import sys
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --out_dir, --seed, ...)
+import recipe_settings  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("budget", "0.04:3", "nnz_budget:bit_budget.")
@@ -29,29 +30,10 @@ flags.DEFINE_string("tag", None, "Names the run's folder and row (letters, digit
 
 def _recipe(pairs):
     """The ``Recipe`` with ``pairs`` changed; exits with a usage error on a bad pair."""
-    from sqjl_tf import Recipe
-
-    fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
-    changes = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        if name not in fields or not value:
-            bench._usage_error(f"Invalid value for flag `--set`. Received: {pair!r}. Expected "
-                               f"name=value with a name of {', '.join(fields)}.")
-        try:
-            kind = getattr(fields[name], "__name__", fields[name])  # "int", "float", "bool", "str"
-            changes[name] = (value if kind == "str" else {"true": True, "false": False}[value.lower()]
-                             if kind == "bool" else int(value) if kind == "int" else float(value))
-        except (KeyError, ValueError):
-            bench._usage_error(f"Invalid value for flag `--set`. Received: {pair!r}. Expected a "
-                               f"value of type {kind} for {name}.")
-    if not changes:
-        bench._usage_error("Invalid value for flag `--set`. Received: ''. Expected one or more "
-                           "name=value changes (the default recipe is the benchmark's own run).")
     try:
-        return Recipe(**changes)
+        return recipe_settings.parse(pairs)
     except ValueError as err:
-        bench._usage_error(f"Invalid value for flag `--set`: {err}")
+        bench._usage_error(f"Invalid value for flag `--set`. {err}")
 
 
 def main(argv):
