@@ -158,7 +158,8 @@ def main(argv):
            f"{FLAGS.float_epochs} (prune {FLAGS.prune_epochs}) + quantized {FLAGS.quant_epochs}, "
            f"{FLAGS.allocation} allocation, from the {FLAGS.start} weights, peak lr "
            f"{recipe.finetune_lr:g}"
-           + (f", weight decay {recipe.finetune_weight_decay:g}"
+           + (f", weight decay {recipe.finetune_weight_decay:g} on "
+              f"{'every weight' if recipe.finetune_decay_scope == 'all' else 'normalized kernels'}"
               if recipe.finetune_weight_decay else "")
            + ("" if FLAGS.schedule == "cosine" else f", {FLAGS.schedule} schedule")
            + (", centres trained by gradient" if FLAGS.train_centres else ""),
