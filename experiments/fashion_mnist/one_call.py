@@ -10,7 +10,7 @@ table in ``--out_dir``.
     python experiments/fashion_mnist/one_call.py --dense=runs/dense/model_dense.keras \
         --rates=1975,533 --epochs=32 --seeds=1
     python experiments/fashion_mnist/one_call.py --rates=533 --epochs=10 --seeds=1,2 \
-        --set=finetune_weight_decay=0.5 --name=lenet_quickstart_decay
+        --set=finetune_weight_decay=0.5 --name=fashion_mnist_quickstart_decay
 """
 
 from __future__ import annotations
