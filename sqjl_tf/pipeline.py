@@ -96,10 +96,10 @@ class Recipe:
 
     Raises:
         ValueError: if ``finetune_kdtemp`` or ``finetune_weight_decay`` is
-            negative or not finite, ``importance`` or
-            ``finetune_decay_scope`` unknown, a share is
-            outside (0, 1), ``admm_share + quant_share`` leaves no epochs to
-            stage 2, or ``prune_share`` exceeds what it leaves.
+            negative or not finite, ``importance`` or ``finetune_decay_scope``
+            unknown, a share is outside (0, 1), ``admm_share + quant_share``
+            leaves no epochs to stage 2, or ``prune_share`` exceeds what it
+            leaves.
 
     Example:
         >>> Recipe(admm_share=0.2, prune_share=0.4, quant_share=0.2).split(20)
