@@ -242,3 +242,63 @@ def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
                           timeout=120)
     assert proc.returncode == 2 and "--out_dir" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+SEEDS = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "seeds.py")
+
+
+def _table(path, seed, dense, cells):
+    """A benchmark .json with ``cells``: {(nnz, bits, "sqjl_tf" or variant): accuracy}."""
+    rows = [{"method": "sqjl_tf" if name == "sqjl_tf" else "TFMOT", "variant": name,
+             "nnz_budget": nnz, "bit_budget": bits, "accuracy": acc}
+            for (nnz, bits, name), acc in cells.items()]
+    path.write_text(json.dumps({"dense_accuracy": dense, "settings": {"seed": seed},
+                                "rows": rows}))
+    return str(path)
+
+
+def test_seeds_averages_each_cell_and_pools_the_paired_counts(tmp_path):
+    one = _table(tmp_path / "s1.json", 1, 0.93, {(0.1, 4, "sqjl_tf"): 0.92,
+                                                 (0.1, 4, "uniform"): 0.93,
+                                                 (0.1, 4, "practitioner"): 0.91})
+    two = _table(tmp_path / "s2.json", 2, 0.95, {(0.1, 4, "sqjl_tf"): 0.94,
+                                                 (0.1, 4, "uniform"): 0.90})
+    (tmp_path / "s1_paired.md").write_text(  # as paired.py writes it
+        "| budget (nnz, bits) | TFMOT variant | sqjl_tf | TFMOT | only sqjl_tf | only TFMOT | p |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
+        "| 0.1, 4 | uniform | 0.9200 | 0.9300 | 10 | 2 | 0.039 |\n")
+    (tmp_path / "s2_paired.md").write_text("| 0.1, 4 | uniform | 0.9400 | 0.9000 | 5 | 0 | 0.062 |\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, SEEDS, f"--tables={one},{two}", f"--out_dir={out}"],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in (out / "fashion_mnist_resnet20_seeds.md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| | dense | 93.00% | 95.00% | 94.00% | | |",
+        "| 0.1, 4 | `sqjl_tf.compress` | 92.00% | 94.00% | 93.00% |  |  |",
+        # sqjl_tf leads by -1 and +4 points: +1.5; 15 against 2 images: 2 * 154 / 2**17
+        "| 0.1, 4 | TFMOT uniform | 93.00% | 90.00% | 91.50% | +1.50 | (2) 15 / 2, p = 0.002 |",
+        "| 0.1, 4 | TFMOT practitioner | 91.00% | - | 91.00% (1 of 2) | +1.00 | - |"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "Received: '{missing}'. Expected a table written by benchmark.py (cannot read"),
+    ("repeated", "Received: tables of seeds [1, 1]. Expected one table per seed."),
+    ("paired", "has a row paired.py does not write: '| 0.1, 4 | uniform | x |'"),
+])
+def test_seeds_bad_tables_fail_before_anything_is_written(tmp_path, case, message):
+    one = _table(tmp_path / "s1.json", 1, 0.93, {(0.1, 4, "sqjl_tf"): 0.92})
+    missing = str(tmp_path / "nothing.json")
+    tables = {"missing": [one, missing], "repeated": [one, one], "paired": [one]}[case]
+    if case == "paired":
+        (tmp_path / "s1_paired.md").write_text("| 0.1, 4 | uniform | x |\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, SEEDS, f"--tables={','.join(tables)}",
+                           f"--out_dir={out}"], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL Usage error: Invalid value for flag `--tables`."), proc.stderr
+    assert message.format(missing=missing) in last
+    assert not out.exists()
