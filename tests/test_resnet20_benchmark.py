@@ -247,12 +247,13 @@ def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
 SEEDS = os.path.join(ROOT, "experiments", "fashion_mnist_resnet20", "seeds.py")
 
 
-def _table(path, seed, dense, cells):
+def _table(path, seed, dense, cells, epochs=20):
     """A benchmark .json with ``cells``: {(nnz, bits, "sqjl_tf" or variant): accuracy}."""
     rows = [{"method": "sqjl_tf" if name == "sqjl_tf" else "TFMOT", "variant": name,
              "nnz_budget": nnz, "bit_budget": bits, "accuracy": acc}
             for (nnz, bits, name), acc in cells.items()]
-    path.write_text(json.dumps({"dense_accuracy": dense, "settings": {"seed": seed},
+    path.write_text(json.dumps({"dense_accuracy": dense, "settings": {"seed": seed,
+                                                                      "epochs": epochs},
                                 "rows": rows}))
     return str(path)
 
@@ -286,11 +287,15 @@ def test_seeds_averages_each_cell_and_pools_the_paired_counts(tmp_path):
     ("missing", "Received: '{missing}'. Expected a table written by benchmark.py (cannot read"),
     ("repeated", "Received: tables of seeds [1, 1]. Expected one table per seed."),
     ("paired", "has a row paired.py does not write: '| 0.1, 4 | uniform | x |'"),
+    ("protocol", "Received: '{other}', whose settings differ from '{one}''s in epochs. Expected "
+                 "tables that differ only in the seed."),
 ])
 def test_seeds_bad_tables_fail_before_anything_is_written(tmp_path, case, message):
     one = _table(tmp_path / "s1.json", 1, 0.93, {(0.1, 4, "sqjl_tf"): 0.92})
     missing = str(tmp_path / "nothing.json")
-    tables = {"missing": [one, missing], "repeated": [one, one], "paired": [one]}[case]
+    other = _table(tmp_path / "s2.json", 2, 0.93, {(0.1, 4, "sqjl_tf"): 0.92}, epochs=3)
+    tables = {"missing": [one, missing], "repeated": [one, one], "paired": [one],
+              "protocol": [one, other]}[case]
     if case == "paired":
         (tmp_path / "s1_paired.md").write_text("| 0.1, 4 | uniform | x |\n")
     out = tmp_path / "out"
@@ -300,5 +305,5 @@ def test_seeds_bad_tables_fail_before_anything_is_written(tmp_path, case, messag
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("FATAL Usage error: Invalid value for flag `--tables`."), proc.stderr
-    assert message.format(missing=missing) in last
+    assert message.format(missing=missing, one=one, other=other) in last
     assert not out.exists()

@@ -7,7 +7,9 @@ side by side with their mean. Where ``paired.py`` has written a table beside a s
 (``<name>_paired.md``), it also sums, per budget and TFMOT variant, the test images only
 sqjl_tf and only TFMOT classify correctly over those seeds, with the exact McNemar p-value
 of the sums: under "equally accurate on every seed", each such image is still a fair coin.
-It writes ``fashion_mnist_resnet20_seeds.md`` to ``--out_dir`` and changes nothing else.
+Tables whose settings differ in more than the seed (epochs, a ``--limit``, another dense
+model) are refused. It writes ``fashion_mnist_resnet20_seeds.md`` to ``--out_dir`` and
+changes nothing else.
 
     python experiments/fashion_mnist_resnet20/seeds.py \\
         --tables=experiments/results/fashion_mnist_resnet20.json,\\
@@ -42,7 +44,7 @@ def _bad_table(path, why):
 
 
 def load_table(path: str) -> Dict:
-    """A benchmark table: ``{"seed", "dense", "accuracy": {cell: acc}, "paired": {...}}``.
+    """A benchmark table: ``{"seed", "settings", "dense", "accuracy": {cell: acc}, "paired"}``.
 
     ``paired`` maps ``(nnz, bits, variant)`` to ``(only sqjl_tf, only TFMOT)`` image counts
     from ``<stem>_paired.md`` beside the table, and is empty without one.
@@ -54,7 +56,8 @@ def load_table(path: str) -> Dict:
     try:
         with open(path) as f:
             table = json.load(f)
-        seed, dense = table["settings"]["seed"], table["dense_accuracy"]
+        settings, dense = dict(table["settings"]), table["dense_accuracy"]
+        seed = settings["seed"]
         accuracy = {(float(r["nnz_budget"]), int(r["bit_budget"]),
                      SQJL if r["method"] == "sqjl_tf" else r["variant"]): float(r["accuracy"])
                     for r in table["rows"]}
@@ -74,7 +77,8 @@ def load_table(path: str) -> Dict:
                                  f"does not write: {line!r}")
             nnz, bits, variant, ours, theirs = match.groups()
             paired[(float(nnz), int(bits), variant)] = (int(ours), int(theirs))
-    return {"seed": seed, "dense": dense, "accuracy": accuracy, "paired": paired}
+    return {"seed": seed, "settings": settings, "dense": dense, "accuracy": accuracy,
+            "paired": paired}
 
 
 def summarize(tables: List[Dict]) -> List[Dict]:
@@ -170,6 +174,15 @@ def main(argv):
     if len(set(seeds)) != len(seeds):
         bench._usage_error(f"Invalid value for flag `--tables`. Received: tables of seeds "
                            f"{seeds}. Expected one table per seed.")
+    protocols = [{k: v for k, v in t["settings"].items() if k != "seed"} for t in tables]
+    for path, protocol in zip(FLAGS.tables[1:], protocols[1:]):
+        differ = sorted(k for k in set(protocol) | set(protocols[0])
+                        if protocol.get(k) != protocols[0].get(k))
+        if differ:
+            bench._usage_error(f"Invalid value for flag `--tables`. Received: {path!r}, whose "
+                               f"settings differ from {FLAGS.tables[0]!r}'s in "
+                               f"{', '.join(differ)}. Expected tables that differ only in the "
+                               "seed.")
     lines = render(tables, summarize(tables), FLAGS.tables)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     path = os.path.join(FLAGS.out_dir, f"{bench.NAME}_seeds.md")
