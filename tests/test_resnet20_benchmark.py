@@ -222,6 +222,11 @@ def test_resnet20_benchmark_smoke(tmp_path, fashion_mnist_dir):
         assert proc.returncode == 0, proc.stderr[-4000:]
         paired = (out / "fashion_mnist_resnet20_paired.md").read_text()
         assert paired.count(f"| {NNZ}, {BITS} |") == 2  # against uniform and practitioner
+        pairs = json.loads((out / "fashion_mnist_resnet20_paired.json").read_text())["rows"]
+        ours = next(r["accuracy"] for r in rows if r["method"] == "sqjl_tf")
+        assert sorted(p["variant"] for p in pairs) == ["practitioner", "uniform"]
+        assert all(abs(p["accuracy_sqjl_tf"] - ours) < 1e-4 for p in pairs)
+        assert all(f"| {p['only_sqjl_tf']} | {p['only_tfmot']} |" in paired for p in pairs)
     else:  # nothing to pair sqjl_tf with
         assert proc.returncode == 2 and "a finished TFMOT run" in proc.stderr, proc.stderr
     assert (out / "fashion_mnist_resnet20.md").read_text() == table
@@ -268,7 +273,10 @@ def test_seeds_averages_each_cell_and_pools_the_paired_counts(tmp_path):
         "| budget (nnz, bits) | TFMOT variant | sqjl_tf | TFMOT | only sqjl_tf | only TFMOT | p |\n"
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
         "| 0.1, 4 | uniform | 0.9200 | 0.9300 | 10 | 2 | 0.039 |\n")
-    (tmp_path / "s2_paired.md").write_text("| 0.1, 4 | uniform | 0.9400 | 0.9000 | 5 | 0 | 0.062 |\n")
+    (tmp_path / "s2_paired.md").write_text("| 0.1, 4 | uniform | 0.9400 | 0.9000 | 1 | 1 | 1.000 |\n")
+    (tmp_path / "s2_paired.json").write_text(json.dumps({"rows": [  # read before the .md
+        {"nnz_budget": 0.1, "bit_budget": 4, "variant": "uniform", "accuracy_sqjl_tf": 0.94,
+         "accuracy_tfmot": 0.90, "only_sqjl_tf": 5, "only_tfmot": 0, "p": 0.0625}]}))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, SEEDS, f"--tables={one},{two}", f"--out_dir={out}"],
                           env=ENV, capture_output=True, text=True, timeout=120)
@@ -287,6 +295,8 @@ def test_seeds_averages_each_cell_and_pools_the_paired_counts(tmp_path):
     ("missing", "Received: '{missing}'. Expected a table written by benchmark.py (cannot read"),
     ("repeated", "Received: tables of seeds [1, 1]. Expected one table per seed."),
     ("paired", "has a row paired.py does not write: '| 0.1, 4 | uniform | x |'"),
+    ("stale", "its paired row 0.1, 4, uniform gives sqjl_tf 0.9500, the table 0.92: made from "
+              "other models"),
     ("protocol", "Received: '{other}', whose settings differ from '{one}''s in epochs. Expected "
                  "tables that differ only in the seed."),
 ])
@@ -294,10 +304,13 @@ def test_seeds_bad_tables_fail_before_anything_is_written(tmp_path, case, messag
     one = _table(tmp_path / "s1.json", 1, 0.93, {(0.1, 4, "sqjl_tf"): 0.92})
     missing = str(tmp_path / "nothing.json")
     other = _table(tmp_path / "s2.json", 2, 0.93, {(0.1, 4, "sqjl_tf"): 0.92}, epochs=3)
-    tables = {"missing": [one, missing], "repeated": [one, one], "paired": [one],
+    tables = {"missing": [one, missing], "repeated": [one, one], "paired": [one], "stale": [one],
               "protocol": [one, other]}[case]
     if case == "paired":
         (tmp_path / "s1_paired.md").write_text("| 0.1, 4 | uniform | x |\n")
+    if case == "stale":  # a paired table left from another run of this seed
+        (tmp_path / "s1_paired.md").write_text("| 0.1, 4 | uniform | 0.9500 | 0.9300 | 9 | 2 | "
+                                               "0.065 |\n")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, SEEDS, f"--tables={','.join(tables)}",
                            f"--out_dir={out}"], env=ENV, capture_output=True, text=True,

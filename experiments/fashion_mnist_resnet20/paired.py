@@ -7,7 +7,8 @@ own test set, and compares sqjl_tf with every TFMOT variant at the same budget i
 image: how many images only one of the two classifies correctly, and the exact two-sided
 McNemar p-value (under "both models are equally accurate", each such image is a fair coin's
 toss). A p-value above 0.05 means this test set does not tell the two apart. It writes
-``fashion_mnist_resnet20_paired.md`` to ``--out_dir`` and changes nothing else.
+``fashion_mnist_resnet20_paired.md`` and the same rows as ``fashion_mnist_resnet20_paired.json``
+(read by ``seeds.py``) to ``--out_dir``, and changes nothing else.
 
     python experiments/fashion_mnist_resnet20/paired.py --out_dir=/tmp/r20s2
 """
@@ -113,6 +114,7 @@ def main(argv):
              "0.05: not told apart by this test set).", "",
              "| budget (nnz, bits) | TFMOT variant | sqjl_tf | TFMOT | only sqjl_tf | only TFMOT "
              "| p |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = []
     for (nnz, bits), models in found.items():
         correct = {}
         for name, (row, weights) in models.items():
@@ -128,14 +130,22 @@ def main(argv):
             p = exact_mcnemar(only_ours, only_theirs)
             lines.append(f"| {nnz}, {bits} | {variant} | {ours.mean():.4f} | {theirs.mean():.4f} "
                          f"| {only_ours} | {only_theirs} | {p:.3f} |")
+            rows.append({"nnz_budget": nnz, "bit_budget": bits, "variant": variant,
+                         "accuracy_sqjl_tf": float(ours.mean()),
+                         "accuracy_tfmot": float(theirs.mean()), "only_sqjl_tf": only_ours,
+                         "only_tfmot": only_theirs, "p": p})
             logging.info("%s/%s sqjl_tf %.4f vs TFMOT %s %.4f: only ours %d, only theirs %d, "
                          "p = %.3f", nnz, bits, ours.mean(), variant, theirs.mean(), only_ours,
                          only_theirs, p)
-    path = os.path.join(FLAGS.out_dir, f"{bench.NAME}_paired.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
-    logging.info("wrote %s", path)
+    stem = os.path.join(FLAGS.out_dir, f"{bench.NAME}_paired")
+    texts = {".json": json.dumps({"test_images": int(labels.size), "rows": rows}, indent=1),
+             ".md": "\n".join(lines)}
+    for ext, text in texts.items():  # both written in full before either replaces its file
+        with open(stem + ext + ".tmp", "w") as f:
+            f.write(text + "\n")
+    for ext in texts:
+        os.replace(stem + ext + ".tmp", stem + ext)
+        logging.info("wrote %s", stem + ext)
 
 
 if __name__ == "__main__":

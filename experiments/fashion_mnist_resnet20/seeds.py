@@ -4,7 +4,7 @@ One run per cell moves by 0.1-0.3 points from seed to seed, as much as the gaps 
 benchmark measures. This script reads the tables the benchmark wrote for several seeds (its
 ``.json``, one per seed, each from its own ``--out_dir``) and puts each cell's accuracies
 side by side with their mean. Where ``paired.py`` has written a table beside a seed's
-(``<name>_paired.md``), it also sums, per budget and TFMOT variant, the test images only
+(``<name>_paired.json``, or ``.md`` from older runs), it also sums, per budget and TFMOT variant, the test images only
 sqjl_tf and only TFMOT classify correctly over those seeds, with the exact McNemar p-value
 of the sums: under "equally accurate on every seed", each such image is still a fair coin.
 Tables whose settings differ in more than the seed (epochs, a ``--limit``, another dense
@@ -32,8 +32,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("tables", None, "The benchmark's .json tables, one per seed (comma-separated).")
 
 SQJL = "sqjl_tf"
-_PAIRED_ROW = re.compile(r"^\| ([0-9.]+), ([0-9]+) \| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9]+) "
+_PAIRED_ROW = re.compile(r"^\| ([0-9.]+), ([0-9]+) \| (\w+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9]+) "
                          r"\| ([0-9]+) \| [0-9.]+ \|$")
+_SAME_ACCURACY = 1.01e-4  # paired.md keeps 4 decimals: one image in 10,000, rounding included
 
 Cell = Tuple[float, int, str]  # (nnz_budget, bit_budget, "sqjl_tf" or the TFMOT variant)
 
@@ -43,15 +44,62 @@ def _bad_table(path, why):
                           f"table written by benchmark.py ({why}).")
 
 
+def _paired_rows(table_path):
+    """paired.py's rows beside ``table_path``, from its .json, else its .md (older runs)."""
+    stem = os.path.splitext(table_path)[0] + "_paired"
+    if os.path.isfile(stem + ".json"):
+        try:
+            with open(stem + ".json") as f:
+                rows = json.load(f)["rows"]
+            return [(float(r["nnz_budget"]), int(r["bit_budget"]), str(r["variant"]),
+                     float(r["accuracy_sqjl_tf"]), float(r["accuracy_tfmot"]),
+                     int(r["only_sqjl_tf"]), int(r["only_tfmot"])) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _bad_table(table_path, f"its {os.path.basename(stem)}.json is not paired.py's: "
+                             f"{type(err).__name__}: {err}")
+    if not os.path.isfile(stem + ".md"):
+        return []
+    rows = []
+    with open(stem + ".md") as f:
+        for line in (line.strip() for line in f if re.match(r"\| [0-9]", line)):
+            match = _PAIRED_ROW.match(line)
+            if not match:
+                raise _bad_table(table_path, f"its {os.path.basename(stem)}.md has a row "
+                                 f"paired.py does not write: {line!r}")
+            nnz, bits, variant, ours, theirs, only_ours, only_theirs = match.groups()
+            rows.append((float(nnz), int(bits), variant, float(ours), float(theirs),
+                         int(only_ours), int(only_theirs)))
+    return rows
+
+
+def _load_paired(table_path, accuracy):
+    """{(nnz, bits, variant): (only sqjl_tf, only TFMOT)}, each row checked against the table.
+
+    A paired row whose two accuracies are not the table's rows was made from other models
+    (a stale file beside a rerun table), and its counts would be pooled silently: refused.
+    """
+    paired = {}
+    for nnz, bits, variant, ours, theirs, only_ours, only_theirs in _paired_rows(table_path):
+        for name, value in ((SQJL, ours), (variant, theirs)):
+            if abs(accuracy.get((nnz, bits, name), -1.0) - value) > _SAME_ACCURACY:
+                raise _bad_table(table_path, f"its paired row {nnz}, {bits}, {variant} gives "
+                                 f"{name} {value:.4f}, the table "
+                                 f"{accuracy.get((nnz, bits, name), 'no such row')}: made from "
+                                 "other models")
+        paired[(nnz, bits, variant)] = (only_ours, only_theirs)
+    return paired
+
+
 def load_table(path: str) -> Dict:
     """A benchmark table: ``{"seed", "settings", "dense", "accuracy": {cell: acc}, "paired"}``.
 
     ``paired`` maps ``(nnz, bits, variant)`` to ``(only sqjl_tf, only TFMOT)`` image counts
-    from ``<stem>_paired.md`` beside the table, and is empty without one.
+    from ``<stem>_paired.json`` (or, from older runs, ``<stem>_paired.md``) beside the
+    table, and is empty without one.
 
     Raises:
         app.UsageError: if ``path`` is not such a table, or its paired table has a row
-            that is not paired.py's.
+            that is not paired.py's or whose accuracies are not the table's.
     """
     try:
         with open(path) as f:
@@ -65,18 +113,7 @@ def load_table(path: str) -> Dict:
         raise _bad_table(path, f"cannot read it: {err.strerror}")
     except (ValueError, KeyError, TypeError) as err:
         raise _bad_table(path, f"{type(err).__name__}: {err}")
-    paired = {}
-    paired_path = os.path.splitext(path)[0] + "_paired.md"
-    if os.path.isfile(paired_path):
-        with open(paired_path) as f:
-            rows = [line.strip() for line in f if re.match(r"\| [0-9]", line)]
-        for line in rows:
-            match = _PAIRED_ROW.match(line)
-            if not match:
-                raise _bad_table(path, f"its {os.path.basename(paired_path)} has a row paired.py "
-                                 f"does not write: {line!r}")
-            nnz, bits, variant, ours, theirs = match.groups()
-            paired[(float(nnz), int(bits), variant)] = (int(ours), int(theirs))
+    paired = _load_paired(path, accuracy)
     return {"seed": seed, "settings": settings, "dense": dense, "accuracy": accuracy,
             "paired": paired}
 
