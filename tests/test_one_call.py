@@ -1,4 +1,4 @@
-"""experiments/fashion_mnist/one_call.py: rows keyed by start and settings; bad flags first."""
+"""experiments/fashion_mnist/one_call.py: rows keyed by start and recipe; bad flags first."""
 
 import json
 import os
@@ -42,5 +42,15 @@ def test_an_untrained_start_with_settings_makes_its_own_row_once(tmp_path, tiny_
     assert len(rows) == 1
     row, = rows
     assert row["start"] == "untrained" and row["set"] == ["finetune_weight_decay=0.5"]
+    assert row["recipe"]["finetune_weight_decay"] == 0.5 and "dense_sha256" not in row
     assert row["within_budget"] and not row["empty_layers"]
     assert "| untrained | finetune_weight_decay=0.5 |" in (tmp_path / "rows.md").read_text()
+
+    # A row that recorded no recipe (as rows made under an earlier default) is not reused.
+    del row["recipe"]
+    (tmp_path / "rows.json").write_text(json.dumps([row]))
+    third = _one_call(*flags)
+    assert third.returncode == 0 and "recorded no recipe" in third.stderr
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 2 and rows[1]["recipe"]["finetune_weight_decay"] == 0.5
+    assert "finetune_weight_decay=0.5 (recipe not recorded) |" in (tmp_path / "rows.md").read_text()

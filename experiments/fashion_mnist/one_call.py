@@ -4,8 +4,10 @@ Starts from the LeNet benchmark's dense model (``benchmark.py`` writes it; witho
 ``--dense`` from an untrained LeNet-5, which ``compress`` trains densely first, as the
 quickstart) and compresses it with ``compress(model, train, test, target_rate=R,
 epochs=E)`` at each rate, one seed per call, with ``--set``'s ``Recipe`` settings
-changed; writes a row per (rate, seed, start, settings) as JSON beside a Markdown
-table in ``--out_dir``.
+changed; writes a row per (rate, seed, epochs, limit, start, recipe) as JSON beside a
+Markdown table in ``--out_dir``. A row is reused only when all of these match: its whole
+``Recipe`` (so a row made under another default is not taken for today's) and, from a
+dense start, the dense file's SHA-256. Rows that recorded no recipe are never reused.
 
     python experiments/fashion_mnist/one_call.py --dense=runs/dense/model_dense.keras \
         --rates=1975,533 --epochs=32 --seeds=1
@@ -15,6 +17,8 @@ table in ``--out_dir``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -63,17 +67,30 @@ def _row(rate: float, seed: int, recipe):
     accuracy = result.model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     report = result.report
     empty = [s.name for s in report.layers if s.nnz == 0]
-    return {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, **_key_fields(),
-            "accuracy": accuracy,
+    return {**_key(rate, seed, recipe), "set": sorted(FLAGS.set), "accuracy": accuracy,
             "rate": report.compression_rate, "within_budget": report.within_budget,
             "budget_used": report.budget_used, "empty_layers": empty,
             "bits": result.bits, "nnz": result.nnz, "split": result.epochs,
             "seconds": seconds}
 
 
-def _key_fields() -> dict:
-    """What besides rate, seed and epochs tells this run's rows apart: the start and settings."""
-    return {"start": "dense" if FLAGS.dense else "untrained", "set": sorted(FLAGS.set)}
+def _key(rate: float, seed: int, recipe) -> dict:
+    """What tells a run's row apart: rate, seed, epochs, limit, start and the whole recipe."""
+    import sqjl_tf
+
+    key = {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, "limit": FLAGS.limit,
+           "start": "dense" if FLAGS.dense else "untrained",
+           # JSON round trip: the key compares equal to the one read back from the rows file.
+           "recipe": json.loads(json.dumps(dataclasses.asdict(recipe or sqjl_tf.Recipe())))}
+    if FLAGS.dense:
+        with open(FLAGS.dense, "rb") as f:
+            key["dense_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    return key
+
+
+def _done(rows, key) -> bool:
+    """Whether ``rows`` hold a row of ``key``; rows without a recorded recipe never do."""
+    return any("recipe" in r and all(r.get(k) == v for k, v in key.items()) for r in rows)
 
 
 def _table(rows):
@@ -81,10 +98,15 @@ def _table(rows):
              "within budget | bits | nonzeros | minutes |", "|---" * 11 + "|"]
     for r in sorted(rows, key=lambda r: (-r["target_rate"], r.get("set", []), r["seed"])):
         lines.append(f"| {r['target_rate']:g}x | {r['seed']} | {r['epochs']} | "
-                     f"{r.get('start', 'dense')} | {', '.join(r.get('set', [])) or 'default'} | "
+                     f"{r.get('start', 'dense')} | {_settings(r)} | "
                      f"{100 * r['accuracy']:.2f}% | {r['rate']:.1f}x | {r['within_budget']} | "
                      f"{r['bits']} | {r['nnz']} | {r['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _settings(row) -> str:
+    shown = ", ".join(row.get("set", [])) or "default"
+    return shown if "recipe" in row else shown + " (recipe not recorded)"
 
 
 def main(argv):
@@ -105,11 +127,13 @@ def main(argv):
             rows = json.load(f)
     for rate in [float(r) for r in FLAGS.rates]:
         for seed in [int(s) for s in FLAGS.seeds]:
-            key = {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, **_key_fields()}
-            old = {"start": "dense", "set": []}  # rows from before the start and settings were kept
-            if any(all({**old, **r}[k] == v for k, v in key.items()) for r in rows):
+            if _done(rows, _key(rate, seed, recipe)):
                 logging.info("%gx seed %d: done already in %s", rate, seed, rows_file)
                 continue
+            if any("recipe" not in r and r["target_rate"] == rate and r["seed"] == seed
+                   for r in rows):
+                logging.info("%gx seed %d: %s has a row that recorded no recipe (made before "
+                             "recipes were recorded); running it again", rate, seed, rows_file)
             row = _row(rate, seed, recipe)
             logging.info("%gx seed %d: %.2f%% at %.1fx in %.1f min", rate, seed,
                          100 * row["accuracy"], row["rate"], row["seconds"] / 60)
