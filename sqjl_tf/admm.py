@@ -170,7 +170,7 @@ class ADMMState(tf.Module):
         sizes = [k.size for k in self._kernels]
         self.budget_bits = config.budget(sizes)
         self._check_floor_fits(sizes)
-        self._normalization = _following_normalization(model, self._kernels)
+        self._normalization = following_normalization(model, self._kernels)
         strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         self.strategy = strategy
         num = len(sizes)
@@ -512,7 +512,7 @@ _NORMALIZATIONS = ("BatchNormalization",)
 _FOLDABLE = ("kernel", "pointwise_kernel", "depthwise_kernel")
 
 
-def _following_normalization(model, kernels: List[CompressibleKernel]) -> Dict[int, object]:
+def following_normalization(model, kernels: List[CompressibleKernel]) -> Dict[int, object]:
     """``{kernel index: the BatchNormalization layer fed by its layer}`` (graph models).
 
     Found through the normalization layers' inbound nodes, so it covers

@@ -32,7 +32,7 @@ from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
-from sqjl_tf.admm import IMPORTANCES, ADMMConfig, _following_normalization
+from sqjl_tf.admm import IMPORTANCES, ADMMConfig, following_normalization
 from sqjl_tf.callback import ADMMCallback
 from sqjl_tf.distill import Distiller
 from sqjl_tf.finetune import QuantizedFinetuneCallback
@@ -43,7 +43,7 @@ from sqjl_tf.optimizer import ADMMOptimizer
 _PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
 _MIN_EPOCHS = 3  # one per stage
 _UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
-_DECAY_SCOPES = ("all", "normalized")  # Recipe.finetune_decay_scope
+DECAY_SCOPES = ("all", "normalized")  # Recipe.finetune_decay_scope
 
 
 def _is_number(value) -> bool:
@@ -131,9 +131,9 @@ class Recipe:
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
             raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
                        "distillation)")
-        if self.finetune_decay_scope not in _DECAY_SCOPES:
+        if self.finetune_decay_scope not in DECAY_SCOPES:
             raise _bad("finetune_decay_scope", self.finetune_decay_scope,
-                       f"one of {', '.join(_DECAY_SCOPES)}")
+                       f"one of {', '.join(DECAY_SCOPES)}")
         if not (_is_number(self.finetune_weight_decay)
                 and math.isfinite(self.finetune_weight_decay) and self.finetune_weight_decay >= 0):
             raise _bad("finetune_weight_decay", self.finetune_weight_decay, "a finite number >= 0 "
@@ -355,7 +355,7 @@ def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, call
 def _not_normalized(trained, model, predicate=None) -> List[Any]:
     """``trained``'s trainable variables, less ``model``'s kernels that a normalization follows."""
     kernels = compressible_kernels(model, predicate)
-    normalized = {id(kernels[i].variable) for i in _following_normalization(model, kernels)}
+    normalized = {id(kernels[i].variable) for i in following_normalization(model, kernels)}
     return [v for v in trained.trainable_variables if id(v) not in normalized]
 
 
