@@ -139,7 +139,7 @@ def test_stage_clock_keys_each_fit_by_its_stage(tmp_path):
 
 def test_exact_mcnemar_p_values():
     """Two-sided exact binomial tail over the discordant images, from first principles."""
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from paired import exact_mcnemar as m; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from mcnemar import exact_mcnemar as m; "
               "print(m(0, 0), m(5, 0), m(0, 5), m(10, 2), m(2, 10), m(7, 7), m(290, 274))\n"
               "try:\n m(-1, 3)\nexcept ValueError as e:\n print(e)")
     proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(PAIRED)], env=ENV,

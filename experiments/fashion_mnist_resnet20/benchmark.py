@@ -56,6 +56,7 @@ sys.path.append(os.path.join(ROOT, "experiments", "fashion_mnist"))  # after HER
 from peer_jobs import finished_ok  # noqa: E402  (the LeNet benchmark's folder)
 
 from allocation import KERNEL_SIZES, VARIANTS, allocation, epoch_split  # noqa: E402
+from cli import NAME, parse_flags, usage_error  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (default: Debian's "
@@ -79,7 +80,6 @@ flags.DEFINE_integer("check_images", 500, "Test images on which the tf_keras cop
 flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Where results go.")
 flags.DEFINE_integer("seed", 1, "Random seed.")
 
-NAME = "fashion_mnist_resnet20"
 TAG = r"[A-Za-z0-9_-]+"  # a variant run's name: recipe_variant --tag, split_variant --from_tag
 DEBIAN_DATA = "/usr/share/datasets/fashion-mnist"
 # What every row depends on: runs in one work folder must share these.
@@ -114,7 +114,7 @@ def _one_budget(spec):
     try:
         (nnz, bits), = _parse_budgets([spec])
     except app.UsageError as err:
-        _usage_error(str(err).replace("`--budgets`", "`--budget`"))
+        usage_error(str(err).replace("`--budgets`", "`--budget`"))
     return nnz, bits
 
 
@@ -612,28 +612,9 @@ def _plot(rows, dense_acc, out_dir):
 
 
 # ---------------------------------------------------------------- main
-def _usage_error(message):
-    """Writes ``message`` as one line on stderr and exits with status 2 (as run.py).
-
-    absl's ``app.UsageError`` would print this module's help before it.
-    """
-    sys.stderr.write(f"FATAL Usage error: {' '.join(str(message).split())}\n")
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    """absl's parser, but a bad flag is one line and exit status 2 (as run.py)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as err:
-        sys.stderr.write(f"FATAL Flags parsing error: {' '.join(str(err).split())} (pass "
-                         "--helpshort or --helpfull to see help on flags)\n")
-        sys.exit(2)
-
-
 def main(argv):
     if len(argv) > 1:
-        _usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
+        usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     work = os.path.join(FLAGS.out_dir, f"{NAME}_runs")
     try:  # usage errors before any work
         budgets = _check_flags()
@@ -643,7 +624,7 @@ def main(argv):
         for nnz, bits in budgets:  # a finished run of another recipe: refused before training
             _finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
     except app.UsageError as err:
-        _usage_error(err)
+        usage_error(err)
     _run(budgets, work)
 
 
@@ -654,7 +635,7 @@ def _run(budgets, work):
     try:
         dense_path, dense_acc = _pretrain(work)
     except trainer.UsageError as err:  # raised before the trainer writes anything
-        _usage_error(err)
+        usage_error(err)
     dense = _load_dense(dense_path)
     if dense_acc is None or math.isnan(dense_acc):
         dense_acc = _accuracy(_layer_weights(dense))
@@ -691,4 +672,4 @@ def _run(budgets, work):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

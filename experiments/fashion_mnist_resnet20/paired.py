@@ -14,7 +14,6 @@ toss). A p-value above 0.05 means this test set does not tell the two apart. It 
 """
 
 import json
-import math
 import os
 import sys
 
@@ -22,31 +21,10 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark as bench  # noqa: E402  (its flags: --out_dir, --budgets, --variants, ...)
+import cli  # noqa: E402
+from mcnemar import exact_mcnemar  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-
-def exact_mcnemar(only_first: int, only_second: int) -> float:
-    """Two-sided exact McNemar p-value from the two discordant counts.
-
-    Args:
-        only_first: images the first model gets right and the second wrong.
-        only_second: images the second model gets right and the first wrong.
-
-    Returns:
-        ``P(|X - n/2| >= |only_first - n/2|)`` for ``X ~ Binomial(n, 1/2)``,
-        ``n = only_first + only_second`` (1.0 when ``n`` is 0).
-
-    Example:
-        >>> round(exact_mcnemar(10, 2), 4)
-        0.0386
-    """
-    if min(only_first, only_second) < 0:
-        raise ValueError(f"Invalid discordant counts. Received: {only_first}, {only_second}. "
-                         "Expected integers >= 0.")
-    n, low = only_first + only_second, min(only_first, only_second)
-    tail = sum(math.comb(n, k) for k in range(low + 1))
-    return min(1.0, 2 * tail / 2**n)
 
 
 def _rows(work):
@@ -86,16 +64,16 @@ def _correct(weights, labels):
 
 def main(argv):
     if len(argv) > 1:
-        bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
-    work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
+        cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     if not os.path.isfile(os.path.join(work, "settings.json")):
-        bench._usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
-                           f"Expected a folder holding the benchmark's {bench.NAME}_runs.")
+        cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
+                           f"Expected a folder holding the benchmark's {cli.NAME}_runs.")
     try:
         bench._parse_budgets(FLAGS.budgets)
         bench._check_variants(FLAGS.variants)
     except app.UsageError as err:
-        bench._usage_error(err)
+        cli.usage_error(err)
     with open(os.path.join(work, "settings.json")) as f:
         settings = json.load(f)  # the test set the rows were measured on
     FLAGS.data_dir, FLAGS.limit = settings["data_dir"], settings["limit"]
@@ -103,7 +81,7 @@ def main(argv):
 
     found = _rows(work)
     if not any(len(models) > 1 for models in found.values()):
-        bench._usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
+        cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                            "Expected a work folder with a finished sqjl_tf run and a finished "
                            "TFMOT run at one budget at least (see the warnings above).")
     bench._bench_model(next(iter(next(iter(found.values())).values()))[1])  # builds the test set
@@ -120,7 +98,7 @@ def main(argv):
         for name, (row, weights) in models.items():
             correct[name] = _correct(weights, labels)
             if abs(correct[name].mean() - row["accuracy"]) > 0.5 / labels.size:
-                bench._usage_error(
+                cli.usage_error(
                     f"{name} {nnz}/{bits}: its reloaded model scores {correct[name].mean():.4f}, "
                     f"its row {row['accuracy']:.4f}. Expected the model the row measured "
                     "(was a run folder changed after the benchmark wrote the row?).")
@@ -137,7 +115,7 @@ def main(argv):
             logging.info("%s/%s sqjl_tf %.4f vs TFMOT %s %.4f: only ours %d, only theirs %d, "
                          "p = %.3f", nnz, bits, ours.mean(), variant, theirs.mean(), only_ours,
                          only_theirs, p)
-    stem = os.path.join(FLAGS.out_dir, f"{bench.NAME}_paired")
+    stem = os.path.join(FLAGS.out_dir, f"{cli.NAME}_paired")
     texts = {".json": json.dumps({"test_images": int(labels.size), "rows": rows}, indent=1),
              ".md": "\n".join(lines)}
     for ext, text in texts.items():  # both written in full before either replaces its file
@@ -149,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=bench._parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

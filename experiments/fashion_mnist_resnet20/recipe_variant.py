@@ -20,6 +20,7 @@ from absl import app, flags, logging
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --out_dir, --seed, ...)
+import cli  # noqa: E402
 import recipe_settings  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,26 +34,26 @@ def _recipe(pairs):
     try:
         return recipe_settings.parse(pairs)
     except ValueError as err:
-        bench._usage_error(f"Invalid value for flag `--set`. {err}")
+        cli.usage_error(f"Invalid value for flag `--set`. {err}")
 
 
 def main(argv):
     if len(argv) > 1:
-        bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+        cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     nnz, bits = bench._one_budget(FLAGS.budget)
     if not (FLAGS.tag and re.fullmatch(bench.TAG, FLAGS.tag)):
-        bench._usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
+        cli.usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
                            "a name of letters, digits, _ and -.")
     recipe = _recipe(FLAGS.set)
-    work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
+    work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     if not os.path.isfile(os.path.join(work, "settings.json")):
-        bench._usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
+        cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                            "Expected the --out_dir of a benchmark run (no work folder in it).")
     bench._claim(work)  # the same epochs, seed, data and dense model as the benchmark's runs
     try:
         bench._finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}_{FLAGS.tag}"), recipe)
     except app.UsageError as err:
-        bench._usage_error(err)
+        cli.usage_error(err)
     row = bench._sqjl(bench._pretrain(work)[0], nnz, bits, work, recipe=recipe,
                       tag=f"_{FLAGS.tag}")
     logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s, empty layers %s",
@@ -61,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=bench._parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -24,12 +24,16 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark as bench  # noqa: E402  (its flags: --out_dir, ...)
-from paired import exact_mcnemar  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import cli  # noqa: E402
+from allocation import VARIANTS  # noqa: E402
+from mcnemar import exact_mcnemar  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("tables", None, "The benchmark's .json tables, one per seed (comma-separated).")
+flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(os.path.dirname(HERE)), "experiments",
+                                            "results"), "Where the page goes.")
 
 SQJL = "sqjl_tf"
 _PAIRED_ROW = re.compile(r"^\| ([0-9.]+), ([0-9]+) \| (\w+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9]+) "
@@ -133,7 +137,7 @@ def summarize(tables: List[Dict]) -> List[Dict]:
     """
     seeds = [t["seed"] for t in tables]
     assert len(set(seeds)) == len(seeds), seeds  # the caller refuses repeated seeds
-    order = [SQJL] + list(bench.VARIANTS)  # then any variant this script does not know
+    order = [SQJL] + list(VARIANTS)  # then any variant this script does not know
     cells = sorted({c for t in tables for c in t["accuracy"]},
                    key=lambda c: (-c[0], -c[1], order.index(c[2]) if c[2] in order else
                                   len(order), c[2]))
@@ -199,30 +203,30 @@ def render(tables: List[Dict], summary: List[Dict], sources: List[str]) -> List[
 
 def main(argv):
     if len(argv) > 1:
-        bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+        cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     if not FLAGS.tables:
-        bench._usage_error("Invalid value for flag `--tables`. Received: None. Expected the "
+        cli.usage_error("Invalid value for flag `--tables`. Received: None. Expected the "
                            "benchmark's .json tables, one per seed, comma-separated.")
     try:
         tables = [load_table(path) for path in FLAGS.tables]
     except app.UsageError as err:
-        bench._usage_error(err)
+        cli.usage_error(err)
     seeds = [t["seed"] for t in tables]
     if len(set(seeds)) != len(seeds):
-        bench._usage_error(f"Invalid value for flag `--tables`. Received: tables of seeds "
+        cli.usage_error(f"Invalid value for flag `--tables`. Received: tables of seeds "
                            f"{seeds}. Expected one table per seed.")
     protocols = [{k: v for k, v in t["settings"].items() if k != "seed"} for t in tables]
     for path, protocol in zip(FLAGS.tables[1:], protocols[1:]):
         differ = sorted(k for k in set(protocol) | set(protocols[0])
                         if protocol.get(k) != protocols[0].get(k))
         if differ:
-            bench._usage_error(f"Invalid value for flag `--tables`. Received: {path!r}, whose "
+            cli.usage_error(f"Invalid value for flag `--tables`. Received: {path!r}, whose "
                                f"settings differ from {FLAGS.tables[0]!r}'s in "
                                f"{', '.join(differ)}. Expected tables that differ only in the "
                                "seed.")
     lines = render(tables, summarize(tables), FLAGS.tables)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
-    path = os.path.join(FLAGS.out_dir, f"{bench.NAME}_seeds.md")
+    path = os.path.join(FLAGS.out_dir, f"{cli.NAME}_seeds.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)
@@ -231,4 +235,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=bench._parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -32,6 +32,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark as bench  # noqa: E402  (its flags too: --data_dir, --batch_size, --seed, ...)
+import cli  # noqa: E402
 import allocation  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -69,15 +70,15 @@ flags.DEFINE_bool("train_centres", False, "Train the codebooks' centres by gradi
 
 def main(argv):
     if len(argv) > 1:
-        bench._usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
+        cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     if FLAGS.finetune_lr is not None and not 0 < FLAGS.finetune_lr < math.inf:
-        bench._usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
+        cli.usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
                            f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
     if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
-        bench._usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
+        cli.usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
                            f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
     if FLAGS.from_tag is not None and not re.fullmatch(bench.TAG, FLAGS.from_tag):
-        bench._usage_error(f"Invalid value for flag `--from_tag`. Received: {FLAGS.from_tag!r}. "
+        cli.usage_error(f"Invalid value for flag `--from_tag`. Received: {FLAGS.from_tag!r}. "
                            f"Expected letters, digits, _ and - (a recipe_variant.py --tag).")
     import keras
     import numpy as np
@@ -86,17 +87,17 @@ def main(argv):
     from sqjl_tf.pipeline import Recipe, _finetune_stages
 
     nnz_budget, bit_budget = bench._one_budget(FLAGS.budget)
-    work = os.path.join(FLAGS.out_dir, f"{bench.NAME}_runs")
+    work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     from_tag = "" if FLAGS.from_tag is None else f"_{FLAGS.from_tag}"
     workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}{from_tag}")
     stem = os.path.join(workdir, "stage_admm")
     if not os.path.isfile(stem + ".json"):
         name, value = ("--from_tag", FLAGS.from_tag) if from_tag else ("--budget", FLAGS.budget)
-        bench._usage_error(f"Invalid value for flag `{name}`. Received: {value!r}. Expected "
+        cli.usage_error(f"Invalid value for flag `{name}`. Received: {value!r}. Expected "
                            f"a run whose compress() finished its ADMM stage ({stem}.json is "
                            f"missing; run the benchmark or recipe_variant.py first).")
     if FLAGS.prune_epochs > FLAGS.float_epochs:
-        bench._usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
+        cli.usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
                            f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
                            f"({FLAGS.float_epochs}).")
     overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay",
@@ -171,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=bench._parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
