@@ -17,6 +17,7 @@ of batches per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +39,7 @@ from sqjl_tf.distill import Distiller
 from sqjl_tf.finetune import QuantizedFinetuneCallback
 from sqjl_tf.layers import compressible_kernels
 from sqjl_tf.optimizer import ADMMOptimizer
+from sqjl_tf.rundir import RunDir
 
 # The benchmark's best recipe (gp14l): per-epoch intervals (the epoch shares are Recipe's).
 _PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
@@ -344,6 +346,15 @@ class _Stages:
         write_json(meta, {**record, "signature": self.signature})
 
 
+def _held(workdir: Optional[str]):
+    """The lock of ``workdir`` while a call writes its stages there (nothing without one).
+
+    Raises:
+        ValueError: naming ``workdir``, if another living process holds it.
+    """
+    return RunDir(workdir, "workdir").locked() if workdir else contextlib.nullcontext()
+
+
 def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, callbacks, verbose):
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     history = model.fit(train, validation_data=validation, epochs=epochs,
@@ -448,15 +459,17 @@ def compress(
             (``stage_dense.weights.h5``, ``stage_admm.weights.h5`` and
             ``stage_admm.json``, the learned allocation); a call with the same
             folder and arguments skips the stages found there (an interrupted
-            stage runs again from its start). None: nothing is written.
+            stage runs again from its start). The call holds the folder's
+            ``.lock`` meanwhile. None: nothing is written.
         verbose: Keras ``fit`` verbosity ("auto": progress bars).
 
     Returns:
         A :class:`CompressionResult`; ``result.report.within_budget`` is True.
 
     Raises:
-        ValueError: on invalid arguments (before any training), or if the
-            budget cannot give every compressed layer one weight per output.
+        ValueError: on invalid arguments (before any training), if another
+            living process writes in ``workdir``, or if the budget cannot give
+            every compressed layer one weight per output.
 
     Example:
         >>> result = sqjl_tf.compress(model, (x_train, y_train), (x_test, y_test),
@@ -500,80 +513,82 @@ def compress(
     history: Dict[str, Dict[str, List[float]]] = {}
     signature = {"nnz_budget": nnz_budget, "bit_budget": bit_budget, "epochs": int(epochs),
                  "recipe": dataclasses.asdict(recipe), "seed": seed}
-    stages = _Stages(workdir, working, signature)
-    if dense_epochs is None and stages.done("dense"):
-        dense_epochs = stages.record("dense")["epochs"]
-    if dense_epochs is None:
-        untrained = _is_untrained(working, train, loss)
-        dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
-        if untrained and dense_epochs:
-            logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
-                            "train it densely first.", dense_epochs, epochs)
-        elif untrained:
-            logging.warning("The model's loss is near chance (untrained) and %d epochs leave "
-                            "none to train it first: expect a poor model; give more epochs, or "
-                            "a trained model.", epochs)
-        elif untrained is None:
-            logging.info("compress(): cannot tell whether the model is trained (not a "
-                         "cross-entropy classifier); pass dense_epochs to train it first.")
-    callbacks = list(callbacks)
-    if dense_epochs and stages.done("dense"):
-        history["dense"] = stages.restore("dense")["history"]
-    elif dense_epochs:
-        history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss, metrics,
-                                train, validation, dense_epochs, steps, callbacks, verbose)
-        stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
-    # The distillation teacher: the model as ADMM starts from it (before a restored stage);
-    # none needed when the fine-tuning it teaches is already done.
-    distil = recipe.finetune_kdtemp and not stages.done("finetune")
-    teacher = uncompiled_copy(working) if distil else None
-    split = recipe.split(epochs - dense_epochs)
-    split["dense"] = int(dense_epochs)
-    projint, dualint = recipe.intervals(steps)
-    logging.info("compress(): budget nnz %.4g x %.3g bits (%.1fx); epochs %s; projections every "
-                 "%d batches, dual updates every %d.", nnz_budget, bit_budget,
-                 32.0 / (nnz_budget * bit_budget), split, projint, dualint)
+    with _held(workdir):  # no other process writes its stages meanwhile
+        stages = _Stages(workdir, working, signature)
+        if dense_epochs is None and stages.done("dense"):
+            dense_epochs = stages.record("dense")["epochs"]
+        if dense_epochs is None:
+            untrained = _is_untrained(working, train, loss)
+            dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
+            if untrained and dense_epochs:
+                logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
+                                "train it densely first.", dense_epochs, epochs)
+            elif untrained:
+                logging.warning("The model's loss is near chance (untrained) and %d epochs leave "
+                                "none to train it first: expect a poor model; give more epochs, or "
+                                "a trained model.", epochs)
+            elif untrained is None:
+                logging.info("compress(): cannot tell whether the model is trained (not a "
+                             "cross-entropy classifier); pass dense_epochs to train it first.")
+        callbacks = list(callbacks)
+        if dense_epochs and stages.done("dense"):
+            history["dense"] = stages.restore("dense")["history"]
+        elif dense_epochs:
+            history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss,
+                                    metrics, train, validation, dense_epochs, steps, callbacks,
+                                    verbose)
+            stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
+        # The distillation teacher: the model as ADMM starts from it (before a restored stage);
+        # none needed when the fine-tuning it teaches is already done.
+        distil = recipe.finetune_kdtemp and not stages.done("finetune")
+        teacher = uncompiled_copy(working) if distil else None
+        split = recipe.split(epochs - dense_epochs)
+        split["dense"] = int(dense_epochs)
+        projint, dualint = recipe.intervals(steps)
+        logging.info("compress(): budget nnz %.4g x %.3g bits (%.1fx); epochs %s; projections "
+                     "every %d batches, dual updates every %d.", nnz_budget, bit_budget,
+                     32.0 / (nnz_budget * bit_budget), split, projint, dualint)
 
-    # 1. ADMM learns the allocation.
-    if stages.done("admm"):
-        record = stages.restore("admm")
-        bits, nnz, budget = record["bits"], record["nnz"], record["budget_bits"]
-        history["admm"] = record["history"]
-        logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, nonzeros %s",
-                     workdir, bits, nnz)
-    else:
-        admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
-                            rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
-                            importance=recipe.importance, predicate=predicate,
-                            per_layer_logs=False)
-        schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
-        optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
-                                  admm, weight_decay=recipe.admm_weight_decay)
-        history["admm"] = _fit(working, optimizer, loss, metrics, train, validation,
-                               split["admm"], steps,
-                               [admm, keras.callbacks.TerminateOnNaN()] + callbacks, verbose)
-        state = admm.state
-        bits = [int(b) for b in state.current_bits]
-        nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
-        budget = float(state.budget_bits)
-        stages.save("admm", {"bits": bits, "nnz": nnz, "budget_bits": budget,
-                             "history": history["admm"]})
-        logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
+        # 1. ADMM learns the allocation.
+        if stages.done("admm"):
+            record = stages.restore("admm")
+            bits, nnz, budget = record["bits"], record["nnz"], record["budget_bits"]
+            history["admm"] = record["history"]
+            logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, "
+                         "nonzeros %s", workdir, bits, nnz)
+        else:
+            admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
+                                rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
+                                importance=recipe.importance, predicate=predicate,
+                                per_layer_logs=False)
+            schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
+            optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
+                                      admm, weight_decay=recipe.admm_weight_decay)
+            history["admm"] = _fit(working, optimizer, loss, metrics, train, validation,
+                                   split["admm"], steps,
+                                   [admm, keras.callbacks.TerminateOnNaN()] + callbacks, verbose)
+            state = admm.state
+            bits = [int(b) for b in state.current_bits]
+            nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
+            budget = float(state.budget_bits)
+            stages.save("admm", {"bits": bits, "nnz": nnz, "budget_bits": budget,
+                                 "history": history["admm"]})
+            logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
 
-    # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
-    if stages.done("finetune"):
-        history["finetune"] = stages.restore("finetune")["history"]
-        compressed = uncompiled_copy(working) or working
-        logging.info("compress(): the fine-tuning stage is done in %s.", workdir)
-    else:
-        compressed, history["finetune"] = _finetune_stages(
-            working, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
-            callbacks, verbose, predicate=predicate, teacher=teacher)
-        stages.save("finetune", {"history": history["finetune"]})
-    compressed.sqjl_budget_bits = budget
-    report = compression_report(compressed, predicate=predicate)
-    if not report.within_budget:  # an invariant of the fine-tuning callback
-        raise RuntimeError(f"compress() produced a model over its budget:\n{report}")
-    names = [k.name for k in compressible_kernels(compressed, predicate)]
-    return CompressionResult(model=compressed, report=report, bits=bits, nnz=nnz, layers=names,
-                             history=history, budget_bits=budget, epochs=split)
+        # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
+        if stages.done("finetune"):
+            history["finetune"] = stages.restore("finetune")["history"]
+            compressed = uncompiled_copy(working) or working
+            logging.info("compress(): the fine-tuning stage is done in %s.", workdir)
+        else:
+            compressed, history["finetune"] = _finetune_stages(
+                working, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
+                callbacks, verbose, predicate=predicate, teacher=teacher)
+            stages.save("finetune", {"history": history["finetune"]})
+        compressed.sqjl_budget_bits = budget
+        report = compression_report(compressed, predicate=predicate)
+        if not report.within_budget:  # an invariant of the fine-tuning callback
+            raise RuntimeError(f"compress() produced a model over its budget:\n{report}")
+        names = [k.name for k in compressible_kernels(compressed, predicate)]
+        return CompressionResult(model=compressed, report=report, bits=bits, nnz=nnz, layers=names,
+                                 history=history, budget_bits=budget, epochs=split)

@@ -1,6 +1,9 @@
 """sqjl_tf.compress: one call from a target rate to a working compressed model."""
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -343,3 +346,25 @@ def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path):
     assert again.nnz == first.nnz and again.bits == first.bits
     with pytest.raises(ValueError, match="`workdir`"):  # a changed setting is still refused
         sqjl_tf.compress(model, (x, y), recipe=Recipe(finetune_kdtemp=2.0), **kwargs)
+
+
+def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path):
+    x, y = task
+    model = _trained_mlp(x, y)
+    kwargs = dict(target_rate=40, epochs=3, batch_size=64, seed=0, workdir=str(tmp_path),
+                  verbose=0)
+    first = sqjl_tf.compress(model, (x, y), **kwargs)
+    assert not (tmp_path / ".lock").exists()  # released when the call ends
+    stages = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    (tmp_path / ".lock").write_text(str(os.getppid()))  # a living process holds it
+    with pytest.raises(ValueError, match=r"`workdir`.*another run \(process \d+\) is writing"):
+        sqjl_tf.compress(model, (x, y), **kwargs)
+    assert (tmp_path / ".lock").read_text() == str(os.getppid())  # not taken from its holder
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == stages
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / ".lock").write_text(str(ended.pid))  # left by a killed run: taken over
+    again = sqjl_tf.compress(model, (x, y), **kwargs)
+    assert again.nnz == first.nnz and not (tmp_path / ".lock").exists()

@@ -320,3 +320,16 @@ def test_seeds_bad_tables_fail_before_anything_is_written(tmp_path, case, messag
     assert last.startswith("FATAL Usage error: Invalid value for flag `--tables`."), proc.stderr
     assert message.format(missing=missing, one=one, other=other) in last
     assert not out.exists()
+
+
+def test_a_folder_another_benchmark_writes_in_is_refused_before_any_work(tmp_path):
+    work = tmp_path / "results" / "fashion_mnist_resnet20_runs"
+    work.mkdir(parents=True)
+    (work / ".lock").write_text(str(os.getppid()))  # a living process: the other benchmark
+    proc = subprocess.run([sys.executable, SCRIPT, f"--out_dir={tmp_path / 'results'}",
+                           "--limit=64"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]  # after TF's start-up notes: one line
+    assert last.startswith("FATAL Usage error: Invalid value for argument `out_dir`"), last
+    assert f"another run (process {os.getppid()}) is writing" in last
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]  # no settings.json, no run

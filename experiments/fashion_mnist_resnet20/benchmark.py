@@ -21,7 +21,8 @@ same command run again reuses them (an interrupted pretraining resumes from its 
 epoch, ``compress`` keeps its finished stages), so an interrupted benchmark resumes.
 ``--jobs`` TFMOT processes run beside sqjl_tf's runs. Budgets or variants may be added by
 later calls into the same ``--out_dir``; other epochs, seed, limit or dense model need
-another ``--out_dir``.
+another ``--out_dir``. A run holds the work folder's ``.lock``: a second benchmark started
+in the same ``--out_dir`` meanwhile is refused before it writes anything.
 
 Usage (full run; many hours on 2 CPU cores):
     python experiments/fashion_mnist_resnet20/benchmark.py --jobs=1
@@ -32,6 +33,7 @@ Smoke run:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import itertools
@@ -157,8 +159,20 @@ def _settings():
     return values
 
 
-def _claim(work):
-    """The work folder's settings: written by its first run, the same for every later one."""
+def _hold(work, held: contextlib.ExitStack):
+    """Holds the work folder's ``.lock`` in ``held``: another benchmark writing there
+    would run, and write, the same runs again."""
+    from sqjl_tf import rundir
+
+    try:
+        held.enter_context(rundir.RunDir(work, "out_dir").locked())
+    except rundir.UsageError as err:
+        raise app.UsageError(str(err)) from None
+
+
+def _claim(work, write: bool = True):
+    """The work folder's settings: written by its first run (``write=False``: only checked),
+    the same for every later one."""
     path = os.path.join(work, "settings.json")
     settings = _settings()
     if os.path.isfile(path):
@@ -169,6 +183,8 @@ def _claim(work):
             raise app.UsageError(f"Invalid value for flag `--out_dir`. Received: "
                                  f"{FLAGS.out_dir!r}, whose runs have other settings (was, now: "
                                  f"{changed}). Expected another --out_dir (nothing was changed).")
+        return
+    if not write:
         return
     os.makedirs(work, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -616,16 +632,19 @@ def main(argv):
     if len(argv) > 1:
         usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags are --name=value).")
     work = os.path.join(FLAGS.out_dir, f"{NAME}_runs")
-    try:  # usage errors before any work
-        budgets = _check_flags()
-        if FLAGS.dense:
-            _load_dense(FLAGS.dense)
-        _claim(work)
-        for nnz, bits in budgets:  # a finished run of another recipe: refused before training
-            _finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
-    except app.UsageError as err:
-        usage_error(err)
-    _run(budgets, work)
+    with contextlib.ExitStack() as held:
+        try:  # usage errors before any work
+            budgets = _check_flags()
+            if FLAGS.dense:
+                _load_dense(FLAGS.dense)
+            _claim(work, write=False)  # before TF's start-up notes: one line on stderr
+            _hold(work, held)
+            _claim(work)
+            for nnz, bits in budgets:  # a finished run of another recipe: refused before training
+                _finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
+        except app.UsageError as err:
+            usage_error(err)
+        _run(budgets, work)
 
 
 def _run(budgets, work):
