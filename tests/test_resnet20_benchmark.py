@@ -327,7 +327,8 @@ def test_a_folder_another_benchmark_writes_in_is_refused_before_any_work(tmp_pat
     work.mkdir(parents=True)
     (work / ".lock").write_text(str(os.getppid()))  # a living process: the other benchmark
     proc = subprocess.run([sys.executable, SCRIPT, f"--out_dir={tmp_path / 'results'}",
-                           "--limit=64"], env=ENV, capture_output=True, text=True, timeout=300)
+                           "--limit=64", "--notfmot"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]  # after TF's start-up notes: one line
     assert last.startswith("FATAL Usage error: Invalid value for argument `out_dir`"), last
