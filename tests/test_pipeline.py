@@ -323,12 +323,19 @@ def test_distillation_needs_a_copyable_model(task):
         np.testing.assert_array_equal(a, b)
 
 
-def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path):
+@pytest.fixture
+def finished_workdir(task, tmp_path):
+    """(a trained MLP, compress()'s keyword arguments with workdir=tmp_path, the result)."""
     x, y = task
     model = _trained_mlp(x, y)
     kwargs = dict(target_rate=40, epochs=3, batch_size=64, seed=0, workdir=str(tmp_path),
                   verbose=0)
-    first = sqjl_tf.compress(model, (x, y), **kwargs)
+    return model, kwargs, sqjl_tf.compress(model, (x, y), **kwargs)
+
+
+def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path, finished_workdir):
+    x, y = task
+    model, kwargs, first = finished_workdir
     for name in ("stage_admm.json", "stage_finetune.json"):  # as an older version wrote them
         path = tmp_path / name
         record = json.loads(path.read_text())
@@ -348,12 +355,10 @@ def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path):
         sqjl_tf.compress(model, (x, y), recipe=Recipe(finetune_kdtemp=2.0), **kwargs)
 
 
-def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path):
+def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path,
+                                                             finished_workdir):
     x, y = task
-    model = _trained_mlp(x, y)
-    kwargs = dict(target_rate=40, epochs=3, batch_size=64, seed=0, workdir=str(tmp_path),
-                  verbose=0)
-    first = sqjl_tf.compress(model, (x, y), **kwargs)
+    model, kwargs, first = finished_workdir
     assert not (tmp_path / ".lock").exists()  # released when the call ends
     stages = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
