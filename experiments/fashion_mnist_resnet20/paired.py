@@ -68,7 +68,7 @@ def main(argv):
     work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     if not os.path.isfile(os.path.join(work, "settings.json")):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
-                           f"Expected a folder holding the benchmark's {cli.NAME}_runs.")
+                        f"Expected a folder holding the benchmark's {cli.NAME}_runs.")
     try:
         bench._parse_budgets(FLAGS.budgets)
         bench._check_variants(FLAGS.variants)
@@ -82,8 +82,8 @@ def main(argv):
     found = _rows(work)
     if not any(len(models) > 1 for models in found.values()):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
-                           "Expected a work folder with a finished sqjl_tf run and a finished "
-                           "TFMOT run at one budget at least (see the warnings above).")
+                        "Expected a work folder with a finished sqjl_tf run and a finished "
+                        "TFMOT run at one budget at least (see the warnings above).")
     bench._bench_model(next(iter(next(iter(found.values())).values()))[1])  # builds the test set
     labels = np.concatenate([y.numpy() for _, y in bench._BENCH["test"]]).astype(np.int64)
     lines = ["# Fashion-MNIST, ResNet-20: sqjl_tf against each TFMOT variant, image by image", "",

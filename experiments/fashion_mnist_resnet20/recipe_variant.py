@@ -43,12 +43,12 @@ def main(argv):
     nnz, bits = bench._one_budget(FLAGS.budget)
     if not (FLAGS.tag and re.fullmatch(bench.TAG, FLAGS.tag)):
         cli.usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
-                           "a name of letters, digits, _ and -.")
+                        "a name of letters, digits, _ and -.")
     recipe = _recipe(FLAGS.set)
     work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     if not os.path.isfile(os.path.join(work, "settings.json")):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
-                           "Expected the --out_dir of a benchmark run (no work folder in it).")
+                        "Expected the --out_dir of a benchmark run (no work folder in it).")
     bench._claim(work)  # the same epochs, seed, data and dense model as the benchmark's runs
     try:
         bench._finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}_{FLAGS.tag}"), recipe)

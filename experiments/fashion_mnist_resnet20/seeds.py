@@ -4,12 +4,12 @@ One run per cell moves by 0.1-0.3 points from seed to seed, as much as the gaps 
 benchmark measures. This script reads the tables the benchmark wrote for several seeds (its
 ``.json``, one per seed, each from its own ``--out_dir``) and puts each cell's accuracies
 side by side with their mean. Where ``paired.py`` has written a table beside a seed's
-(``<name>_paired.json``, or ``.md`` from older runs), it also sums, per budget and TFMOT variant, the test images only
-sqjl_tf and only TFMOT classify correctly over those seeds, with the exact McNemar p-value
-of the sums: under "equally accurate on every seed", each such image is still a fair coin.
-Tables whose settings differ in more than the seed (epochs, a ``--limit``, another dense
-model) are refused. It writes ``fashion_mnist_resnet20_seeds.md`` to ``--out_dir`` and
-changes nothing else.
+(``<name>_paired.json``, or ``.md`` from older runs), it also sums, per budget and TFMOT
+variant, the test images only sqjl_tf and only TFMOT classify correctly over those seeds,
+with the exact McNemar p-value of the sums: under "equally accurate on every seed", each
+such image is still a fair coin. Tables whose settings differ in more than the seed
+(epochs, a ``--limit``, another dense model) are refused. It writes
+``fashion_mnist_resnet20_seeds.md`` to ``--out_dir`` and changes nothing else.
 
     python experiments/fashion_mnist_resnet20/seeds.py \\
         --tables=experiments/results/fashion_mnist_resnet20.json,\\
@@ -206,7 +206,7 @@ def main(argv):
         cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     if not FLAGS.tables:
         cli.usage_error("Invalid value for flag `--tables`. Received: None. Expected the "
-                           "benchmark's .json tables, one per seed, comma-separated.")
+                        "benchmark's .json tables, one per seed, comma-separated.")
     try:
         tables = [load_table(path) for path in FLAGS.tables]
     except app.UsageError as err:
@@ -214,16 +214,16 @@ def main(argv):
     seeds = [t["seed"] for t in tables]
     if len(set(seeds)) != len(seeds):
         cli.usage_error(f"Invalid value for flag `--tables`. Received: tables of seeds "
-                           f"{seeds}. Expected one table per seed.")
+                        f"{seeds}. Expected one table per seed.")
     protocols = [{k: v for k, v in t["settings"].items() if k != "seed"} for t in tables]
     for path, protocol in zip(FLAGS.tables[1:], protocols[1:]):
         differ = sorted(k for k in set(protocol) | set(protocols[0])
                         if protocol.get(k) != protocols[0].get(k))
         if differ:
             cli.usage_error(f"Invalid value for flag `--tables`. Received: {path!r}, whose "
-                               f"settings differ from {FLAGS.tables[0]!r}'s in "
-                               f"{', '.join(differ)}. Expected tables that differ only in the "
-                               "seed.")
+                            f"settings differ from {FLAGS.tables[0]!r}'s in "
+                            f"{', '.join(differ)}. Expected tables that differ only in the "
+                            "seed.")
     lines = render(tables, summarize(tables), FLAGS.tables)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     path = os.path.join(FLAGS.out_dir, f"{cli.NAME}_seeds.md")

@@ -73,13 +73,13 @@ def main(argv):
         cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
     if FLAGS.finetune_lr is not None and not 0 < FLAGS.finetune_lr < math.inf:
         cli.usage_error(f"Invalid value for flag `--finetune_lr`. Received: "
-                           f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
+                        f"{FLAGS.finetune_lr}. Expected a finite number > 0.")
     if FLAGS.finetune_weight_decay is not None and not 0 <= FLAGS.finetune_weight_decay < math.inf:
         cli.usage_error(f"Invalid value for flag `--finetune_weight_decay`. Received: "
-                           f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
+                        f"{FLAGS.finetune_weight_decay}. Expected a finite number >= 0.")
     if FLAGS.from_tag is not None and not re.fullmatch(bench.TAG, FLAGS.from_tag):
         cli.usage_error(f"Invalid value for flag `--from_tag`. Received: {FLAGS.from_tag!r}. "
-                           f"Expected letters, digits, _ and - (a recipe_variant.py --tag).")
+                        f"Expected letters, digits, _ and - (a recipe_variant.py --tag).")
     import keras
     import numpy as np
 
@@ -94,12 +94,12 @@ def main(argv):
     if not os.path.isfile(stem + ".json"):
         name, value = ("--from_tag", FLAGS.from_tag) if from_tag else ("--budget", FLAGS.budget)
         cli.usage_error(f"Invalid value for flag `{name}`. Received: {value!r}. Expected "
-                           f"a run whose compress() finished its ADMM stage ({stem}.json is "
-                           f"missing; run the benchmark or recipe_variant.py first).")
+                        f"a run whose compress() finished its ADMM stage ({stem}.json is "
+                        f"missing; run the benchmark or recipe_variant.py first).")
     if FLAGS.prune_epochs > FLAGS.float_epochs:
         cli.usage_error(f"Invalid value for flag `--prune_epochs`. Received: "
-                           f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
-                           f"({FLAGS.float_epochs}).")
+                        f"{FLAGS.prune_epochs}. Expected at most --float_epochs "
+                        f"({FLAGS.float_epochs}).")
     overrides = {name: getattr(FLAGS, name) for name in ("finetune_lr", "finetune_weight_decay",
                                                          "finetune_decay_scope")
                  if getattr(FLAGS, name) is not None}
