@@ -44,11 +44,13 @@ flags.DEFINE_string("out_dir", os.path.join(ROOT, "experiments", "results"), "Wh
 flags.DEFINE_string("name", "fashion_mnist_one_call", "File stem of the rows and table.")
 
 
-def _row(rate: float, seed: int, recipe):
+def _row(key: dict, recipe):
+    """The row of one compress() call at ``key``'s rate and seed."""
     import keras
 
     import sqjl_tf
 
+    rate, seed = key["target_rate"], key["seed"]
     train, _ = sqjl_tf.load_dataset("fashion_mnist", FLAGS.data_dir, 256, "train", seed=seed,
                                     limit=FLAGS.limit)
     test, _ = sqjl_tf.load_dataset("fashion_mnist", FLAGS.data_dir, 1000, "test",
@@ -67,18 +69,19 @@ def _row(rate: float, seed: int, recipe):
     accuracy = result.model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     report = result.report
     empty = [s.name for s in report.layers if s.nnz == 0]
-    return {**_key(rate, seed, recipe), "set": sorted(FLAGS.set), "accuracy": accuracy,
+    return {**key, "set": sorted(FLAGS.set), "accuracy": accuracy,
             "rate": report.compression_rate, "within_budget": report.within_budget,
             "budget_used": report.budget_used, "empty_layers": empty,
             "bits": result.bits, "nnz": result.nnz, "split": result.epochs,
             "seconds": seconds}
 
 
-def _key(rate: float, seed: int, recipe) -> dict:
-    """What tells a run's row apart: rate, seed, epochs, limit, start and the whole recipe."""
+def _run_key(recipe) -> dict:
+    """What besides rate and seed tells this run's rows apart: epochs, limit, start, the
+    whole recipe and, from a dense start, the dense file's SHA-256 (read once, at the start)."""
     import sqjl_tf
 
-    key = {"target_rate": rate, "seed": seed, "epochs": FLAGS.epochs, "limit": FLAGS.limit,
+    key = {"epochs": FLAGS.epochs, "limit": FLAGS.limit,
            "start": "dense" if FLAGS.dense else "untrained",
            # JSON round trip: the key compares equal to the one read back from the rows file.
            "recipe": json.loads(json.dumps(dataclasses.asdict(recipe or sqjl_tf.Recipe())))}
@@ -125,16 +128,18 @@ def main(argv):
     if os.path.isfile(rows_file):
         with open(rows_file) as f:
             rows = json.load(f)
+    run_key = _run_key(recipe)
     for rate in [float(r) for r in FLAGS.rates]:
         for seed in [int(s) for s in FLAGS.seeds]:
-            if _done(rows, _key(rate, seed, recipe)):
+            key = {"target_rate": rate, "seed": seed, **run_key}
+            if _done(rows, key):
                 logging.info("%gx seed %d: done already in %s", rate, seed, rows_file)
                 continue
             if any("recipe" not in r and r["target_rate"] == rate and r["seed"] == seed
                    for r in rows):
                 logging.info("%gx seed %d: %s has a row that recorded no recipe (made before "
                              "recipes were recorded); running it again", rate, seed, rows_file)
-            row = _row(rate, seed, recipe)
+            row = _row(key, recipe)
             logging.info("%gx seed %d: %.2f%% at %.1fx in %.1f min", rate, seed,
                          100 * row["accuracy"], row["rate"], row["seconds"] / 60)
             if os.path.isfile(rows_file):  # another process may have added rows meanwhile
