@@ -352,7 +352,7 @@ def _held(workdir: Optional[str]):
     Raises:
         ValueError: naming ``workdir``, if another living process holds it.
     """
-    return RunDir(workdir, "workdir").locked() if workdir else contextlib.nullcontext()
+    return RunDir(workdir, "workdir", flag=False).locked() if workdir else contextlib.nullcontext()
 
 
 def _fit(model, optimizer, loss, metrics, train, validation, epochs, steps, callbacks, verbose):

@@ -38,6 +38,10 @@ class RunDir:
     Args:
         path: the folder (need not exist yet).
         argument: the flag or argument that named it, for error messages.
+        flag: whether ``argument`` is a command-line flag (messages say
+            ``--logdir``) or a Python argument (they say ```workdir```).
+        received: the value the user gave, for messages, where ``path`` is a folder
+            made from it (default: ``path``).
     """
 
     CONFIG = "config.json"
@@ -58,9 +62,12 @@ class RunDir:
     # removes them), never resumed.
     _LEGACY = ("latest.ckpt.npz", "best.ckpt.npz")
 
-    def __init__(self, path: str, argument: str = "logdir"):
+    def __init__(self, path: str, argument: str = "logdir", *, flag: bool = True,
+                 received: Optional[str] = None):
         self.path = path
         self.argument = argument
+        self._named = f"--{argument}" if flag else f"`{argument}`"
+        self._received = path if received is None else received
 
     def file(self, name: str) -> str:
         """The path of ``name`` in the folder."""
@@ -218,15 +225,15 @@ class RunDir:
                 if holder > 0 and holder != os.getpid() and _alive(holder):
                     raise UsageError(
                         f"Invalid value for argument `{self.argument}`. Received: "
-                        f"{self.path!r}, where another run (process {holder}) is writing. "
-                        "Expected a folder no other run uses; wait for it to end, or choose "
-                        f"another --{self.argument}.") from None
+                        f"{self._received!r}, where another run (process {holder}) is writing "
+                        f"(in {self.path!r}). Expected a folder no other run uses; wait for it "
+                        f"to end, or choose another {self._named}.") from None
                 os.remove(path)  # stale: its process is gone
                 logging.info("Took over %s, left by process %d, which has ended.", path, holder)
         else:  # pragma: no cover - another process took the stale lock between our two tries
             raise UsageError(
-                f"Invalid value for argument `{self.argument}`. Received: {self.path!r}, which "
-                "another run has just locked. Expected a folder no other run uses.")
+                f"Invalid value for argument `{self.argument}`. Received: {self._received!r}, "
+                "which another run has just locked. Expected a folder no other run uses.")
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         try:

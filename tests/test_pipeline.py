@@ -363,8 +363,10 @@ def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path,
     stages = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     (tmp_path / ".lock").write_text(str(os.getppid()))  # a living process holds it
-    with pytest.raises(ValueError, match=r"`workdir`.*another run \(process \d+\) is writing"):
+    held = r"`workdir`.*another run \(process \d+\) is writing"
+    with pytest.raises(ValueError, match=held) as err:
         sqjl_tf.compress(model, (x, y), **kwargs)
+    assert "choose another `workdir`" in str(err.value) and "--workdir" not in str(err.value)
     assert (tmp_path / ".lock").read_text() == str(os.getppid())  # not taken from its holder
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == stages
 

@@ -333,4 +333,6 @@ def test_a_folder_another_benchmark_writes_in_is_refused_before_any_work(tmp_pat
     last = proc.stderr.strip().splitlines()[-1]  # after TF's start-up notes: one line
     assert last.startswith("FATAL Usage error: Invalid value for argument `out_dir`"), last
     assert f"another run (process {os.getppid()}) is writing" in last
+    assert f"Received: {str(tmp_path / 'results')!r}," in last  # the flag's value
+    assert last.endswith("choose another --out_dir."), last
     assert sorted(p.name for p in work.iterdir()) == [".lock"]  # no settings.json, no run

@@ -165,7 +165,7 @@ def _hold(work, held: contextlib.ExitStack):
     from sqjl_tf import rundir
 
     try:
-        held.enter_context(rundir.RunDir(work, "out_dir").locked())
+        held.enter_context(rundir.RunDir(work, "out_dir", received=FLAGS.out_dir).locked())
     except rundir.UsageError as err:
         raise app.UsageError(str(err)) from None
 
