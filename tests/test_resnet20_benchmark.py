@@ -127,7 +127,7 @@ def test_stage_clock_keys_each_fit_by_its_stage(tmp_path):
               " clock = benchmark._stage_clock(sys.argv[2])\n"
               " clock.set_model(types.SimpleNamespace(optimizer=opt))\n"
               " clock.on_train_begin(); time.sleep(0.05); clock.on_train_end()\n"
-              " print(sorted(benchmark._load_row(sys.argv[2])))")
+              " print(sorted(benchmark.load_row(sys.argv[2])))")
     proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(SCRIPT), str(path)],
                           env=ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]

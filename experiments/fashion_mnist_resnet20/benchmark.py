@@ -94,7 +94,8 @@ def _usage(flag, value, expected):
                           f"Expected {expected}.")
 
 
-def _parse_budgets(specs):
+def parse_budgets(specs):
+    """``[(nnz, bits), ...]`` of ``--budgets``; raises app.UsageError if one is bad."""
     budgets = []
     for spec in specs:
         try:
@@ -111,16 +112,16 @@ def _parse_budgets(specs):
     return budgets
 
 
-def _one_budget(spec):
+def one_budget(spec):
     """``(nnz, bits)`` of the variant scripts' ``--budget``; exits with a usage error if bad."""
     try:
-        (nnz, bits), = _parse_budgets([spec])
+        (nnz, bits), = parse_budgets([spec])
     except app.UsageError as err:
         usage_error(str(err).replace("`--budgets`", "`--budget`"))
     return nnz, bits
 
 
-def _check_variants(variants):
+def check_variants(variants):
     """Raises app.UsageError unless ``variants`` are one or more TFMOT variants."""
     if not variants or any(v not in VARIANTS for v in variants):
         raise _usage("variants", ",".join(variants), f"one or more of {', '.join(VARIANTS)}")
@@ -128,8 +129,8 @@ def _check_variants(variants):
 
 def _check_flags():
     """Every flag's value and combination; returns the budgets. Raises app.UsageError."""
-    budgets = _parse_budgets(FLAGS.budgets)
-    _check_variants(FLAGS.variants)
+    budgets = parse_budgets(FLAGS.budgets)
+    check_variants(FLAGS.variants)
     for nnz, bits in budgets if FLAGS.tfmot else ():
         for variant in FLAGS.variants:
             try:
@@ -170,7 +171,7 @@ def _hold(work, held: contextlib.ExitStack):
         raise app.UsageError(str(err)) from None
 
 
-def _claim(work, write: bool = True):
+def claim(work, write: bool = True):
     """The work folder's settings: written by its first run (``write=False``: only checked),
     the same for every later one."""
     path = os.path.join(work, "settings.json")
@@ -193,7 +194,8 @@ def _claim(work, write: bool = True):
 
 
 # ---------------------------------------------------------------- the dense model
-def _data(split, batch_size, limit=None):
+def split_data(split, batch_size, limit=None):
+    """The batched Fashion-MNIST ``split`` (train shuffled by ``--seed``), as every run reads it."""
     import sqjl_tf
 
     seed = FLAGS.seed if split == "train" else None
@@ -201,7 +203,8 @@ def _data(split, batch_size, limit=None):
                                 limit=limit or FLAGS.limit)[0]
 
 
-def _loss():
+def loss_fn():
+    """The loss of every training here (the ResNet-20 gives logits)."""
     import keras
 
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -210,26 +213,36 @@ def _loss():
 _BENCH = {}  # the one Keras 3 ResNet-20 every final model is loaded into and measured on
 
 
-def _bench_model(weights):
-    """The measuring ResNet-20 holding ``weights`` ({``<layer>.<i>``: array}).
-
-    One model, compiled once: every row's evaluation reuses its traced function.
-    """
+def _bench():
+    """``_BENCH``, its model and test set made on first use."""
     import sqjl_tf
 
     if "model" not in _BENCH:
         model = sqjl_tf.build_model("resnet20", num_classes=10, input_shape=(28, 28, 1))
-        model.compile(loss=_loss(), metrics=["accuracy"])
+        model.compile(loss=loss_fn(), metrics=["accuracy"])
         _BENCH["model"] = model
-        _BENCH["test"] = _data("test", 500)
-    model = _BENCH["model"]
+        _BENCH["test"] = split_data("test", 500)
+    return _BENCH
+
+
+def bench_test_set():
+    """The test set every row is measured on (batches of 500, in file order)."""
+    return _bench()["test"]
+
+
+def bench_model(weights):
+    """The measuring ResNet-20 holding ``weights`` ({``<layer>.<i>``: array}).
+
+    One model, compiled once: every row's evaluation reuses its traced function.
+    """
+    model = _bench()["model"]
     for layer in model.layers:
         if layer.weights:
             layer.set_weights([weights[f"{layer.name}.{i}"] for i in range(len(layer.weights))])
     return model
 
 
-def _pretrain(work):
+def pretrain(work):
     """(path, test accuracy) of the dense model: ``--dense``, finished here, or trained now."""
     from sqjl_tf import trainer
 
@@ -251,7 +264,7 @@ def _pretrain(work):
     return record["files"]["keras"], record["test_accuracy"]
 
 
-def _load_dense(path):
+def load_dense(path):
     """The dense Keras 3 model, checked to be this benchmark's ResNet-20."""
     import keras
 
@@ -267,7 +280,8 @@ def _load_dense(path):
     return model
 
 
-def _layer_weights(model):
+def layer_weights(model):
+    """``model``'s weights as ``{<layer>.<i>: array}``, the form every row's model is kept in."""
     return {f"{layer.name}.{i}": w for layer in model.layers
             for i, w in enumerate(layer.get_weights())}
 
@@ -280,8 +294,8 @@ def _transfer_files(model, work):
     npz = os.path.join(work, "dense_weights.npz")
     logits = os.path.join(work, f"dense_logits_{count}.npy")
     if not (os.path.isfile(npz) and os.path.isfile(logits)):
-        np.savez(npz + ".tmp.npz", **_layer_weights(model))
-        x = next(iter(_data("test", count, limit=count)))[0]
+        np.savez(npz + ".tmp.npz", **layer_weights(model))
+        x = next(iter(split_data("test", count, limit=count)))[0]
         np.save(logits + ".tmp.npy", model.predict(x, verbose=0))
         os.replace(npz + ".tmp.npz", npz)
         os.replace(logits + ".tmp.npy", logits)
@@ -291,15 +305,19 @@ def _transfer_files(model, work):
 # ---------------------------------------------------------------- measurement
 def _accuracy(weights):
     """Test accuracy of the ResNet-20 with ``weights``."""
-    model = _bench_model(weights)
-    return float(model.evaluate(_BENCH["test"], verbose=0, return_dict=True)["accuracy"])
+    return _evaluated(bench_model(weights))
 
 
-def _measure(weights, nnz, bits):
+def _evaluated(model):
+    """Test accuracy of ``model`` (the measuring ResNet-20)."""
+    return float(model.evaluate(bench_test_set(), verbose=0, return_dict=True)["accuracy"])
+
+
+def measure(weights, nnz, bits):
     """A row's measured part, from the final weights alone: kernels, file, accuracy."""
     import sqjl_tf
 
-    model = _bench_model(weights)
+    model = bench_model(weights)
     sizes = [k.size for k in sqjl_tf.compressible_kernels(model)]
     report = sqjl_tf.compression_report(model, budget_bits=sqjl_tf.budget_bits(sizes, nnz, bits))
     try:
@@ -310,7 +328,7 @@ def _measure(weights, nnz, bits):
         file_rate = file_bytes = None
     return {
         "nnz_budget": nnz, "bit_budget": bits,
-        "accuracy": float(model.evaluate(_BENCH["test"], verbose=0, return_dict=True)["accuracy"]),
+        "accuracy": _evaluated(model),
         "rate": report.compression_rate, "file_rate": file_rate, "file_bytes": file_bytes,
         "size_bits": report.size_bits, "budget_bits": report.budget_bits,
         "within_budget": bool(report.within_budget),
@@ -321,13 +339,15 @@ def _measure(weights, nnz, bits):
     }
 
 
-def _save_row(path, row):
+def save_row(path, row):
+    """Writes a finished run's row to ``path`` atomically."""
     with open(path + ".tmp", "w") as f:
         json.dump(row, f, indent=1)
     os.replace(path + ".tmp", path)
 
 
-def _load_row(path):
+def load_row(path):
+    """The row at ``path``, None if there is none (a run not finished)."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -352,14 +372,14 @@ def _stage_clock(path):
         def on_train_end(self, logs=None):
             admm = getattr(self.model.optimizer, "admm", None)
             stage = "finetune" if admm is None else "admm"
-            seconds = _load_row(path) or {}
+            seconds = load_row(path) or {}
             seconds[stage] = time.time() - self.start
-            _save_row(path, seconds)
+            save_row(path, seconds)
 
     return StageClock()
 
 
-def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
+def run_sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
     """sqjl_tf.compress at one budget (its finished row, or run now; stages resumed).
 
     ``recipe``: a ``sqjl_tf.Recipe`` (default: compress's own), its run kept in
@@ -368,14 +388,14 @@ def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
     import sqjl_tf
 
     workdir = os.path.join(work, f"sqjl_{nnz}_{bits}{tag}")
-    row = _finished_sqjl_row(workdir, recipe)
+    row = finished_sqjl_row(workdir, recipe)
     if row is not None:
         logging.info("sqjl_tf %s/%s: reusing the finished run in %s", nnz, bits, workdir)
         return row
-    model = _load_dense(dense_path)
+    model = load_dense(dense_path)
     clock = os.path.join(workdir, "stage_seconds.json")
-    result = sqjl_tf.compress(model, _data("train", FLAGS.batch_size), _data("test", 500),
-                              nnz_budget=nnz, bit_budget=bits, epochs=FLAGS.epochs, loss=_loss(),
+    result = sqjl_tf.compress(model, split_data("train", FLAGS.batch_size), split_data("test", 500),
+                              nnz_budget=nnz, bit_budget=bits, epochs=FLAGS.epochs, loss=loss_fn(),
                               dense_epochs=0, seed=FLAGS.seed, workdir=workdir, recipe=recipe,
                               callbacks=[_stage_clock(clock)], verbose=2)
     result.model.save(os.path.join(workdir, "model_compressed.keras"))
@@ -383,12 +403,12 @@ def _sqjl(dense_path, nnz, bits, work, recipe=None, tag=""):
     row = {"method": "sqjl_tf", "variant": f"compress: ADMM {split['admm']} + float "
            f"{split['float']} + quantized {split['quant']}"
            + (f", {_recipe_changes(recipe)}" if recipe else ""),
-           **_measure(_layer_weights(result.model), nnz, bits),
+           **measure(layer_weights(result.model), nnz, bits),
            "learned": {"layers": [n.split("/")[0] for n in result.layers], "bits": result.bits,
                        "nnz": result.nnz},
            "recipe": _recipe_settings(recipe),
-           "epochs": FLAGS.epochs, "seconds": sum((_load_row(clock) or {}).values())}
-    _save_row(workdir + ".row.json", row)
+           "epochs": FLAGS.epochs, "seconds": sum((load_row(clock) or {}).values())}
+    save_row(workdir + ".row.json", row)
     return row
 
 
@@ -401,7 +421,7 @@ def _recipe_settings(recipe=None) -> dict:
     return dataclasses.asdict(recipe or sqjl_tf.Recipe())
 
 
-def _finished_sqjl_row(workdir, recipe=None):
+def finished_sqjl_row(workdir, recipe=None):
     """The finished row of ``workdir``, None if there is none.
 
     Raises:
@@ -409,7 +429,7 @@ def _finished_sqjl_row(workdir, recipe=None):
             ``recipe``'s (e.g. before compress's defaults changed): reusing it
             would put another run's figures under this one's name.
     """
-    row = _load_row(workdir + ".row.json")
+    row = load_row(workdir + ".row.json")
     if row is None:
         return None
     expected, found = _recipe_settings(recipe), row.get("recipe")
@@ -473,7 +493,7 @@ class _TfmotRun:
 
     def row(self):
         """Waits for the process (started now if need be); the measured row, None on failure."""
-        row = _load_row(self.row_file)
+        row = load_row(self.row_file)
         if row is not None:
             logging.info("TFMOT %s %s/%s: reusing the finished run", self.variant, self.nnz,
                          self.bits)
@@ -492,13 +512,13 @@ class _TfmotRun:
             result = json.load(f)
         with np.load(self.weights, allow_pickle=False) as z:
             weights = dict(z)
-        row = {"method": "TFMOT", "variant": self.variant, **_measure(weights, self.nnz, self.bits),
+        row = {"method": "TFMOT", "variant": self.variant, **measure(weights, self.nnz, self.bits),
                "accuracy_tf_keras": result["accuracy"],
                "transfer_check": result.get("transfer_check"),
                "epochs": self.prune + self.cluster,
                "epoch_split": {"prune": self.prune, "cluster": self.cluster},
                "seconds": result["seconds"], "notes": result.get("notes", [])}
-        _save_row(self.row_file, row)
+        save_row(self.row_file, row)
         return row
 
 
@@ -636,12 +656,12 @@ def main(argv):
         try:  # usage errors before any work
             budgets = _check_flags()
             if FLAGS.dense:
-                _load_dense(FLAGS.dense)
-            _claim(work, write=False)  # before TF's start-up notes: one line on stderr
+                load_dense(FLAGS.dense)
+            claim(work, write=False)  # before TF's start-up notes: one line on stderr
             _hold(work, held)
-            _claim(work)
+            claim(work)
             for nnz, bits in budgets:  # a finished run of another recipe: refused before training
-                _finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
+                finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}"))
         except app.UsageError as err:
             usage_error(err)
         _run(budgets, work)
@@ -652,12 +672,12 @@ def _run(budgets, work):
     from sqjl_tf import trainer
 
     try:
-        dense_path, dense_acc = _pretrain(work)
+        dense_path, dense_acc = pretrain(work)
     except trainer.UsageError as err:  # raised before the trainer writes anything
         usage_error(err)
-    dense = _load_dense(dense_path)
+    dense = load_dense(dense_path)
     if dense_acc is None or math.isnan(dense_acc):
-        dense_acc = _accuracy(_layer_weights(dense))
+        dense_acc = _accuracy(layer_weights(dense))
     logging.info("dense resnet20: test accuracy %.4f", dense_acc)
     npz, logits = _transfer_files(dense, work)
     runs = [_TfmotRun(npz, logits, nnz, bits, variant, work)
@@ -667,7 +687,7 @@ def _run(budgets, work):
         threading.Thread(target=_launcher, args=(waiting, runs, lock), daemon=True).start()
     rows = {}
     for nnz, bits in budgets:
-        rows[(nnz, bits, "sqjl")] = _sqjl(dense_path, nnz, bits, work)
+        rows[(nnz, bits, "sqjl")] = run_sqjl(dense_path, nnz, bits, work)
         _take_finished(runs, rows, lock)  # TFMOT runs done beside it go in the table now
         _write(_ordered(rows, budgets), dense_acc, FLAGS.out_dir)
         if not FLAGS.jobs:  # one after the other, as the table reads

@@ -33,18 +33,18 @@ def _rows(work):
     import numpy as np
 
     found = {}
-    for nnz, bits in bench._parse_budgets(FLAGS.budgets):
+    for nnz, bits in bench.parse_budgets(FLAGS.budgets):
         stem = os.path.join(work, f"sqjl_{nnz}_{bits}")
-        row = bench._load_row(stem + ".row.json")
+        row = bench.load_row(stem + ".row.json")
         model_file = os.path.join(stem, "model_compressed.keras")
         if row is None or not os.path.isfile(model_file):
             logging.warning("%s/%s: no finished sqjl_tf run in %s; skipped", nnz, bits, stem)
             continue
         model = keras.models.load_model(model_file, compile=False)
-        found[(nnz, bits)] = {"sqjl_tf": (row, bench._layer_weights(model))}
+        found[(nnz, bits)] = {"sqjl_tf": (row, bench.layer_weights(model))}
         for variant in FLAGS.variants:
             tfmot = os.path.join(work, f"tfmot_{variant}_{nnz}_{bits}")
-            row = bench._load_row(tfmot + ".row.json")
+            row = bench.load_row(tfmot + ".row.json")
             if row is None or not os.path.isfile(tfmot + ".npz"):
                 logging.warning("%s/%s: no finished TFMOT %s run; skipped", nnz, bits, variant)
                 continue
@@ -57,8 +57,8 @@ def _correct(weights, labels):
     """Per test image: does the ResNet-20 with ``weights`` classify it correctly."""
     import numpy as np
 
-    model = bench._bench_model(weights)
-    logits = model.predict(bench._BENCH["test"], verbose=0)  # (images, 10)
+    model = bench.bench_model(weights)
+    logits = model.predict(bench.bench_test_set(), verbose=0)  # (images, 10)
     return np.argmax(logits, axis=-1) == labels
 
 
@@ -70,8 +70,8 @@ def main(argv):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                         f"Expected a folder holding the benchmark's {cli.NAME}_runs.")
     try:
-        bench._parse_budgets(FLAGS.budgets)
-        bench._check_variants(FLAGS.variants)
+        bench.parse_budgets(FLAGS.budgets)
+        bench.check_variants(FLAGS.variants)
     except app.UsageError as err:
         cli.usage_error(err)
     with open(os.path.join(work, "settings.json")) as f:
@@ -84,8 +84,7 @@ def main(argv):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                         "Expected a work folder with a finished sqjl_tf run and a finished "
                         "TFMOT run at one budget at least (see the warnings above).")
-    bench._bench_model(next(iter(next(iter(found.values())).values()))[1])  # builds the test set
-    labels = np.concatenate([y.numpy() for _, y in bench._BENCH["test"]]).astype(np.int64)
+    labels = np.concatenate([y.numpy() for _, y in bench.bench_test_set()]).astype(np.int64)
     lines = ["# Fashion-MNIST, ResNet-20: sqjl_tf against each TFMOT variant, image by image", "",
              f"Test images: {labels.size:,}. Only sqjl_tf / only TFMOT: images one model "
              "classifies correctly and the other not. p: exact two-sided McNemar test (above "

@@ -40,7 +40,7 @@ def _recipe(pairs):
 def main(argv):
     if len(argv) > 1:
         cli.usage_error(f"Unexpected arguments: {' '.join(argv[1:])}.")
-    nnz, bits = bench._one_budget(FLAGS.budget)
+    nnz, bits = bench.one_budget(FLAGS.budget)
     if not (FLAGS.tag and re.fullmatch(bench.TAG, FLAGS.tag)):
         cli.usage_error(f"Invalid value for flag `--tag`. Received: {FLAGS.tag!r}. Expected "
                         "a name of letters, digits, _ and -.")
@@ -49,12 +49,12 @@ def main(argv):
     if not os.path.isfile(os.path.join(work, "settings.json")):
         cli.usage_error(f"Invalid value for flag `--out_dir`. Received: {FLAGS.out_dir!r}. "
                         "Expected the --out_dir of a benchmark run (no work folder in it).")
-    bench._claim(work)  # the same epochs, seed, data and dense model as the benchmark's runs
+    bench.claim(work)  # the same epochs, seed, data and dense model as the benchmark's runs
     try:
-        bench._finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}_{FLAGS.tag}"), recipe)
+        bench.finished_sqjl_row(os.path.join(work, f"sqjl_{nnz}_{bits}_{FLAGS.tag}"), recipe)
     except app.UsageError as err:
         cli.usage_error(err)
-    row = bench._sqjl(bench._pretrain(work)[0], nnz, bits, work, recipe=recipe,
+    row = bench.run_sqjl(bench.pretrain(work)[0], nnz, bits, work, recipe=recipe,
                       tag=f"_{FLAGS.tag}")
     logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s, empty layers %s",
                  row["variant"], row["accuracy"], row["rate"], row["within_budget"],

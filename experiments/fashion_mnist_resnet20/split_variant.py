@@ -86,7 +86,7 @@ def main(argv):
     import sqjl_tf
     from sqjl_tf.pipeline import Recipe, _finetune_stages
 
-    nnz_budget, bit_budget = bench._one_budget(FLAGS.budget)
+    nnz_budget, bit_budget = bench.one_budget(FLAGS.budget)
     work = os.path.join(FLAGS.out_dir, f"{cli.NAME}_runs")
     from_tag = "" if FLAGS.from_tag is None else f"_{FLAGS.from_tag}"
     workdir = os.path.join(work, f"sqjl_{nnz_budget}_{bit_budget}{from_tag}")
@@ -119,11 +119,11 @@ def main(argv):
            f"{tag}.row.json")
     with open(stem + ".json") as f:
         admm = json.load(f)
-    model = bench._load_dense(bench._pretrain(work)[0])  # the finished dense run's model
+    model = bench.load_dense(bench.pretrain(work)[0])  # the finished dense run's model
     if FLAGS.start == "admm":
         model.load_weights(stem + ".weights.h5")
     keras.utils.set_random_seed(FLAGS.seed)
-    train, test = bench._data("train", FLAGS.batch_size), bench._data("test", 500)
+    train, test = bench.split_data("train", FLAGS.batch_size), bench.split_data("test", 500)
     steps = len(train)
     bits, nnz = admm["bits"], admm["nnz"]
     kernels = sqjl_tf.compressible_kernels(model)
@@ -145,7 +145,7 @@ def main(argv):
     if FLAGS.schedule == "tfmot":
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             [FLAGS.float_epochs * steps], [recipe.finetune_lr, allocation.CLUSTER_LR])
-    compressed, _ = _finetune_stages(model, bits, nnz, split, recipe, bench._loss(),
+    compressed, _ = _finetune_stages(model, bits, nnz, split, recipe, bench.loss_fn(),
                                      ["accuracy"], train, test, steps, verbose=2,
                                      learning_rate=schedule)
     admm_epochs = len(admm["history"]["loss"])
@@ -164,9 +164,9 @@ def main(argv):
               if recipe.finetune_weight_decay else "")
            + ("" if FLAGS.schedule == "cosine" else f", {FLAGS.schedule} schedule")
            + (", centres trained by gradient" if FLAGS.train_centres else ""),
-           **bench._measure(bench._layer_weights(compressed), nnz_budget, bit_budget),
+           **bench.measure(bench.layer_weights(compressed), nnz_budget, bit_budget),
            "epochs": admm_epochs + epochs, "finetune_seconds": time.time() - start}
-    bench._save_row(out, row)
+    bench.save_row(out, row)
     logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s -> %s", row["variant"],
                  row["accuracy"], row["rate"], row["within_budget"], out)
 
