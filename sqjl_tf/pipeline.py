@@ -370,6 +370,49 @@ def _not_normalized(trained, model, predicate=None) -> List[Any]:
     return [v for v in trained.trainable_variables if id(v) not in normalized]
 
 
+def _default_dense_epochs(stages, model, train, loss, epochs) -> int:
+    """Epochs of dense training first when the call leaves it open: a finished dense
+    stage's, else ``epochs // 4`` (leaving one per later stage) for a model whose loss
+    is near chance (untrained), else 0."""
+    if stages.done("dense"):
+        return stages.record("dense")["epochs"]
+    untrained = _is_untrained(model, train, loss)
+    dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
+    if untrained and dense_epochs:
+        logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
+                        "train it densely first.", dense_epochs, epochs)
+    elif untrained:
+        logging.warning("The model's loss is near chance (untrained) and %d epochs leave "
+                        "none to train it first: expect a poor model; give more epochs, or "
+                        "a trained model.", epochs)
+    elif untrained is None:
+        logging.info("compress(): cannot tell whether the model is trained (not a "
+                     "cross-entropy classifier); pass dense_epochs to train it first.")
+    return dense_epochs
+
+
+def _admm_stage(model, admm, recipe, loss, metrics, train, validation, epochs, steps,
+                callbacks, verbose) -> Dict[str, Any]:
+    """Stage 1: ``epochs`` of ADMM (SGD on a cosine from ``recipe.admm_lr``, wrapped by
+    :class:`ADMMOptimizer`) learn the allocation in ``admm``'s state.
+
+    Returns:
+        The stage's record: learned ``bits`` and ``nnz`` per layer, ``budget_bits``,
+        the fit's ``history``.
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, epochs * steps)
+    optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
+                              admm, weight_decay=recipe.admm_weight_decay)
+    history = _fit(model, optimizer, loss, metrics, train, validation, epochs, steps,
+                   [admm, keras.callbacks.TerminateOnNaN()] + list(callbacks), verbose)
+    state = admm.state
+    bits = [int(b) for b in state.current_bits]
+    nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
+    logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
+    return {"bits": bits, "nnz": nnz, "budget_bits": float(state.budget_bits),
+            "history": history}
+
+
 def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
                      callbacks=(), verbose="auto", predicate=None, teacher=None,
                      learning_rate=None):
@@ -515,21 +558,8 @@ def compress(
                  "recipe": dataclasses.asdict(recipe), "seed": seed}
     with _held(workdir):  # no other process writes its stages meanwhile
         stages = _Stages(workdir, working, signature)
-        if dense_epochs is None and stages.done("dense"):
-            dense_epochs = stages.record("dense")["epochs"]
         if dense_epochs is None:
-            untrained = _is_untrained(working, train, loss)
-            dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
-            if untrained and dense_epochs:
-                logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
-                                "train it densely first.", dense_epochs, epochs)
-            elif untrained:
-                logging.warning("The model's loss is near chance (untrained) and %d epochs leave "
-                                "none to train it first: expect a poor model; give more epochs, or "
-                                "a trained model.", epochs)
-            elif untrained is None:
-                logging.info("compress(): cannot tell whether the model is trained (not a "
-                             "cross-entropy classifier); pass dense_epochs to train it first.")
+            dense_epochs = _default_dense_epochs(stages, working, train, loss, epochs)
         callbacks = list(callbacks)
         if dense_epochs and stages.done("dense"):
             history["dense"] = stages.restore("dense")["history"]
@@ -552,28 +582,18 @@ def compress(
         # 1. ADMM learns the allocation.
         if stages.done("admm"):
             record = stages.restore("admm")
-            bits, nnz, budget = record["bits"], record["nnz"], record["budget_bits"]
-            history["admm"] = record["history"]
             logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, "
-                         "nonzeros %s", workdir, bits, nnz)
+                         "nonzeros %s", workdir, record["bits"], record["nnz"])
         else:
             admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
                                 rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
                                 importance=recipe.importance, predicate=predicate,
                                 per_layer_logs=False)
-            schedule = keras.optimizers.schedules.CosineDecay(recipe.admm_lr, split["admm"] * steps)
-            optimizer = ADMMOptimizer(keras.optimizers.SGD(schedule, momentum=recipe.admm_momentum),
-                                      admm, weight_decay=recipe.admm_weight_decay)
-            history["admm"] = _fit(working, optimizer, loss, metrics, train, validation,
-                                   split["admm"], steps,
-                                   [admm, keras.callbacks.TerminateOnNaN()] + callbacks, verbose)
-            state = admm.state
-            bits = [int(b) for b in state.current_bits]
-            nnz = [int(np.count_nonzero(w)) for w in state.sparse_weights()]
-            budget = float(state.budget_bits)
-            stages.save("admm", {"bits": bits, "nnz": nnz, "budget_bits": budget,
-                                 "history": history["admm"]})
-            logging.info("ADMM allocation: bits %s, nonzeros %s", bits, nnz)
+            record = _admm_stage(working, admm, recipe, loss, metrics, train, validation,
+                                 split["admm"], steps, callbacks, verbose)
+            stages.save("admm", record)
+        bits, nnz, budget = record["bits"], record["nnz"], record["budget_bits"]
+        history["admm"] = record["history"]
 
         # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
         if stages.done("finetune"):
