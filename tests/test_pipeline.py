@@ -356,7 +356,7 @@ def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path, fini
 
 
 def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path,
-                                                             finished_workdir):
+                                                               finished_workdir):
     x, y = task
     model, kwargs, first = finished_workdir
     assert not (tmp_path / ".lock").exists()  # released when the call ends

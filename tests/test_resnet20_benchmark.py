@@ -53,7 +53,7 @@ def test_a_rows_recipe_text_names_what_differs_from_compress_defaults():
     (None, "other recipe settings ((the row records none))"),  # a row of an older benchmark
 ])
 def test_a_finished_row_of_another_recipe_is_refused_before_any_work(tmp_path, recorded,
-                                                                    message):
+                                                                     message):
     """A row made with other settings is not shown under this run's name (nor overwritten)."""
     import dataclasses
 

@@ -55,7 +55,7 @@ def main(argv):
     except app.UsageError as err:
         cli.usage_error(err)
     row = bench.run_sqjl(bench.pretrain(work)[0], nnz, bits, work, recipe=recipe,
-                      tag=f"_{FLAGS.tag}")
+                         tag=f"_{FLAGS.tag}")
     logging.info("%s: accuracy %.4f, rate %.1fx, within budget %s, empty layers %s",
                  row["variant"], row["accuracy"], row["rate"], row["within_budget"],
                  row["empty_layers"])
