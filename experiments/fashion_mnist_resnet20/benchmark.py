@@ -303,13 +303,8 @@ def _transfer_files(model, work):
 
 
 # ---------------------------------------------------------------- measurement
-def _accuracy(weights):
-    """Test accuracy of the ResNet-20 with ``weights``."""
-    return _evaluated(bench_model(weights))
-
-
-def _evaluated(model):
-    """Test accuracy of ``model`` (the measuring ResNet-20)."""
+def _accuracy(model):
+    """Test accuracy of ``model`` (the measuring ResNet-20, holding a row's weights)."""
     return float(model.evaluate(bench_test_set(), verbose=0, return_dict=True)["accuracy"])
 
 
@@ -328,7 +323,7 @@ def measure(weights, nnz, bits):
         file_rate = file_bytes = None
     return {
         "nnz_budget": nnz, "bit_budget": bits,
-        "accuracy": _evaluated(model),
+        "accuracy": _accuracy(model),
         "rate": report.compression_rate, "file_rate": file_rate, "file_bytes": file_bytes,
         "size_bits": report.size_bits, "budget_bits": report.budget_bits,
         "within_budget": bool(report.within_budget),
@@ -677,7 +672,7 @@ def _run(budgets, work):
         usage_error(err)
     dense = load_dense(dense_path)
     if dense_acc is None or math.isnan(dense_acc):
-        dense_acc = _accuracy(layer_weights(dense))
+        dense_acc = _accuracy(bench_model(layer_weights(dense)))
     logging.info("dense resnet20: test accuracy %.4f", dense_acc)
     npz, logits = _transfer_files(dense, work)
     runs = [_TfmotRun(npz, logits, nnz, bits, variant, work)
