@@ -260,6 +260,33 @@ def _as_dataset(data, name: str, batch_size: int, shuffle: bool, seed: Optional[
                "tuple of arrays")
 
 
+def _check_batched(model: keras.Model, dataset, name: str, batch_size: int) -> None:
+    """Refuses a dataset of single examples (not batched) before any training.
+
+    Decided where the model's inputs are known (Sequential and Functional
+    models): every x of the dataset one rank short of the model's input is
+    what ``Dataset.from_tensor_slices`` gives without ``.batch``.
+    """
+    if dataset is None:
+        return
+    try:
+        inputs = tf.nest.flatten(model.inputs or [])
+    except (AttributeError, ValueError):  # a subclassed model has none
+        return
+    spec = dataset.element_spec
+    x_specs = tf.nest.flatten(spec[0] if isinstance(spec, tuple) else spec)
+    data_ranks = [s.shape.rank for s in x_specs]
+    model_ranks = sorted(len(t.shape) for t in inputs)
+    if not inputs or None in data_ranks or sorted(data_ranks) == model_ranks:
+        return
+    if sorted(r + 1 for r in data_ranks) == model_ranks:
+        shapes = ", ".join(str(tuple(s.shape)) for s in x_specs)
+        expected = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise _bad(name, f"a dataset of single examples (x shaped {shapes})",
+                   f"a dataset of batches, e.g. `dataset.batch({batch_size})`: the model takes "
+                   f"x shaped {expected}")
+
+
 def _steps(dataset, steps_per_epoch: Optional[int]) -> int:
     if steps_per_epoch is not None:
         if not (isinstance(steps_per_epoch, (int, np.integer)) and steps_per_epoch >= 1):
@@ -284,7 +311,8 @@ def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
     if "categorical_crossentropy" not in str(name):
         return None
     total, count, classes = 0.0, 0, None
-    for x, y in dataset.take(8):
+    for batch in dataset.take(8):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)  # (x, y) or (x, y, weights)
         pred = model(x, training=False)
         classes = int(pred.shape[-1])
         total += float(keras.ops.mean(loss_fn(y, pred)))
@@ -543,6 +571,8 @@ def compress(
     validation = _as_dataset(validation_data, "validation_data", batch_size, False, None)
     steps = _steps(train, steps_per_epoch)
 
+    for data, name in ((train, "train_data"), (validation, "validation_data")):
+        _check_batched(model, data, name, batch_size)
     if not model.weights:  # unbuilt: built on one batch, as fit would
         model(next(iter(train))[0])
     working = uncompiled_copy(model)

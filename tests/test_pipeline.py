@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import fakedata
 import sqjl_tf
@@ -113,6 +114,20 @@ def test_bad_arguments_fail_before_training(task, kwargs, name):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["train_data", "validation_data"])
+def test_a_dataset_of_single_examples_is_refused_before_training(task, name):
+    x, y = task
+    model = fakedata.mlp(8)
+    before = [w.copy() for w in model.get_weights()]
+    data = {"train_data": (x, y), "validation_data": (x, y)}
+    data[name] = tf.data.Dataset.from_tensor_slices((x, y))  # no .batch()
+    with pytest.raises(ValueError, match=rf"`{name}`.*single examples.*\.batch\(64\)"):
+        sqjl_tf.compress(model, data["train_data"], data["validation_data"], target_rate=20,
+                         epochs=3, loss=LOSS, batch_size=64)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_compress_holds_the_budget_and_keeps_the_model_working(task):
     x, y = task
     model = _trained_mlp(x, y)
@@ -136,10 +151,14 @@ def test_compress_holds_the_budget_and_keeps_the_model_working(task):
     assert not getattr(result.model, "compiled", False) or result.model.optimizer is not None
 
 
-def test_untrained_model_gets_a_dense_warm_up(task):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_untrained_model_gets_a_dense_warm_up(task, weighted):
     x, y = task
     model = fakedata.mlp(32, seed=1)
-    result = sqjl_tf.compress(model, (x, y), target_rate=20, epochs=8, loss=LOSS, batch_size=64,
+    data = (x, y)
+    if weighted:  # Keras's (x, y, sample_weight) batches work as in fit
+        data = tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(x), np.float32))).batch(64)
+    result = sqjl_tf.compress(model, data, target_rate=20, epochs=8, loss=LOSS, batch_size=64,
                               seed=0, verbose=0)
     assert result.epochs["dense"] == 2 and "dense" in result.history
     assert result.report.within_budget
