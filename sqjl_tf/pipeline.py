@@ -553,8 +553,8 @@ def compress(
         raise _bad("epochs", epochs, f"an integer >= {_MIN_EPOCHS} (one per stage)")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise _bad("batch_size", batch_size, "an integer >= 1")
-    if dense_epochs is not None and not (
-            isinstance(dense_epochs, (int, np.integer)) and 0 <= dense_epochs <= epochs - _MIN_EPOCHS):
+    if dense_epochs is not None and not (isinstance(dense_epochs, (int, np.integer))
+                                         and 0 <= dense_epochs <= epochs - _MIN_EPOCHS):
         raise _bad("dense_epochs", dense_epochs, f"None or an integer in [0, epochs - "
                    f"{_MIN_EPOCHS}] = [0, {epochs - _MIN_EPOCHS}]")
     if loss is None:
