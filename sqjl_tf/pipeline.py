@@ -502,8 +502,9 @@ def compress(
         model: a Keras model (Sequential, Functional or subclassed), ideally
             trained. It is not changed where it can be copied from its config;
             a subclassed model without ``get_config`` is trained in place.
-        train_data: a ``tf.data.Dataset`` of (x, y) batches, or an (x, y)
-            tuple of arrays (batched by ``batch_size``, shuffled).
+        train_data: a ``tf.data.Dataset`` of (x, y) or (x, y, sample_weight)
+            batches, or an (x, y) tuple of arrays (batched by ``batch_size``,
+            shuffled).
         validation_data: the same kinds, or None; each epoch is validated on
             the model as it would ship (finalised, or quantized).
         target_rate: compression rate of the kernels against float32 (e.g.
@@ -538,7 +539,8 @@ def compress(
         A :class:`CompressionResult`; ``result.report.within_budget`` is True.
 
     Raises:
-        ValueError: on invalid arguments (before any training), if another
+        ValueError: on invalid arguments (before any training; a dataset of
+            unbatched examples for a model with known inputs too), if another
             living process writes in ``workdir``, or if the budget cannot give
             every compressed layer one weight per output.
 
