@@ -45,6 +45,9 @@ from sqjl_tf.rundir import RunDir
 _PROJECTIONS_PER_EPOCH = 12  # projint 20 at 235 batches per epoch
 _MIN_EPOCHS = 3  # one per stage
 _UNTRAINED_LOSS_SHARE = 0.9  # a loss above 0.9 ln(classes) on the training data: untrained
+_LOSS_BATCHES = 8  # batches on which compress() reads a loss before training
+AUTO_KDTEMP = 4.0  # the temperature Recipe(finetune_kdtemp=None) distils at, when it does
+_MEMORISED_LOSS_RATIO = 2.0  # validation loss above twice the training loss: memorised
 DECAY_SCOPES = ("all", "normalized")  # Recipe.finetune_decay_scope
 
 
@@ -86,7 +89,13 @@ class Recipe:
         finetune_kdtemp: distillation temperature T of stages 2-3 (0: off):
             the loss gains ``T * CE(softmax(teacher / T), log_softmax(student
             / T))`` (:class:`~sqjl_tf.Distiller`), the teacher a frozen copy of
-            the model as ADMM starts from it.
+            the model as ADMM starts from it. None (the default): T =
+            ``AUTO_KDTEMP`` (4) where that model has memorised its training
+            data, a classifier with logits whose loss on the validation data is
+            more than twice its loss on the training data (there the
+            compressed model overfits as it is fine-tuned, and the teacher's
+            soft targets regularise it), else 0; never without validation
+            data or for a model that cannot be copied.
         finetune_train_centres: in the quantized stage, train the codebooks'
             centres by gradient (TFMOT's clustering) instead of Lloyd refreshes
             (``QuantizedFinetuneCallback(train_centres=True)``).
@@ -120,7 +129,7 @@ class Recipe:
     admm_share: float = 14 / 32
     prune_share: float = 8 / 32
     quant_share: float = 4 / 32
-    finetune_kdtemp: float = 0.0
+    finetune_kdtemp: Optional[float] = None
     finetune_train_centres: bool = False
     importance: str = "lamp"
 
@@ -129,9 +138,11 @@ class Recipe:
             raise _bad("importance", self.importance, f"one of {', '.join(IMPORTANCES)}")
         if not isinstance(self.finetune_train_centres, bool):
             raise _bad("finetune_train_centres", self.finetune_train_centres, "a bool")
-        if not (_is_number(self.finetune_kdtemp)
+        if self.finetune_kdtemp is not None and not (
+                _is_number(self.finetune_kdtemp)
                 and math.isfinite(self.finetune_kdtemp) and self.finetune_kdtemp >= 0):
-            raise _bad("finetune_kdtemp", self.finetune_kdtemp, "a finite number >= 0 (0: no "
+            raise _bad("finetune_kdtemp", self.finetune_kdtemp, "None (distil where the model "
+                       "has memorised its training data) or a finite number >= 0 (0: no "
                        "distillation)")
         if self.finetune_decay_scope not in DECAY_SCOPES:
             raise _bad("finetune_decay_scope", self.finetune_decay_scope,
@@ -187,6 +198,8 @@ class CompressionResult:
             "finetune").
         budget_bits: the budget S in bits.
         epochs: the epochs each stage ran.
+        kdtemp: the temperature stages 2-3 distilled at (0: no distillation);
+            with ``Recipe(finetune_kdtemp=None)``, what compress() decided.
     """
 
     model: keras.Model
@@ -197,6 +210,7 @@ class CompressionResult:
     history: Dict[str, Dict[str, List[float]]]
     budget_bits: float
     epochs: Dict[str, int]
+    kdtemp: float = 0.0
 
 
 def split_budget(target_rate: float) -> Tuple[float, float]:
@@ -299,6 +313,25 @@ def _steps(dataset, steps_per_epoch: Optional[int]) -> int:
     return count
 
 
+def _cross_entropy(loss):
+    """The loss as a function if it is a (sparse) categorical cross-entropy, else None."""
+    loss_fn = keras.losses.get(loss)
+    name = getattr(loss_fn, "name", None) or getattr(loss_fn, "__name__", "")
+    return loss_fn if "categorical_crossentropy" in str(name) else None
+
+
+def _mean_loss(model: keras.Model, dataset, loss_fn) -> Tuple[float, int]:
+    """(mean loss, number of classes) of ``model`` on the first few batches of ``dataset``."""
+    total, count, classes = 0.0, 0, 0
+    for batch in dataset.take(_LOSS_BATCHES):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)  # (x, y) or (x, y, weights)
+        pred = model(x, training=False)  # [batch, classes]
+        classes = int(pred.shape[-1])
+        total += float(keras.ops.mean(loss_fn(y, pred)))
+        count += 1
+    return (total / count if count else math.nan), classes
+
+
 def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
     """Whether the model's loss on a few training batches is near chance.
 
@@ -306,20 +339,43 @@ def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
     output: a loss above 0.9 ln(classes) is what an untrained classifier gets.
     None where it cannot tell.
     """
-    loss_fn = keras.losses.get(loss)
-    name = getattr(loss_fn, "name", None) or getattr(loss_fn, "__name__", "")
-    if "categorical_crossentropy" not in str(name):
+    loss_fn = _cross_entropy(loss)
+    if loss_fn is None:
         return None
-    total, count, classes = 0.0, 0, None
-    for batch in dataset.take(8):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)  # (x, y) or (x, y, weights)
-        pred = model(x, training=False)
-        classes = int(pred.shape[-1])
-        total += float(keras.ops.mean(loss_fn(y, pred)))
-        count += 1
-    if not count or not classes or classes < 2:
+    value, classes = _mean_loss(model, dataset, loss_fn)
+    if math.isnan(value) or classes < 2:
         return None
-    return total / count > _UNTRAINED_LOSS_SHARE * math.log(classes)
+    return value > _UNTRAINED_LOSS_SHARE * math.log(classes)
+
+
+def _memorised(model: keras.Model, train, validation, loss) -> bool:
+    """Whether ``model`` fits its training data far better than the validation data.
+
+    Decided for a classifier with logits (a (sparse) categorical
+    cross-entropy with ``from_logits=True``, as :class:`Distiller` needs):
+    its loss on a few validation batches more than twice its loss on a few
+    training batches. False without validation data, or for other losses.
+    """
+    loss_fn = _cross_entropy(loss)
+    if validation is None or loss_fn is None or not (
+            getattr(loss_fn, "get_config", dict)() or {}).get("from_logits"):
+        return False
+    seen, classes = _mean_loss(model, train, loss_fn)
+    held_out, _ = _mean_loss(model, validation, loss_fn)
+    memorised = classes >= 2 and held_out > _MEMORISED_LOSS_RATIO * seen
+    logging.info("compress(): the starting model's loss: %.4g on training batches, %.4g on "
+                 "validation batches: %s.", seen, held_out,
+                 "memorised, so stages 2-3 distil from it" if memorised else "no distillation")
+    return bool(memorised)
+
+
+def _distillation_temperature(recipe, working, model, train, validation, loss) -> float:
+    """The temperature stages 2-3 distil at (0: none), as ``recipe.finetune_kdtemp`` says."""
+    if recipe.finetune_kdtemp is not None:
+        return float(recipe.finetune_kdtemp)
+    if working is model:  # not copyable: no teacher
+        return 0.0
+    return AUTO_KDTEMP if _memorised(working, train, validation, loss) else 0.0
 
 
 class _Stages:
@@ -443,12 +499,13 @@ def _admm_stage(model, admm, recipe, loss, metrics, train, validation, epochs, s
 
 def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
                      callbacks=(), verbose="auto", predicate=None, teacher=None,
-                     learning_rate=None):
+                     learning_rate=None, temperature=None):
     """Stages 2-3, training ``model`` from its weights now: gradual pruning to ``nnz`` in
     full precision (``split["float"]`` epochs, ``split["prune"]`` of them shrinking the
     support), then quantized to ``bits`` (``split["quant"]``); Adam on a cosine from
     ``recipe.finetune_lr`` (or on ``learning_rate``, a schedule for experiments) with
-    ``recipe.finetune_weight_decay``, distilled from ``teacher`` when given; the centres
+    ``recipe.finetune_weight_decay``, distilled from ``teacher`` when given (at
+    ``temperature``, default ``recipe.finetune_kdtemp``); the centres
     trained by gradient with ``recipe.finetune_train_centres`` (Adam wrapped to pass the
     gradients).
 
@@ -463,7 +520,9 @@ def _finetune_stages(model, bits, nnz, split, recipe, loss, metrics, train, vali
     schedule = learning_rate
     if schedule is None:
         schedule = keras.optimizers.schedules.CosineDecay(recipe.finetune_lr, epochs * steps)
-    trained = Distiller(model, teacher, recipe.finetune_kdtemp) if teacher else model
+    if temperature is None:
+        temperature = recipe.finetune_kdtemp
+    trained = Distiller(model, teacher, temperature) if teacher else model
     optimizer = keras.optimizers.Adam(schedule, weight_decay=recipe.finetune_weight_decay or None)
     if recipe.finetune_weight_decay and recipe.finetune_decay_scope == "normalized":
         optimizer.exclude_from_weight_decay(var_list=_not_normalized(trained, model, predicate))
@@ -581,8 +640,8 @@ def compress(
     if working is None:  # not rebuildable from its config: trained in place
         working = model
         if recipe.finetune_kdtemp:
-            raise _bad("recipe", recipe, "finetune_kdtemp=0 for a model that cannot be copied "
-                       "from its config (the distillation teacher is such a copy)")
+            raise _bad("recipe", recipe, "finetune_kdtemp=0 or None for a model that cannot "
+                       "be copied from its config (the distillation teacher is such a copy)")
         logging.warning("%s cannot be copied from its config: compress() trains it in place.",
                         model.name)
     history: Dict[str, Dict[str, List[float]]] = {}
@@ -602,8 +661,10 @@ def compress(
             stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
         # The distillation teacher: the model as ADMM starts from it (before a restored stage);
         # none needed when the fine-tuning it teaches is already done.
-        distil = recipe.finetune_kdtemp and not stages.done("finetune")
-        teacher = uncompiled_copy(working) if distil else None
+        kdtemp = 0.0
+        if not stages.done("finetune"):
+            kdtemp = _distillation_temperature(recipe, working, model, train, validation, loss)
+        teacher = uncompiled_copy(working) if kdtemp else None
         split = recipe.split(epochs - dense_epochs)
         split["dense"] = int(dense_epochs)
         projint, dualint = recipe.intervals(steps)
@@ -629,18 +690,21 @@ def compress(
 
         # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
         if stages.done("finetune"):
-            history["finetune"] = stages.restore("finetune")["history"]
+            finished = stages.restore("finetune")
+            history["finetune"] = finished["history"]
+            kdtemp = float(finished.get("kdtemp", recipe.finetune_kdtemp or 0.0))
             compressed = uncompiled_copy(working) or working
             logging.info("compress(): the fine-tuning stage is done in %s.", workdir)
         else:
             compressed, history["finetune"] = _finetune_stages(
                 working, bits, nnz, split, recipe, loss, metrics, train, validation, steps,
-                callbacks, verbose, predicate=predicate, teacher=teacher)
-            stages.save("finetune", {"history": history["finetune"]})
+                callbacks, verbose, predicate=predicate, teacher=teacher, temperature=kdtemp)
+            stages.save("finetune", {"history": history["finetune"], "kdtemp": kdtemp})
         compressed.sqjl_budget_bits = budget
         report = compression_report(compressed, predicate=predicate)
         if not report.within_budget:  # an invariant of the fine-tuning callback
             raise RuntimeError(f"compress() produced a model over its budget:\n{report}")
         names = [k.name for k in compressible_kernels(compressed, predicate)]
         return CompressionResult(model=compressed, report=report, bits=bits, nnz=nnz, layers=names,
-                                 history=history, budget_bits=budget, epochs=split)
+                                 history=history, budget_bits=budget, epochs=split,
+                                 kdtemp=kdtemp)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import fakedata
 import sqjl_tf
-from sqjl_tf.pipeline import Recipe
+from sqjl_tf.pipeline import AUTO_KDTEMP, Recipe
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -182,19 +182,37 @@ def test_subclassed_unbuilt_model_without_get_config(task):
     assert all(s.nnz > 0 for s in result.report.layers) and len(result.report.layers) == 2
 
 
-def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeypatch):
+@pytest.fixture(scope="module")
+def memorised():
+    """An MLP that has learned 128 random labels by heart, with held-out random data."""
+    rng = np.random.default_rng(3)
+    x, x_val = rng.standard_normal((2, 128, 16)).astype("float32")
+    y, y_val = rng.integers(0, 4, (2, 128)).astype("int32")
+    model = fakedata.mlp(64, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(3e-2), loss=LOSS)
+    model.fit(x, y, epochs=80, batch_size=32, verbose=0)
+    return model, (x, y), (x_val, y_val)
+
+
+def _teachers(monkeypatch):
+    """The (teacher weights, temperature) of every Distiller compress() makes, as a list."""
     from sqjl_tf import pipeline
 
-    x, y = task
-    model = _trained_mlp(x, y)
-    original = [w.copy() for w in model.get_weights()]
-    teachers = []
+    made = []
 
     def spy(student, teacher, temperature):
-        teachers.append(([w.copy() for w in teacher.get_weights()], temperature))
+        made.append(([w.copy() for w in teacher.get_weights()], temperature))
         return sqjl_tf.Distiller(student, teacher, temperature)
 
     monkeypatch.setattr(pipeline, "Distiller", spy)
+    return made
+
+
+def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeypatch):
+    x, y = task
+    model = _trained_mlp(x, y)
+    original = [w.copy() for w in model.get_weights()]
+    teachers = _teachers(monkeypatch)
     result = sqjl_tf.compress(model, (x, y), target_rate=40, epochs=3, batch_size=64, seed=0,
                               recipe=Recipe(finetune_kdtemp=2.0), verbose=0)
     (weights, temperature), = teachers  # one distilled stage: the fine-tuning
@@ -204,6 +222,36 @@ def test_compress_distils_stages_2_3_from_the_model_it_starts_from(task, monkeyp
     assert not isinstance(result.model, sqjl_tf.Distiller)
     assert [w.shape for w in result.model.weights] == [w.shape for w in model.weights]
     assert sqjl_tf.compression_report(result.model).within_budget
+
+
+def test_a_memorising_model_is_distilled_by_default(memorised, monkeypatch):
+    model, train, validation = memorised
+    teachers = _teachers(monkeypatch)
+    result = sqjl_tf.compress(model, train, validation, target_rate=20, epochs=3, loss=LOSS,
+                              batch_size=32, seed=0, verbose=0)
+    (weights, temperature), = teachers
+    assert temperature == result.kdtemp == AUTO_KDTEMP
+    for got, want in zip(weights, model.get_weights()):  # the teacher: the model it started from
+        np.testing.assert_array_equal(got, want)
+    assert result.report.within_budget
+
+
+@pytest.mark.parametrize("case", ["no validation", "probabilities", "generalises", "off"])
+def test_no_distillation_where_the_rule_does_not_apply(memorised, task, monkeypatch, case):
+    model, train, validation = memorised
+    kwargs = {"loss": LOSS}
+    if case == "no validation":
+        validation = None
+    elif case == "probabilities":  # the loss takes probabilities: no logits to distil
+        kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy()
+    elif case == "generalises":  # validation loss close to the training loss
+        model, train, validation = _trained_mlp(*task), task, task
+    else:
+        kwargs["recipe"] = Recipe(finetune_kdtemp=0.0)
+    teachers = _teachers(monkeypatch)
+    result = sqjl_tf.compress(model, train, validation, target_rate=20, epochs=3, batch_size=32,
+                              seed=0, verbose=0, **kwargs)
+    assert teachers == [] and result.kdtemp == 0.0
 
 
 def test_compress_trains_the_centres_by_gradient_when_asked(task, monkeypatch):
@@ -317,6 +365,7 @@ def test_a_finished_distilled_compress_resumes_without_a_teacher(task, tmp_path,
     monkeypatch.setattr(pipeline, "uncompiled_copy", counted_copy)
     again = sqjl_tf.compress(model, (x, y), **kwargs)
     assert len(copies) == 2  # the working copy and the result; no teacher
+    assert first.kdtemp == again.kdtemp == 2.0  # the finished stage says how it was trained
     for got, want in zip(again.model.get_weights(), first.model.get_weights()):
         np.testing.assert_array_equal(got, want)
 
