@@ -332,36 +332,39 @@ def _mean_loss(model: keras.Model, dataset, loss_fn) -> Tuple[float, int]:
     return (total / count if count else math.nan), classes
 
 
-def _is_untrained(model: keras.Model, dataset, loss) -> Optional[bool]:
-    """Whether the model's loss on a few training batches is near chance.
+def _is_untrained(model: keras.Model, dataset, loss) -> Tuple[Optional[bool], Optional[float]]:
+    """Whether the model's loss on a few training batches is near chance, and that loss.
 
     Only decided for (sparse) categorical cross-entropy on a multi-class
     output: a loss above 0.9 ln(classes) is what an untrained classifier gets.
-    None where it cannot tell.
+    (None, None) where it cannot tell.
     """
     loss_fn = _cross_entropy(loss)
     if loss_fn is None:
-        return None
+        return None, None
     value, classes = _mean_loss(model, dataset, loss_fn)
     if math.isnan(value) or classes < 2:
-        return None
-    return value > _UNTRAINED_LOSS_SHARE * math.log(classes)
+        return None, None
+    return value > _UNTRAINED_LOSS_SHARE * math.log(classes), value
 
 
-def _memorised(model: keras.Model, train, validation, loss) -> bool:
+def _memorised(model: keras.Model, train, validation, loss,
+               train_loss: Optional[float] = None) -> bool:
     """Whether ``model`` fits its training data far better than the validation data.
 
     Decided for a classifier with logits (a (sparse) categorical
     cross-entropy with ``from_logits=True``, as :class:`Distiller` needs):
-    its loss on a few validation batches more than twice its loss on a few
+    its loss on a few validation batches more than twice its loss on the
+    training data: ``train_loss`` where compress() already measured it (a
+    new pass would move the shuffled dataset's later epochs), else a few
     training batches. False without validation data, or for other losses.
     """
     loss_fn = _cross_entropy(loss)
     if validation is None or loss_fn is None or not (
             getattr(loss_fn, "get_config", dict)() or {}).get("from_logits"):
         return False
-    seen, classes = _mean_loss(model, train, loss_fn)
-    held_out, _ = _mean_loss(model, validation, loss_fn)
+    seen = train_loss if train_loss is not None else _mean_loss(model, train, loss_fn)[0]
+    held_out, classes = _mean_loss(model, validation, loss_fn)
     memorised = classes >= 2 and held_out > _MEMORISED_LOSS_RATIO * seen
     logging.info("compress(): the starting model's loss: %.4g on training batches, %.4g on "
                  "validation batches: %s.", seen, held_out,
@@ -369,13 +372,14 @@ def _memorised(model: keras.Model, train, validation, loss) -> bool:
     return bool(memorised)
 
 
-def _distillation_temperature(recipe, working, model, train, validation, loss) -> float:
+def _distillation_temperature(recipe, working, model, train, validation, loss,
+                              train_loss=None) -> float:
     """The temperature stages 2-3 distil at (0: none), as ``recipe.finetune_kdtemp`` says."""
     if recipe.finetune_kdtemp is not None:
         return float(recipe.finetune_kdtemp)
     if working is model:  # not copyable: no teacher
         return 0.0
-    return AUTO_KDTEMP if _memorised(working, train, validation, loss) else 0.0
+    return AUTO_KDTEMP if _memorised(working, train, validation, loss, train_loss) else 0.0
 
 
 class _Stages:
@@ -454,13 +458,14 @@ def _not_normalized(trained, model, predicate=None) -> List[Any]:
     return [v for v in trained.trainable_variables if id(v) not in normalized]
 
 
-def _default_dense_epochs(stages, model, train, loss, epochs) -> int:
+def _default_dense_epochs(stages, model, train, loss, epochs) -> Tuple[int, Optional[float]]:
     """Epochs of dense training first when the call leaves it open: a finished dense
     stage's, else ``epochs // 4`` (leaving one per later stage) for a model whose loss
-    is near chance (untrained), else 0."""
+    is near chance (untrained), else 0; and the model's loss on the training batches
+    where it was measured (else None)."""
     if stages.done("dense"):
-        return stages.record("dense")["epochs"]
-    untrained = _is_untrained(model, train, loss)
+        return stages.record("dense")["epochs"], None
+    untrained, train_loss = _is_untrained(model, train, loss)
     dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
     if untrained and dense_epochs:
         logging.warning("The model's loss is near chance (untrained): %d of the %d epochs "
@@ -472,7 +477,7 @@ def _default_dense_epochs(stages, model, train, loss, epochs) -> int:
     elif untrained is None:
         logging.info("compress(): cannot tell whether the model is trained (not a "
                      "cross-entropy classifier); pass dense_epochs to train it first.")
-    return dense_epochs
+    return dense_epochs, train_loss
 
 
 def _admm_stage(model, admm, recipe, loss, metrics, train, validation, epochs, steps,
@@ -649,8 +654,9 @@ def compress(
                  "recipe": dataclasses.asdict(recipe), "seed": seed}
     with _held(workdir):  # no other process writes its stages meanwhile
         stages = _Stages(workdir, working, signature)
+        train_loss = None  # the starting model's loss on training data, where measured
         if dense_epochs is None:
-            dense_epochs = _default_dense_epochs(stages, working, train, loss, epochs)
+            dense_epochs, train_loss = _default_dense_epochs(stages, working, train, loss, epochs)
         callbacks = list(callbacks)
         if dense_epochs and stages.done("dense"):
             history["dense"] = stages.restore("dense")["history"]
@@ -661,9 +667,12 @@ def compress(
             stages.save("dense", {"epochs": int(dense_epochs), "history": history["dense"]})
         # The distillation teacher: the model as ADMM starts from it (before a restored stage);
         # none needed when the fine-tuning it teaches is already done.
+        if dense_epochs:  # its last epoch's (training-mode) loss: no pass over the data
+            train_loss = history["dense"]["loss"][-1]
         kdtemp = 0.0
         if not stages.done("finetune"):
-            kdtemp = _distillation_temperature(recipe, working, model, train, validation, loss)
+            kdtemp = _distillation_temperature(recipe, working, model, train, validation, loss,
+                                               train_loss)
         teacher = uncompiled_copy(working) if kdtemp else None
         split = recipe.split(epochs - dense_epochs)
         split["dense"] = int(dense_epochs)
