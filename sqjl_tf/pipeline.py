@@ -61,8 +61,9 @@ class Recipe:
     """How :func:`compress` trains: every setting of the three stages.
 
     The defaults are the Fashion-MNIST benchmarks' best settings (LeNet-5's
-    recipe, with ResNet-20's per-layer ranking ``importance="lamp"``); the epoch
-    split is derived from ``epochs`` by :meth:`split`.
+    recipe, with ResNet-20's per-layer ranking ``importance="lamp"`` and its
+    distillation where the model has memorised its data); the epoch split is
+    derived from ``epochs`` by :meth:`split`.
 
     Attributes:
         admm_lr: peak learning rate of the ADMM stage (SGD, cosine to 0).
