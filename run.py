@@ -72,7 +72,9 @@ flags.DEFINE_bool("quant", False, "only perform quantization")
 flags.DEFINE_bool("prune", False, "only perform pruning")
 flags.DEFINE_integer("bwlb", 1, "the lower bound of bitwidth", lower_bound=1, upper_bound=8)
 flags.DEFINE_integer("bits_epoch", None, "maximum epochs allowing update bits", lower_bound=0)
-flags.DEFINE_float("kdtemp", 0.0, "knowledge distillation temperature (0: off)", lower_bound=0)
+flags.DEFINE_float("kdtemp", None, "knowledge distillation temperature (0: off; unset: off, "
+                   "or with --target_rate distilled at 4 where the model has memorised its "
+                   "training data, as sqjl_tf.Recipe)", lower_bound=0)
 flags.DEFINE_enum("optim", "sgd", ["sgd", "adam", "SGD", "Adam"], "optimizer to use")
 flags.DEFINE_bool("fixedbits", False, "use fixed bitwidth")
 flags.DEFINE_list("weightbits", None, "mannual weightbits (finetune: one width per layer)")

@@ -107,7 +107,8 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
 
     Args:
         cfg: the run's ``TrainConfig`` (``target_rate``, ``epochs``, ``seed``,
-            ``logdir``, ``export``, and ``--importance`` for the ADMM stage).
+            ``logdir``, ``export``, ``--importance`` for the ADMM stage and
+            ``--kdtemp`` for the fine-tuning, None: the pipeline's rule).
         model: the model to compress (loaded by ``--pretrain`` or built).
         train_ds: the batched training split.
         test_ds: the batched test split (validation of every epoch).
@@ -128,7 +129,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
         model, train_ds, test_ds, target_rate=cfg.run.target_rate, epochs=cfg.optim.epochs,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.run.seed,
-        recipe=Recipe(importance=cfg.admm.importance),
+        recipe=Recipe(importance=cfg.admm.importance, finetune_kdtemp=cfg.optim.kdtemp),
         callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
         verbose=1 if sys.stdout.isatty() else 2)
     compressed = result.model
@@ -152,6 +153,7 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
         "allocated_bits": result.bits,
         "allocated_nnz": result.nnz,
         "epochs_by_stage": result.epochs,
+        "kdtemp": result.kdtemp,
         "layers": [{"name": s.name, "nnz": s.nnz, "density": s.density, "bits": s.bits}
                    for s in report.layers],
         "files": files,

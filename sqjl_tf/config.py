@@ -142,8 +142,13 @@ class OptimConfig:
     warmupT: float = 0.0
     epochs: int = 90
     start_epoch: int = 0
-    kdtemp: float = 0.0
+    kdtemp: Optional[float] = None  # None: off, or with target_rate compress's own rule
     nan_recover: int = 0
+
+    @property
+    def distils(self) -> bool:
+        """Whether the training distils from a teacher (``kdtemp`` given and > 0)."""
+        return self.kdtemp is not None and float(self.kdtemp) > 0
 
     def validate(self) -> None:
         if self.optim.lower() not in OPTIMIZERS:
@@ -152,6 +157,8 @@ class OptimConfig:
             _bad("lr", self.lr, "a finite float > 0")
         for name in ("momentum", "weight_decay", "gclip", "warmupT", "kdtemp"):
             value = getattr(self, name)
+            if name == "kdtemp" and value is None:  # unset
+                continue
             if not (_finite(value) and float(value) >= 0):
                 _bad(name, value, "a finite float >= 0")
         if not float(self.momentum) < 1:
@@ -300,7 +307,7 @@ class TrainConfig:
             for name, value in finetune.used().items():
                 _bad(name, value, _finetune_only(value))
         if self.model.teacher is not None:
-            if not float(self.optim.kdtemp) > 0:
+            if not self.optim.distils:
                 _bad("teacher", self.model.teacher, "no teacher unless kdtemp > 0")
             if not _model_source(self.model.teacher):
                 _bad("teacher", self.model.teacher, "an existing model file (.keras, .weights.h5, "
@@ -322,11 +329,13 @@ class TrainConfig:
         if self.optim.epochs < 3:
             _bad("epochs", self.optim.epochs, "an integer >= 3 with --target_rate (one per stage)")
         stage_set = {"prune": admm.mode == "prune", "quant": admm.mode == "quant",
-                     "kdtemp": self.optim.kdtemp, **self.finetune.used(),
-                     "from_run": self.finetune.from_run}
+                     **self.finetune.used(), "from_run": self.finetune.from_run}
         for name, value in stage_set.items():
             if value:
                 _bad(name, value, "unset with --target_rate (the pipeline's stages set it)")
+        if self.model.teacher is not None:
+            _bad("teacher", self.model.teacher, "unset with --target_rate (the pipeline distils "
+                 "from the model it starts from)")
         # The training settings that compress's Recipe sets: a value given here would be ignored.
         default = TrainConfig()
         for group, names in _SET_BY_RECIPE.items():
@@ -430,7 +439,7 @@ def check_multi_worker(cfg: TrainConfig) -> None:
     unsupported = {
         "target_rate": (run.target_rate is not None, "the one-call pipeline runs on Keras fit"),
         "mode": (run.mode == "finetune", "quantized fine-tuning runs on Keras fit"),
-        "kdtemp": (optim.kdtemp > 0, "distillation runs on Keras fit"),
+        "kdtemp": (optim.distils, "distillation runs on Keras fit"),
         "eval_tr": (run.eval_tr, "the training-set evaluation runs Keras evaluate"),
         "lr_sched": (optim.lr_sched.startswith("plat"), "the plateau schedule needs fit's "
                      "validation loss"),

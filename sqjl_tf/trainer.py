@@ -330,7 +330,7 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
     callbacks = list(mode_callbacks)
     optimizer = _optimizer(cfg, job.steps_per_epoch, admm)
     trained = student
-    if cfg.optim.kdtemp > 0:
+    if cfg.optim.distils:
         from sqjl_tf.distill import Distiller
 
         if teacher is None:  # the reference: the model loaded by --pretrain, frozen

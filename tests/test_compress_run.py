@@ -34,6 +34,7 @@ def test_the_run_folder_holds_a_model_within_budget(finished):
     assert final["compression_rate"] >= 100 * 0.99
     assert all(layer["nnz"] > 0 for layer in final["layers"])
     assert [layer["nnz"] for layer in final["layers"]] == final["allocated_nnz"]
+    assert final["kdtemp"] == 0.0  # --kdtemp unset: compress's rule; this model did not memorise
     assert final["file_rate"] < final["compression_rate"]  # positions and codebooks cost bytes
     assert final["epochs_by_stage"]["admm"] + final["epochs_by_stage"]["float"] + \
         final["epochs_by_stage"]["quant"] + final["epochs_by_stage"]["dense"] == 3
@@ -80,7 +81,21 @@ def test_the_importance_flag_reaches_the_admm_stage(data, tmp_path, admm_callbac
     assert record["within_budget"] and all(layer["nnz"] > 0 for layer in record["layers"])
 
 
+def test_the_kdtemp_flag_reaches_the_fine_tuning(data, tmp_path, monkeypatch):
+    from sqjl_tf import pipeline
+
+    temperatures = []
+    real = pipeline.Distiller
+    monkeypatch.setattr(pipeline, "Distiller", lambda student, teacher, temperature: (
+        temperatures.append(temperature), real(student, teacher, temperature))[1])
+    record = trainer.run(data_dir=data, logdir=str(tmp_path / "run"),
+                         **{**ARGS, "kdtemp": 2.0, "export": ("keras",)})
+    assert record["kdtemp"] == 2.0 and temperatures and set(temperatures) == {2.0}
+    assert record["within_budget"] and all(layer["nnz"] > 0 for layer in record["layers"])
+
+
 @pytest.mark.parametrize("extra, name", [
+    ({"teacher": __file__, "kdtemp": 2.0}, "teacher"),
     ({"nnz_budget": 0.1}, "target_rate"),
     ({"target_rate": 2.0}, "target_rate"),
     ({"epochs": 2}, "epochs"),
