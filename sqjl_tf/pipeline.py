@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from sqjl_tf._copy import uncompiled_copy
+from sqjl_tf._data_order import skip_fit, skip_iterations
 from sqjl_tf._files import atomic_path, write_json
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
@@ -420,10 +421,21 @@ class _Stages:
         with open(self._paths(stage)[1]) as f:
             return json.load(f)
 
+    def _seed_states(self) -> List[Any]:
+        """The model's random layers' seed states (Dropout's): not in its weights."""
+        weights = {id(w) for w in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights
+                and v.name.endswith("seed_generator_state")]
+
     def restore(self, stage: str) -> Dict[str, Any]:
-        """Loads the stage's weights into the model; returns its record."""
+        """Loads the stage's weights and seed states into the model; returns its record."""
         self.model.load_weights(self._paths(stage)[0])
-        return self.record(stage)
+        record = self.record(stage)
+        states = self._seed_states()
+        if len(record.get("seed_states", ())) == len(states):  # later stages draw as if it ran
+            for variable, value in zip(states, record["seed_states"]):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+        return record
 
     def save(self, stage: str, record: Dict[str, Any]) -> None:
         """Saves the model's weights and ``record``, each atomically (weights first)."""
@@ -432,7 +444,8 @@ class _Stages:
         weights, meta = self._paths(stage)
         with atomic_path(weights) as tmp:
             self.model.save_weights(tmp)
-        write_json(meta, {**record, "signature": self.signature})
+        seeds = [np.asarray(v).tolist() for v in self._seed_states()]
+        write_json(meta, {**record, "seed_states": seeds, "signature": self.signature})
 
 
 def _held(workdir: Optional[str]):
@@ -465,6 +478,8 @@ def _default_dense_epochs(stages, model, train, loss, epochs) -> Tuple[int, Opti
     is near chance (untrained), else 0; and the model's loss on the training batches
     where it was measured (else None)."""
     if stages.done("dense"):
+        if _cross_entropy(loss) is not None:  # the read of the uninterrupted call's check
+            skip_iterations(train, 1)
         return stages.record("dense")["epochs"], None
     untrained, train_loss = _is_untrained(model, train, loss)
     dense_epochs = min(max(1, epochs // 4), epochs - _MIN_EPOCHS) if untrained else 0
@@ -661,6 +676,7 @@ def compress(
         callbacks = list(callbacks)
         if dense_epochs and stages.done("dense"):
             history["dense"] = stages.restore("dense")["history"]
+            skip_fit(train, dense_epochs, steps)  # later stages read as if it had run
         elif dense_epochs:
             history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss,
                                     metrics, train, validation, dense_epochs, steps, callbacks,
@@ -687,6 +703,7 @@ def compress(
             record = stages.restore("admm")
             logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, "
                          "nonzeros %s", workdir, record["bits"], record["nnz"])
+            skip_fit(train, split["admm"], steps)
         else:
             admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
                                 rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,

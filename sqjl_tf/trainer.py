@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional
 
 from absl import logging
 
+from sqjl_tf._data_order import ITERATIONS_PER_EPOCH, skip_iterations
 from sqjl_tf._files import atomic_path
 from sqjl_tf._quiet import tensorflow_info_off
 from sqjl_tf._usage import UsageError
@@ -387,7 +388,7 @@ def _fit(job: _Job, mode_callbacks, admm=None, finetune=None) -> None:
         callbacks.append(BatchLogger(cfg.run.log_interval))
     if initial_epoch < cfg.optim.epochs:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            _skip_iterations(train_ds, skipped)  # the custom loop: one iteration per epoch
+            skip_iterations(train_ds, skipped)  # the custom loop: one iteration per epoch
             epoch_callbacks = [cb for cb in callbacks if isinstance(cb, RunLogger) or (
                 isinstance(cb, keras.callbacks.TensorBoard) and _is_chief(strategy))]
             _multi_worker_fit(cfg, trained, optimizer, admm, train_ds, test_ds, initial_epoch,
@@ -439,20 +440,6 @@ def _training_state(student, finetune, plateau) -> Dict[str, Any]:
     return state
 
 
-def _skip_iterations(dataset, count: int) -> None:
-    """Moves ``dataset`` on by ``count`` iterations, as the iterations of skipped epochs.
-
-    Each iteration of a seeded training split is shuffled and augmented anew:
-    its seed generators move on when an iterator is made. The iterators made
-    here are dropped at once, their elements unused.
-    """
-    for _ in range(count):
-        iter(dataset)
-
-
-_ITERATIONS_PER_EPOCH = 2  # of the training split, by fit (see _epoch_passes)
-
-
 def _epoch_passes(dataset, skipped_epochs: int = 0):
     """What ``fit`` reads, ``(data, steps_per_epoch)``: epoch ``e`` is iteration ``2e`` of ``dataset``.
 
@@ -484,13 +471,13 @@ def _epoch_passes(dataset, skipped_epochs: int = 0):
             logging.warning("The training data has no known length: the resumed run reads its "
                             "epochs in another order than the uninterrupted run.")
         return dataset, None
-    _skip_iterations(dataset, _ITERATIONS_PER_EPOCH * skipped_epochs)
+    skip_iterations(dataset, ITERATIONS_PER_EPOCH * skipped_epochs)
 
     def one_pass(i):  # i = 0: an epoch's data; i = 1: an iteration made and dropped
         read = tf.equal(i, 0)
         return dataset.take(tf.where(read, tf.constant(-1, tf.int64), 1)).filter(lambda *_: read)
 
-    passes = tf.data.Dataset.range(_ITERATIONS_PER_EPOCH).repeat().flat_map(one_pass)
+    passes = tf.data.Dataset.range(ITERATIONS_PER_EPOCH).repeat().flat_map(one_pass)
     return passes, steps
 
 

@@ -423,6 +423,30 @@ def test_stages_from_before_a_new_recipe_setting_are_reused(task, tmp_path, fini
         sqjl_tf.compress(model, (x, y), recipe=Recipe(finetune_kdtemp=2.0), **kwargs)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [None, 5])  # the whole split (8 batches), or less
+def test_a_resumed_call_is_the_call_it_continues(task, tmp_path, steps_per_epoch):
+    x, y = task
+
+    def untrained_with_dropout():  # dense stage first; dropout draws in every stage
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Dense(48, "relu"),
+                                 keras.layers.Dropout(0.3), keras.layers.Dense(int(y.max()) + 1)])
+
+    kwargs = dict(target_rate=40, epochs=6, batch_size=64, seed=0, workdir=str(tmp_path),
+                  loss=LOSS, steps_per_epoch=steps_per_epoch, verbose=0)
+    whole = sqjl_tf.compress(untrained_with_dropout(), (x, y), (x[:128], y[:128]), **kwargs)
+    assert whole.epochs["dense"] and whole.epochs["admm"]
+    for interrupted in (("finetune",), ("admm", "finetune")):  # killed in that stage
+        for stage in interrupted:
+            for path in tmp_path.glob(f"stage_{stage}.*"):
+                path.unlink()
+        resumed = sqjl_tf.compress(untrained_with_dropout(), (x, y), (x[:128], y[:128]),
+                                   **kwargs)
+        assert resumed.nnz == whole.nnz and resumed.bits == whole.bits
+        for got, want in zip(resumed.model.get_weights(), whole.model.get_weights()):
+            np.testing.assert_array_equal(got, want)  # the same shuffles and dropout masks
+
+
 def test_a_workdir_another_living_process_writes_in_is_refused(task, tmp_path,
                                                                finished_workdir):
     x, y = task
