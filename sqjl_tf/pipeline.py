@@ -686,8 +686,8 @@ def compress(
         # none needed when the fine-tuning it teaches is already done.
         if dense_epochs:  # its last epoch's (training-mode) loss: no pass over the data
             train_loss = history["dense"]["loss"][-1]
-        kdtemp = 0.0
-        if not stages.done("finetune"):
+        kdtemp, finetuned = 0.0, stages.done("finetune")
+        if not finetuned:
             kdtemp = _distillation_temperature(recipe, working, model, train, validation, loss,
                                                train_loss)
         teacher = uncompiled_copy(working) if kdtemp else None
@@ -716,7 +716,7 @@ def compress(
         history["admm"] = record["history"]
 
         # 2-3. From ADMM's trained weights: gradual pruning in full precision, then quantized.
-        if stages.done("finetune"):
+        if finetuned:
             finished = stages.restore("finetune")
             history["finetune"] = finished["history"]
             kdtemp = float(finished.get("kdtemp", recipe.finetune_kdtemp or 0.0))
