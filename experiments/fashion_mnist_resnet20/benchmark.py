@@ -336,9 +336,9 @@ def measure(weights, nnz, bits):
 
 def save_row(path, row):
     """Writes a finished run's row to ``path`` atomically."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(row, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from sqjl_tf._files import write_json
+
+    write_json(path, row)
 
 
 def load_row(path):
