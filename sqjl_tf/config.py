@@ -416,7 +416,6 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
                        prune_to=[int(n) for n in nnz], **taken)
 
 
-
 # Settings of run.py that a --target_rate run does not use (compress's Recipe sets them).
 _SET_BY_RECIPE = {
     "optim": ("optim", "lr", "lr_sched", "momentum", "weight_decay", "gclip", "nan_recover"),
@@ -428,9 +427,8 @@ _SET_BY_RECIPE = {
 # What a run is: resuming with another value of one of these is a different run (the
 # fine-tuning ones shape the state its checkpoints hold).
 RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
-                 "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
-                 "keep_support", "train_centres", "importance")
-
+                "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
+                "keep_support", "train_centres", "importance")
 
 
 def check_multi_worker(cfg: TrainConfig) -> None:

@@ -15,6 +15,7 @@ from sqjl_tf._usage import UsageError
 from sqjl_tf.config import TrainConfig
 from sqjl_tf.rundir import RunDir
 
+
 def _load_model(path: str, cfg: TrainConfig, info):
     """A model from a .keras / .sqjl file, or the arch with weights from a file."""
     import keras

@@ -38,6 +38,7 @@ from sqjl_tf.config import RUN_IDENTITY, TrainConfig, check_multi_worker, resolv
 from sqjl_tf.model_io import built_model, check_finetune_targets, checked_load, short_error
 from sqjl_tf.rundir import RunDir
 
+
 # ---------------------------------------------------------------- building
 def _strategy(cfg: TrainConfig):
     import tensorflow as tf
@@ -83,6 +84,7 @@ def _metrics():
 
 
 _FLOAT_KERAS = RunDir.model_file("model_float", ".keras")  # a float-first fine-tuning's
+
 
 # ------------------------------------------------------------------- modes
 def run(**kwargs: Any) -> Dict[str, Any]:

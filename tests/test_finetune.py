@@ -275,7 +275,6 @@ def test_finetune_finalize():
         finetune_finalize(model, weightbits=[1])
 
 
-
 def _centres(slot):
     return slot.centres.numpy()[: int(slot.used.numpy())]
 

@@ -98,7 +98,7 @@ def test_recipe_variant_bad_flags_fail_before_any_work(tmp_path, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--finetune_lr=0"], "Invalid value for flag `--finetune_lr`. Received: 0.0. Expected"),
     (["--finetune_weight_decay=-1"], "Invalid value for flag `--finetune_weight_decay`. "
-                                      "Received: -1.0. Expected a finite number >= 0."),
+     "Received: -1.0. Expected a finite number >= 0."),
     (["--budget=0.04:3"], "Invalid value for flag `--budget`. Received: '0.04:3'. Expected a "
                           "run whose compress() finished its ADMM stage"),
     (["--from_tag=a/b"], "Invalid value for flag `--from_tag`. Received: 'a/b'"),

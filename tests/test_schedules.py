@@ -209,6 +209,6 @@ def test_plateau_in_fit_lowers_rate():
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=s), loss="mse")
     # A monitored metric that never improves: "loss" after the model reached 0 is constant.
     model.layers[0].kernel.assign(np.zeros((2, 1), "float32"))
-    model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[s.callback(monitor="loss",
-                                                                               patience=0)])
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0,
+              callbacks=[s.callback(monitor="loss", patience=0)])
     assert s.value == pytest.approx(0.1 * 0.5**3)

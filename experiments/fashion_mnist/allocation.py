@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("runs", "experiments/results/fashion_mnist_runs", "The benchmark's work folder.")
 flags.DEFINE_string("out", None, "Markdown file to write (default: standard output).")
 
+
 def _layers(record):
     return sorted({key.split("/")[1] for key in record if key.startswith("density/")})
 
