@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from sqjl_tf._files import atomic_path, write_text
+from sqjl_tf._usage import UsageError
 from sqjl_tf.budget import CompressionReport, compression_report
 from sqjl_tf.rundir import RunDir
 
@@ -118,6 +119,11 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
 
     Returns:
         The final record (also written to ``final.json``).
+
+    Raises:
+        UsageError: before any training, if the folder's ``stages/`` ran with
+            other settings (another ``--kdtemp``, or a version of sqjl_tf whose
+            pipeline differed).
     """
     from sqjl_tf.pipeline import Recipe, compress
 
@@ -125,13 +131,17 @@ def run_compress(cfg, model: keras.Model, train_ds, test_ds, steps_per_epoch: in
     callbacks = [_EpochRecords(run_dir.file(RunDir.METRICS)),
                  keras.callbacks.TensorBoard(run_dir.file(RunDir.TENSORBOARD),
                                              write_graph=False)]
-    result = compress(
-        model, train_ds, test_ds, target_rate=cfg.run.target_rate, epochs=cfg.optim.epochs,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.run.seed,
-        recipe=Recipe(importance=cfg.admm.importance, finetune_kdtemp=cfg.optim.kdtemp),
-        callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
-        verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        result = compress(
+            model, train_ds, test_ds, target_rate=cfg.run.target_rate, epochs=cfg.optim.epochs,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"], steps_per_epoch=steps_per_epoch, seed=cfg.run.seed,
+            recipe=Recipe(importance=cfg.admm.importance, finetune_kdtemp=cfg.optim.kdtemp),
+            callbacks=callbacks, workdir=run_dir.file(RunDir.STAGES),
+            verbose=1 if sys.stdout.isatty() else 2)
+    except UsageError as err:  # stages of other settings in the folder: refused before training
+        raise UsageError(f"{err} (with run.py: another --logdir, or --overwrite to start "
+                         "afresh)") from None
     compressed = result.model
     files = export(cfg, compressed)
     scores = accuracy(compressed, test_ds)

@@ -142,7 +142,7 @@ class OptimConfig:
     warmupT: float = 0.0
     epochs: int = 90
     start_epoch: int = 0
-    kdtemp: Optional[float] = None  # None: off, or with target_rate compress's own rule
+    kdtemp: Optional[float] = None  # None: compress's rule (target_rate); 0.0 elsewhere
     nan_recover: int = 0
 
     @property
@@ -268,6 +268,8 @@ class TrainConfig:
         if quant and prune:
             _bad("quant", quant, "not both --quant and --prune (use neither for joint "
                  "compression)")
+        if flags.get("kdtemp") is None and flags.get("target_rate") is None:
+            flags["kdtemp"] = 0.0  # unset: off (the one-call pipeline decides for itself)
         if flags.get("importance") is None:  # unset: the mode's own default
             flags["importance"] = (Recipe.importance if flags.get("target_rate") is not None
                                    else ADMMConfig.importance)
@@ -428,7 +430,7 @@ _SET_BY_RECIPE = {
 # fine-tuning ones shape the state its checkpoints hold).
 RUN_IDENTITY = ("mode", "dataset", "arch", "nnz_budget", "bit_budget", "quant", "prune",
                 "target_rate", "weightbits", "prune_to", "float_epochs", "prune_epochs",
-                "keep_support", "train_centres", "importance")
+                "keep_support", "train_centres", "importance", "kdtemp")
 
 
 def check_multi_worker(cfg: TrainConfig) -> None:

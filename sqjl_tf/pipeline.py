@@ -32,6 +32,7 @@ from absl import logging
 from sqjl_tf._copy import uncompiled_copy
 from sqjl_tf._data_order import skip_fit, skip_iterations
 from sqjl_tf._files import atomic_path, write_json
+from sqjl_tf._usage import UsageError
 from sqjl_tf._usage import invalid_argument as _bad
 from sqjl_tf.budget import MAX_BITS, CompressionReport, compression_report
 from sqjl_tf.admm import IMPORTANCES, ADMMConfig, following_normalization
@@ -414,7 +415,7 @@ class _Stages:
         if found != self.signature:
             raise _bad("workdir", self.workdir, f"a folder without stages of other compress() "
                        f"arguments (its {stage} stage ran with {found}, this call has "
-                       f"{self.signature}); use another folder")
+                       f"{self.signature}); use another folder", error=UsageError)
         return True
 
     def record(self, stage: str) -> Dict[str, Any]:
@@ -622,7 +623,8 @@ def compress(
         ValueError: on invalid arguments (before any training; a dataset of
             unbatched examples for a model with known inputs too), if another
             living process writes in ``workdir``, or if the budget cannot give
-            every compressed layer one weight per output.
+            every compressed layer one weight per output; a ``UsageError`` (a
+            ``ValueError``) if ``workdir`` holds stages of other arguments.
 
     Example:
         >>> result = sqjl_tf.compress(model, (x_train, y_train), (x_test, y_test),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -65,6 +66,34 @@ def test_a_changed_rate_on_resume_is_refused(finished, data):
         trainer.run(data_dir=data, logdir=logdir, **{**ARGS, "target_rate": 200.0})
     with open(os.path.join(logdir, "config.json"), "rb") as f:
         assert f.read() == config
+
+
+def test_a_changed_kdtemp_on_resume_is_a_usage_error_before_training(finished, data):
+    logdir, _ = finished
+    before = {name: os.path.getmtime(os.path.join(logdir, name)) for name in os.listdir(logdir)}
+    for kdtemp in (2.0, 0.0):  # the run's is None (unset: the pipeline's rule)
+        with pytest.raises(trainer.UsageError, match=f"`kdtemp`. Received: {kdtemp} on resuming"):
+            trainer.run(data_dir=data, logdir=logdir, **{**ARGS, "kdtemp": kdtemp})
+    after = {name: os.path.getmtime(os.path.join(logdir, name)) for name in os.listdir(logdir)}
+    assert after == before  # nothing trained, written or removed
+
+
+def test_stages_of_other_settings_are_a_usage_error_before_training(finished, data, tmp_path):
+    logdir = str(tmp_path / "run")
+    shutil.copytree(finished[0], logdir)
+    admm = os.path.join(logdir, "stages", "stage_admm.json")
+    with open(admm) as f:
+        record = json.load(f)
+    record["signature"]["recipe"]["rho"] *= 2  # as a version of another recipe wrote it
+    with open(admm, "w") as f:
+        json.dump(record, f)
+    os.remove(os.path.join(logdir, "stages", "stage_finetune.json"))
+    before = os.path.getsize(os.path.join(logdir, "metrics.jsonl"))
+    with pytest.raises(trainer.UsageError, match="`workdir`.*rho.*another --logdir, or "
+                       "--overwrite"):
+        trainer.run(data_dir=data, logdir=logdir, **ARGS)
+    assert os.path.getsize(os.path.join(logdir, "metrics.jsonl")) == before  # nothing trained
+    assert not os.path.exists(os.path.join(logdir, "stages", ".lock"))
 
 
 def test_the_one_call_ranks_by_lamp_unless_told(finished):
