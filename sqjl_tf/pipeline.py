@@ -672,13 +672,15 @@ def compress(
                  "recipe": dataclasses.asdict(recipe), "seed": seed}
     with _held(workdir):  # no other process writes its stages meanwhile
         stages = _Stages(workdir, working, signature)
+        finetuned = stages.done("finetune")  # then nothing trains: no data order to keep
         train_loss = None  # the starting model's loss on training data, where measured
         if dense_epochs is None:
             dense_epochs, train_loss = _default_dense_epochs(stages, working, train, loss, epochs)
         callbacks = list(callbacks)
         if dense_epochs and stages.done("dense"):
             history["dense"] = stages.restore("dense")["history"]
-            skip_fit(train, dense_epochs, steps)  # later stages read as if it had run
+            if not finetuned:  # later stages read as if it had run
+                skip_fit(train, dense_epochs, steps)
         elif dense_epochs:
             history["dense"] = _fit(working, keras.optimizers.Adam(recipe.finetune_lr), loss,
                                     metrics, train, validation, dense_epochs, steps, callbacks,
@@ -688,7 +690,7 @@ def compress(
         # none needed when the fine-tuning it teaches is already done.
         if dense_epochs:  # its last epoch's (training-mode) loss: no pass over the data
             train_loss = history["dense"]["loss"][-1]
-        kdtemp, finetuned = 0.0, stages.done("finetune")
+        kdtemp = 0.0
         if not finetuned:
             kdtemp = _distillation_temperature(recipe, working, model, train, validation, loss,
                                                train_loss)
@@ -705,7 +707,8 @@ def compress(
             record = stages.restore("admm")
             logging.info("compress(): the ADMM stage is done in %s: allocation bits %s, "
                          "nonzeros %s", workdir, record["bits"], record["nnz"])
-            skip_fit(train, split["admm"], steps)
+            if not finetuned:
+                skip_fit(train, split["admm"], steps)
         else:
             admm = ADMMCallback(nnz_budget=nnz_budget, bit_budget=bit_budget, rho=recipe.rho,
                                 rho_growth=recipe.rho_growth, projint=projint, dualint=dualint,
